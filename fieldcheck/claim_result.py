@@ -1,0 +1,121 @@
+"""The outcome of one assertion in a claim: ``ClaimResult``, the ``ClaimFailed`` error, and
+the recorder that attaches results to the running pytest item.
+
+Every assertion in :mod:`fieldcheck.assertions` builds one ``ClaimResult`` per criterion,
+hands it to :func:`record`, and raises :class:`ClaimFailed` when any criterion fails. The
+pytest plugin installs a sink (:func:`set_sink`) that collects the recorded results per test,
+whether the test passes or fails, for the terminal summary and the JSON/HTML reports.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+
+@dataclass
+class ClaimResult:
+    """One criterion decided over a sample of examples.
+
+    statistic: the statistic's name as written (``"r2"``, ``"recovered"``, ``"rate"``).
+    estimate: point estimate over the ``n`` examples.
+    interval: (low, high) confidence interval at ``level`` (None where not defined).
+    op, bar: the comparison as written: ``r2 > 0.9`` is op ``">"``, bar ``0.9``.
+    p_value: one-sided p-value of the null "the criterion does not hold" (None if not computed);
+    p_adjusted: after the session-level multiple-comparison correction (filled by the plugin).
+    decide: ``"bound"`` (the one-sided confidence bound must clear the bar) or ``"point"``.
+    passed: the decision.  claim_id: the pytest node id (filled by the plugin).
+    assertion: which assertion made it (``"assert_predicted_effect"``).
+    details: extra numbers for the report (worst sites, per-example values, ...), JSON-able.
+    plot: data the HTML report can draw (kind + arrays), JSON-able, or None.
+    """
+
+    statistic: str
+    estimate: float
+    interval: Optional[tuple[float, float]]
+    op: str
+    bar: float
+    passed: bool
+    n: int
+    level: float = 0.95
+    p_value: Optional[float] = None
+    p_adjusted: Optional[float] = None
+    decide: str = "bound"
+    method: str = ""
+    assertion: str = ""
+    claim_id: Optional[str] = None
+    criterion: str = ""
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    plot: Optional[dict[str, Any]] = None
+
+    def summary(self) -> str:
+        lo_hi = ""
+        if self.interval is not None:
+            lo_hi = f" [{_fmt(self.interval[0])}, {_fmt(self.interval[1])}] ({round(self.level * 100)}% CI, n={self.n})"
+        else:
+            lo_hi = f" (n={self.n})"
+        verdict = "passed" if self.passed else "FAILED"
+        return f"{self.statistic} = {_fmt(self.estimate)}{lo_hi}, needs {self.op} {_fmt(self.bar)}: {verdict}"
+
+    __str__ = summary
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["interval"] = list(self.interval) if self.interval is not None else None
+        return _jsonable(d)
+
+
+class ClaimFailed(AssertionError):
+    """A claim's criterion did not hold. ``results`` holds every ClaimResult of the assertion."""
+
+    def __init__(self, message: str, results: list[ClaimResult] | None = None):
+        super().__init__(message)
+        self.results = list(results or [])
+
+
+def _fmt(x: float) -> str:
+    if x is None:
+        return "None"
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return str(x)
+    ax = abs(x)
+    if ax != 0 and (ax < 1e-3 or ax >= 1e5):
+        return f"{x:.3g}"
+    return f"{x:.3g}" if ax < 1 else f"{x:.4g}"
+
+
+def _jsonable(x: Any) -> Any:
+    """Make numbers JSON-safe: numpy scalars to Python, NaN/inf to strings."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        np = None
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if np is not None and isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if np is not None and isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return str(x)
+    return x
+
+
+# --- the recorder ---------------------------------------------------------------------------
+_sink: Optional[Callable[[ClaimResult], None]] = None
+
+
+def set_sink(sink: Optional[Callable[[ClaimResult], None]]) -> None:
+    """Install (or remove, with None) the function that receives every recorded result."""
+    global _sink
+    _sink = sink
+
+
+def record(result: ClaimResult) -> ClaimResult:
+    """Hand a result to the active sink (the pytest plugin), if any, and return it."""
+    if _sink is not None:
+        _sink(result)
+    return result
