@@ -1,0 +1,1 @@
+"""pytest-fieldcheck: the pytest plugin that runs fieldcheck claims."""

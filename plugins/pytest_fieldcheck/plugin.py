@@ -1,0 +1,1 @@
+"""Placeholder: the pytest plugin (fixtures, options, reports) is being built."""
