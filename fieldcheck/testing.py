@@ -1,0 +1,214 @@
+"""Tiny random models for tests: built in-process in well under a second, fully offline.
+
+``tiny_model("gpt2")`` / ``tiny_model("llama")`` return a TransformerBridge around a random
+GPT-2 or Llama model with a word-level tokenizer whose vocabulary holds every word of the
+built-in prompt templates (``fieldcheck/data/words.json``), so the claim code that runs on
+SmolLM2 runs unchanged on a tiny model. ``" Mary"`` and ``"Mary"`` both tokenize to the one
+token ``Mary``; ``to_tokens`` prepends ``<bos>``.
+
+The weights are initialized with a large std (``initializer_range=0.15``) so the random
+network is visibly non-linear and its final residual moves the logits; a tiny model is
+deterministic given its seed (and leaves the global torch RNG as it was).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+import time
+from importlib import resources
+from typing import Any
+
+SPECIAL_TOKENS = ["<unk>", "<bos>", "<eos>", "<pad>"]
+UNK, BOS, EOS, PAD = SPECIAL_TOKENS
+TINY_N_CTX = 256
+INIT_STD = 0.15
+
+_PUNCT = list(".,;:!?'\"()[]{}-_/\\&%$#@*+=<>|`~^")
+
+# Common English filler words so that ad-hoc prompts in tests mostly hit known tokens.
+_FILLER = """
+a an the and or but if then than that this these those there here where when while after
+before because so to of in on at by for with from into onto over under about as up down out
+off again once is are was were be been being am has have had do does did done will would can
+could shall should may might must not no yes all any some each every both few many more most
+other such own same very just also only even still yet too now today tomorrow yesterday
+I you he she it we they me him her us them my your his its our their mine yours hers ours
+theirs who whom whose which what why how one two three four five six seven eight nine ten
+first second third last next new old good bad big small long short high low great little
+right left early late young own sure free full true false best better worst worse
+go went gone goes going come came comes coming give gave given gives giving take took taken
+takes taking make made makes making get got gets getting see saw seen sees seeing know knew
+known knows think thought say said says tell told ask asked put puts bring brought buy bought
+find found keep kept let lets leave left like liked love loved look looked want wanted need
+needed use used work worked play played run ran walk walked talk talked hand handed handing
+sent send write wrote read open opened close closed call called help helped show showed
+day days night week year years time times man men woman women boy girl child children friend
+friends people person family home room door car road city town country world state school
+water food money book story game word words name names place thing things way part side end
+is capital city language official landmark located famous known called spoken speak speaks
+year century number letter red blue black white yellow orange purple brown gray pink
+Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February March April May
+June July August September October November December morning evening afternoon
+""".split()
+
+
+@functools.lru_cache(maxsize=1)
+def _words_json() -> dict:
+    return json.loads(resources.files("fieldcheck.data").joinpath("words.json").read_text())
+
+
+_SPLIT = re.compile(r"\w+|[^\w\s]")
+
+
+def _split(text: str) -> list[str]:
+    return _SPLIT.findall(text)
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_vocab() -> tuple[str, ...]:
+    """The tiny tokenizer's vocabulary: special tokens, every word and punctuation mark of
+    the built-in word lists and templates (placeholders removed), digits 0-99, fillers."""
+    words = _words_json()
+    seen: dict[str, None] = {t: None for t in SPECIAL_TOKENS}
+
+    def add(text: str) -> None:
+        for w in _split(text):
+            seen.setdefault(w, None)
+            if w.isalpha():
+                seen.setdefault(w.lower(), None)
+                seen.setdefault(w[:1].upper() + w[1:], None)
+
+    placeholder = re.compile(r"\[[A-Z_]+\]")
+    for key in ("names", "places", "objects", "induction_words"):
+        for w in words.get(key, []):
+            add(w)
+    for t in words.get("ioi_templates", []):
+        add(placeholder.sub(" ", t))
+    rel = words.get("relations", {})
+    for t in (rel.values() if isinstance(rel, dict) else rel):
+        add(placeholder.sub(" ", t if isinstance(t, str) else json.dumps(t)))
+    for fact in words.get("facts", []):
+        for k in ("subject", "attribute"):
+            if k in fact:
+                add(str(fact[k]))
+    # anything else in the file (lists of strings added by later issues)
+    for key, value in words.items():
+        if isinstance(value, list):
+            for v in value:
+                if isinstance(v, str):
+                    add(placeholder.sub(" ", v))
+    for p in _PUNCT:
+        seen.setdefault(p, None)
+    for i in range(100):
+        seen.setdefault(str(i), None)
+    for w in _FILLER:
+        add(w)
+    return tuple(seen)
+
+
+def tiny_tokenizer(n_ctx: int = TINY_N_CTX):
+    """An offline word-level ``PreTrainedTokenizerFast``: whitespace is dropped and every
+    punctuation mark is its own token, so ``" Mary"`` and ``"Mary"`` are both the token
+    ``Mary``. Like the SmolLM2 tokenizer it prepends ``<bos>`` (``add_bos_token=True``), so
+    the bridge's ``to_tokens`` gives ``<bos>`` first and ``prepend_bos=False`` drops it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(tiny_vocab())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
+    )
+    # join words with spaces, no space before punctuation ("store, John")
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        model_max_length=n_ctx,
+        clean_up_tokenization_spaces=True,
+        add_bos_token=True, add_eos_token=False,
+        name_or_path="fieldcheck-tiny-tokenizer",
+    )
+    return fast
+
+
+def tiny_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
+               seed: int = 0, d_mlp: int | None = None, n_ctx: int = TINY_N_CTX,
+               init_std: float = INIT_STD):
+    """A random ``arch`` ("gpt2" or "llama") model wrapped in a TransformerBridge, on the
+    CPU in float32, in eval mode, gradients off. Deterministic given ``seed``; never
+    touches the network."""
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from fieldcheck.errors import ModelNotAvailable
+
+    t0 = time.perf_counter()
+    arch = str(arch).lower().removeprefix("tiny-")
+    if arch not in ("gpt2", "llama"):
+        raise ModelNotAvailable(f"unknown tiny architecture {arch!r}: use 'gpt2' or 'llama'")
+    for name, v in (("n_layers", n_layers), ("d_model", d_model), ("n_heads", n_heads)):
+        if not isinstance(v, int) or v < 1:
+            raise ModelNotAvailable(f"tiny_model: {name} must be a positive int, got {v!r}")
+    if d_model % n_heads:
+        raise ModelNotAvailable(
+            f"tiny_model: d_model={d_model} is not divisible by n_heads={n_heads}; "
+            "pick d_model a multiple of n_heads"
+        )
+    d_mlp = int(d_mlp or 4 * d_model)
+    tok = tiny_tokenizer(n_ctx)
+    vocab_size = len(tok)
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if arch == "gpt2":
+            from transformers import GPT2Config, GPT2LMHeadModel
+
+            cfg = GPT2Config(
+                vocab_size=vocab_size, n_positions=n_ctx, n_embd=d_model, n_layer=n_layers,
+                n_head=n_heads, n_inner=d_mlp, initializer_range=init_std,
+                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids,
+            )
+            cfg._attn_implementation = "eager"
+            hf = GPT2LMHeadModel(cfg)
+        else:
+            from transformers import LlamaConfig, LlamaForCausalLM
+
+            cfg = LlamaConfig(
+                vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_mlp,
+                num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                num_key_value_heads=n_heads, max_position_embeddings=n_ctx,
+                initializer_range=init_std, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                **ids,
+            )
+            cfg._attn_implementation = "eager"
+            hf = LlamaForCausalLM(cfg)
+            # random RMSNorm gains around 1 so that the final norm does not wash out the residual
+            with torch.no_grad():
+                for name, p in hf.named_parameters():
+                    if name.endswith("norm.weight"):
+                        p.add_(torch.randn_like(p) * 0.1)
+    hf = hf.to(torch.float32).eval()
+
+    # model_name is only recorded (the hf_model and tokenizer given mean no hub access)
+    bridge = TransformerBridge.boot_transformers(
+        f"fieldcheck-tiny-{arch}", hf_model=hf, tokenizer=tok, device="cpu", dtype=torch.float32,
+    )
+    bridge.eval()
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+    from fieldcheck.models import _describe
+
+    info = _describe(bridge)
+    info.update(spec=f"tiny-{arch}", source="fieldcheck.testing.tiny_model",
+                tiny={"arch": arch, "n_layers": n_layers, "d_model": d_model,
+                      "n_heads": n_heads, "d_mlp": d_mlp, "seed": seed, "init_std": init_std},
+                load_seconds=round(time.perf_counter() - t0, 3))
+    bridge.fieldcheck_info = info
+    return bridge
+
+
+__all__ = ["tiny_model", "tiny_tokenizer", "tiny_vocab", "SPECIAL_TOKENS"]
