@@ -1,0 +1,80 @@
+"""Shared fixtures' helpers for the data-set tests: a model-like object for fast tests.
+
+``small_model()`` is ``fieldcheck.testing.tiny_model("gpt2")`` when that exists; otherwise a stub
+with just what data sets use (``.tokenizer``, ``.cfg.default_prepend_bos``, ``.cfg.n_ctx``,
+``.cfg.d_vocab``): a word-level tokenizer over every word in ``words.json`` with ``<bos>``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import types
+from importlib import resources
+
+
+def word_level_tokenizer(bos: bool = True):
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    text = resources.files("fieldcheck.data").joinpath("words.json").read_text(encoding="utf-8")
+    data = json.loads(text)
+    words: list[str] = []
+
+    def walk(x):
+        if isinstance(x, str):
+            for w in re.findall(r"\w+|[^\w\s]+", x):
+                if w not in words:
+                    words.append(w)
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(data)
+    specials = ["<unk>", "<eos>"] + (["<bos>"] if bos else [])
+    vocab = {w: i for i, w in enumerate(specials + words)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.decoder = decoders.WordPiece()
+    kw = dict(tokenizer_object=tk, unk_token="<unk>", eos_token="<eos>")
+    if bos:
+        kw["bos_token"] = "<bos>"
+    return PreTrainedTokenizerFast(**kw)
+
+
+def stub_model(bos: bool = True, prepend_bos: bool = True, n_ctx: int = 64):
+    tok = word_level_tokenizer(bos=bos)
+    cfg = types.SimpleNamespace(default_prepend_bos=prepend_bos, n_ctx=n_ctx, d_vocab=len(tok))
+    return types.SimpleNamespace(tokenizer=tok, cfg=cfg)
+
+
+def small_model():
+    try:
+        from fieldcheck.testing import tiny_model
+    except ImportError:
+        return stub_model()
+    return tiny_model("gpt2")
+
+
+_SMOL: dict = {}
+
+
+def smollm2():
+    """The real SmolLM2-135M (loaded once per process); pytest.skip if it cannot be loaded."""
+    import pytest
+
+    if "m" not in _SMOL:
+        try:
+            from fieldcheck import load_model
+        except ImportError as e:  # pragma: no cover - until fieldcheck.models lands
+            pytest.skip(f"fieldcheck.load_model is not available yet ({e})")
+        try:
+            _SMOL["m"] = load_model("smollm2-135m")
+        except Exception as e:  # ModelNotAvailable and friends
+            _SMOL["m"] = e
+    m = _SMOL["m"]
+    if isinstance(m, Exception):
+        pytest.skip(f"SmolLM2-135M could not be loaded: {type(m).__name__}: {m}")
+    return m
