@@ -28,6 +28,9 @@ class ClaimResult:
     assertion: which assertion made it (``"assert_predicted_effect"``).
     details: extra numbers for the report (worst sites, per-example values, ...), JSON-able.
     plot: data the HTML report can draw (kind + arrays), JSON-able, or None.
+    bound: the one-sided confidence bound (level 1 - alpha) on the side the criterion tests;
+    ``interval`` is the two-sided interval at ``level`` = 1 - 2 alpha, whose ends are those
+    bounds. alpha: the error rate the decision was made at.
     """
 
     statistic: str
@@ -48,6 +51,8 @@ class ClaimResult:
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     plot: Optional[dict[str, Any]] = None
+    bound: Optional[float] = None
+    alpha: Optional[float] = None
 
     def summary(self) -> str:
         lo_hi = ""
