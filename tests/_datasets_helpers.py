@@ -50,12 +50,19 @@ def stub_model(bos: bool = True, prepend_bos: bool = True, n_ctx: int = 64):
     return types.SimpleNamespace(tokenizer=tok, cfg=cfg)
 
 
+_SMALL: dict = {}
+
+
 def small_model():
-    try:
-        from fieldcheck.testing import tiny_model
-    except ImportError:
-        return stub_model()
-    return tiny_model("gpt2")
+    """A tiny TransformerBridge (fieldcheck.testing), or the stub until that exists; cached."""
+    if "m" not in _SMALL:
+        try:
+            from fieldcheck.testing import tiny_model
+        except ImportError:
+            _SMALL["m"] = stub_model()
+        else:
+            _SMALL["m"] = tiny_model("gpt2")
+    return _SMALL["m"]
 
 
 _SMOL: dict = {}
