@@ -187,7 +187,8 @@ def write_manifest(folder: Path, extra: dict | None = None) -> dict:
     for p in sorted(folder.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
             rel = p.relative_to(folder).as_posix()
-            files[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+            st = p.stat()
+            files[rel] = {"size": st.st_size, "sha256": _sha256(p), "mtime_ns": st.st_mtime_ns}
     if "model.safetensors" not in files:
         raise ModelNotAvailable(f"internal error: no model.safetensors was written in {folder}")
     manifest = {
@@ -206,9 +207,14 @@ def write_manifest(folder: Path, extra: dict | None = None) -> dict:
     return manifest
 
 
-def verify_cache(folder: Path) -> tuple[dict | None, str]:
+def verify_cache(folder: Path, full: bool = False) -> tuple[dict | None, str]:
     """(manifest, "") when ``folder`` is a complete cache whose files match their manifest,
-    else (None, reason)."""
+    else (None, reason).
+
+    Sizes are always checked (truncation). Hashes are checked when ``full`` is true, or when
+    a file's modification time differs from the one the manifest recorded (any rewrite in
+    place, e.g. garbage written into the weights, changes it); a cache that hashes right
+    after being copied is re-stamped so the next load is fast again."""
     folder = Path(folder)
     if not folder.is_dir():
         return None, "not built"
@@ -220,18 +226,29 @@ def verify_cache(folder: Path) -> tuple[dict | None, str]:
         files = manifest["files"]
         if manifest.get("format") != MANIFEST_FORMAT or "model.safetensors" not in files:
             return None, "manifest of an unknown format"
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return None, f"unreadable manifest ({exc.__class__.__name__})"
+    to_hash = []
     for rel, meta in files.items():
         p = folder / rel
         if not p.is_file():
             return None, f"{rel} is missing"
-        size = p.stat().st_size
-        if size != meta.get("size"):
-            return None, f"{rel} has {size} bytes, the manifest says {meta.get('size')} (truncated?)"
-    for rel, meta in files.items():
-        if _sha256(folder / rel) != meta.get("sha256"):
+        st = p.stat()
+        if st.st_size != meta.get("size"):
+            return None, f"{rel} has {st.st_size} bytes, the manifest says {meta.get('size')} (truncated?)"
+        if full or st.st_mtime_ns != meta.get("mtime_ns"):
+            to_hash.append(rel)
+    for rel in to_hash:
+        if _sha256(folder / rel) != files[rel].get("sha256"):
             return None, f"{rel} does not match its sha256 in the manifest (corrupt)"
+    restamp = [rel for rel in to_hash if (folder / rel).stat().st_mtime_ns != files[rel].get("mtime_ns")]
+    if restamp:
+        with contextlib.suppress(OSError):
+            for rel in restamp:
+                files[rel]["mtime_ns"] = (folder / rel).stat().st_mtime_ns
+            tmp = folder / (MANIFEST + f".tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            os.replace(tmp, mpath)
     return manifest, ""
 
 
@@ -258,6 +275,7 @@ def ensure_cached(
     build: Callable[[Path], dict | None],
     what: str,
     progress: Callable[[str], None] | None = None,
+    full: bool = False,
 ) -> dict:
     """Return the manifest of a verified cache at ``folder``, building it with
     ``build(tmpdir)`` when it is missing, partial or corrupt.
@@ -266,12 +284,12 @@ def ensure_cached(
     last, and the folder is renamed into place, so a killed build never leaves a folder that
     a later load trusts."""
     folder = Path(folder)
-    manifest, reason = verify_cache(folder)
+    manifest, reason = verify_cache(folder, full)
     if manifest is not None:
         return manifest
     folder.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(folder.parent / f".{folder.name}.lock"):
-        manifest, reason = verify_cache(folder)  # another process may have built it meanwhile
+        manifest, reason = verify_cache(folder, full)  # another process may have built it meanwhile
         if manifest is not None:
             return manifest
         if folder.exists():
@@ -281,8 +299,11 @@ def ensure_cached(
                 stacklevel=3,
             )
         if progress:
-            progress(f"fieldcheck: converting {what} into {folder} (once; takes ~20 s)")
+            progress(f"fieldcheck: converting {what} into {folder} (once; ~20 s for SmolLM2-135M)")
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         try:
             extra = build(tmp) or {}
             manifest = write_manifest(tmp, extra)
@@ -421,8 +442,10 @@ def alias_gguf_file(alias: Alias) -> Path:
     )
 
 
-def pull(name: str, progress: Callable[[str], None] | None = None) -> tuple[Path, dict]:
-    """Fetch/convert/cache ``name`` (an alias or a .gguf path) and return (folder, manifest)."""
+def pull(name: str, progress: Callable[[str], None] | None = None,
+         full: bool = False) -> tuple[Path, dict]:
+    """Fetch/convert/cache ``name`` (an alias or a .gguf path) and return (folder, manifest).
+    ``full=True`` re-hashes every cached file instead of trusting unchanged mtimes."""
     if name in ALIASES:
         alias = ALIASES[name]
         gguf = alias_gguf_file(alias)
@@ -434,7 +457,7 @@ def pull(name: str, progress: Callable[[str], None] | None = None) -> tuple[Path
                          notes=alias.notes)
             return extra
 
-        return folder, ensure_cached(folder, build, f"{name} ({gguf.name})", progress)
+        return folder, ensure_cached(folder, build, f"{name} ({gguf.name})", progress, full)
     path = Path(name).expanduser()
     if path.is_file():
         if not is_gguf(path):
@@ -443,7 +466,8 @@ def pull(name: str, progress: Callable[[str], None] | None = None) -> tuple[Path
                 "file, a HuggingFace model folder, or a hub name"
             )
         folder = gguf_cache_dir(path)
-        return folder, ensure_cached(folder, lambda tmp: convert_gguf(path, tmp), path.name, progress)
+        return folder, ensure_cached(folder, lambda tmp: convert_gguf(path, tmp), path.name,
+                                     progress, full)
     if name in TINY_ARCHS or name.split(":")[0] in TINY_ARCHS:
         raise ModelNotAvailable(f"{name!r} is built in-process and needs no pull")
     raise ModelNotAvailable(

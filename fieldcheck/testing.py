@@ -211,4 +211,61 @@ def tiny_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_heads
     return bridge
 
 
-__all__ = ["tiny_model", "tiny_tokenizer", "tiny_vocab", "SPECIAL_TOKENS"]
+__all__ = ["tiny_model", "tiny_tokenizer", "tiny_vocab", "write_tiny_gguf", "SPECIAL_TOKENS"]
+
+
+def write_tiny_gguf(path, n_layers: int = 1, d_model: int = 32, n_heads: int = 2,
+                    d_mlp: int = 64, n_ctx: int = 128, seed: int = 0) -> "Path":
+    """Write a tiny random Llama model as a float32 GGUF file (a byte-level BPE vocabulary of
+    256 bytes + 3 special tokens), for testing GGUF loading and the model cache offline in
+    about a second. Returns the path."""
+    from pathlib import Path
+
+    import numpy as np
+    from gguf import GGUFWriter
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    tokens = ["<unk>", "<s>", "</s>"] + [c for _, c in sorted(bytes_to_unicode().items())]
+    tokens += ["\u0120M", "\u0120t"]  # "ĠM", "Ġt": two merges, so the file has a merges list
+    vocab = len(tokens)
+    w = GGUFWriter(str(path), "llama")
+    w.add_name("fieldcheck-tiny-gguf")
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(d_model)
+    w.add_block_count(n_layers)
+    w.add_feed_forward_length(d_mlp)
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(n_heads)
+    w.add_rope_dimension_count(d_model // n_heads)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3, 3, 3] + [1] * (vocab - 3))
+    w.add_token_merges(["\u0120 M", "\u0120 t"])
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+
+    def t(*shape, std=0.1):
+        return (rng.standard_normal(shape) * std).astype(np.float32)
+
+    w.add_tensor("token_embd.weight", t(vocab, d_model))
+    for i in range(n_layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", 1 + t(d_model))
+        for n in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            w.add_tensor(f"blk.{i}.{n}.weight", t(d_model, d_model))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", 1 + t(d_model))
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", t(d_mlp, d_model))
+        w.add_tensor(f"blk.{i}.ffn_up.weight", t(d_mlp, d_model))
+        w.add_tensor(f"blk.{i}.ffn_down.weight", t(d_model, d_mlp))
+    w.add_tensor("output_norm.weight", 1 + t(d_model))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -1,0 +1,122 @@
+"""The ``fieldcheck`` console script.
+
+    fieldcheck models pull NAME     fetch/convert/cache a model (an alias or a .gguf file)
+    fieldcheck models list          known aliases, whether they are cached, sizes
+    fieldcheck models path NAME     print the cache folder of an alias
+
+Exit codes: 0 success, 1 a fieldcheck error (the message says what to do), 2 bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from fieldcheck.models import pull
+
+    t0 = time.perf_counter()
+    folder, manifest = pull(args.name, progress=lambda m: print(m, file=sys.stderr, flush=True),
+                            full=args.verify)
+    size = sum(f["size"] for f in manifest["files"].values())
+    print(f"{args.name}: ready at {folder} ({_human(size)}, weights sha256 "
+          f"{manifest['weights_sha256'][:16]}..., {time.perf_counter() - t0:.1f} s)")
+    if manifest.get("notes"):
+        print(f"note: {manifest['notes']}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from fieldcheck.models import ALIASES, TINY_ARCHS, cache_state, fieldcheck_home
+
+    states = [cache_state(name) for name in sorted(ALIASES)]
+    if args.json:
+        print(json.dumps({"fieldcheck_home": str(fieldcheck_home()), "models": states,
+                          "tiny": sorted(TINY_ARCHS)}, indent=1))
+        return 0
+    print(f"FIELDCHECK_HOME={fieldcheck_home()}")
+    for s in states:
+        if s["cached"]:
+            state = f"cached, {_human(s['size_bytes'])}"
+        elif s["problem"] and s["problem"] != "not built":
+            state = f"cache unusable ({s['problem']}); `fieldcheck models pull {s['name']}` rebuilds it"
+        elif s["gguf"]:
+            state = f"not cached (run `fieldcheck models pull {s['name']}`)"
+        else:
+            state = f"package {s['package']} not installed"
+        print(f"{s['name']:<16} {state}")
+        print(f"{'':<16} {s['description']}; {s['notes']}")
+        print(f"{'':<16} cache: {s['cache']}")
+    for name in sorted(TINY_ARCHS):
+        print(f"{name:<16} built in-process (random weights, for tests)")
+    return 0
+
+
+def _cmd_path(args: argparse.Namespace) -> int:
+    from fieldcheck.errors import ModelNotAvailable
+    from fieldcheck.models import ALIASES, alias_cache_dir
+
+    if args.name not in ALIASES:
+        raise ModelNotAvailable(f"unknown alias {args.name!r}: known aliases are {', '.join(sorted(ALIASES))}")
+    print(alias_cache_dir(args.name))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fieldcheck", description="fieldcheck: claims about language models as pytest tests")
+    from fieldcheck import __version__
+
+    p.add_argument("--version", action="version", version=f"fieldcheck {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    models = sub.add_parser("models", help="fetch, convert and list models")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION")
+
+    pull = msub.add_parser("pull", help="fetch/convert/cache a model (alias or .gguf file)")
+    pull.add_argument("name", help="an alias (smollm2-135m) or a path to a .gguf file")
+    pull.add_argument("--verify", action="store_true",
+                      help="re-hash every cached file instead of trusting unchanged mtimes")
+    pull.set_defaults(func=_cmd_pull)
+
+    lst = msub.add_parser("list", help="known aliases, cached state and sizes")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(func=_cmd_list)
+
+    path = msub.add_parser("path", help="print the cache folder of an alias")
+    path.add_argument("name")
+    path.set_defaults(func=_cmd_path)
+    models.set_defaults(func=None, _parser=models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        (getattr(args, "_parser", None) or parser).print_help(sys.stderr)
+        return 2
+    from fieldcheck.errors import FieldcheckError
+
+    try:
+        return int(func(args) or 0)
+    except FieldcheckError as exc:
+        print(f"fieldcheck: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fieldcheck: interrupted", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
