@@ -13,7 +13,6 @@ import itertools
 import json
 import math
 import random
-from collections import Counter
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Callable, Sequence

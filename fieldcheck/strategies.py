@@ -123,7 +123,9 @@ def _records(model: Any, kind: str, **kw: Any) -> st.SearchStrategy[dict]:
     raise DatasetError(f"unknown example kind {kind!r}: use one of {KINDS}")
 
 
-def _one(model: Any, rec: dict, kind: str) -> ContrastiveSet:
+def one_example_set(model: Any, rec: dict, kind: str) -> ContrastiveSet:
+    """A one-example set from a drawn record (hypothesis shows this call with the record, i.e.
+    the prompts, in its falsifying-example report)."""
     return ContrastiveSet.from_records(model, [rec], name=f"{kind}-drawn",
                                        meta={"strategy": kind})
 
@@ -135,18 +137,21 @@ def _one(model: Any, rec: dict, kind: str) -> ContrastiveSet:
 def ioi_examples(model: Any, templates: Sequence[int] | int | None = None,
                  corruption: str = "abc") -> st.SearchStrategy[ContrastiveSet]:
     """One-example IOI sets with drawn template, names, place and object."""
-    return ioi_records(model, templates, corruption).map(lambda r: _one(model, r, "ioi"))
+    return ioi_records(model, templates, corruption).map(
+        lambda r: one_example_set(model, r, "ioi"))
 
 
 def factual_examples(model: Any, relation: str | None = None
                      ) -> st.SearchStrategy[ContrastiveSet]:
     """One-example factual-recall sets with drawn (clean, corrupt) subjects."""
-    return factual_records(model, relation).map(lambda r: _one(model, r, "factual"))
+    return factual_records(model, relation).map(
+        lambda r: one_example_set(model, r, "factual"))
 
 
 def induction_examples(model: Any, length: int = 6) -> st.SearchStrategy[ContrastiveSet]:
     """One-example induction sets with a drawn repeated sequence."""
-    return induction_records(model, length).map(lambda r: _one(model, r, "induction"))
+    return induction_records(model, length).map(
+        lambda r: one_example_set(model, r, "induction"))
 
 
 def contrastive_sets(model: Any, kind: str = "ioi", min_size: int = 4, max_size: int = 16,
