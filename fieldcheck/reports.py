@@ -172,8 +172,9 @@ def apply_correction(claims: list[dict], method: str = "holm", alpha: float = 0.
         flipped = False
         for r in c.get("results", []):
             ok = bool(r.get("passed"))
+            a = r.get("alpha") if _finite(r.get("alpha")) else alpha
             if (ok and method != "none" and r.get("decide", "bound") == "bound"
-                    and _finite(r.get("p_adjusted")) and r["p_adjusted"] > alpha):
+                    and _finite(r.get("p_adjusted")) and r["p_adjusted"] > a):
                 ok = False
                 flipped = True
             r["passed_corrected"] = ok

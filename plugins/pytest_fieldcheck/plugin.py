@@ -22,6 +22,7 @@ from fieldcheck.claim_result import ClaimResult, set_sink
 DEFAULT_MODEL = "smollm2-135m"
 _PROPERTY = "fieldcheck"          # user_properties key holding one claim's JSON payload
 _FIXTURES = ("fc_model", "field", "fc_seed", "fc_config")
+_VOLATILE_INFO = ("load_seconds", "load_s", "loaded_at", "date", "duration")
 
 # name: (help, default, ini type)
 _OPTIONS: dict[str, tuple[str, Any, str]] = {
@@ -185,6 +186,7 @@ class FieldcheckPlugin:
         self.models: dict[str, Any] = {}       # spec -> model (or the exception loading it raised)
         self.fields: dict[str, Any] = {}       # spec -> Field
         self.model_infos: dict[str, dict] = {}
+        self.load_times: dict[str, dict] = {}
         self.claims: dict[str, dict] = {}      # nodeid -> claim entry (controller)
         self.durations: dict[str, float] = {}
         self.started = time.time()
@@ -209,15 +211,6 @@ class FieldcheckPlugin:
         kw: dict[str, Any] = {"device": self.device}
         if self.opts.dtype:
             kw["dtype"] = self.opts.dtype
-        if self.opts.no_cache:
-            import inspect
-
-            try:
-                params = inspect.signature(fieldcheck.load_model).parameters
-            except (TypeError, ValueError):
-                params = {}
-            if "cache" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                kw["cache"] = False
         try:
             model = fieldcheck.load_model(spec, **kw)
         except BaseException as e:
@@ -231,12 +224,33 @@ class FieldcheckPlugin:
         except Exception:
             info = {}
         info.setdefault("spec", spec)
+        # timings go to the report's "timing" member, so equal runs give equal reports
+        for k in [k for k in info if k in _VOLATILE_INFO or k.endswith("_seconds")]:
+            self.load_times.setdefault(spec, {})[k] = info.pop(k)
         self.model_infos[spec] = info
         return model
 
     # hooks of this session (a method, so nested in-process sessions keep their own state)
     def pytest_sessionstart(self, session) -> None:
         self.started = time.time()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item) -> None:
+        """A claim pinned to another model gets that model (loaded once per session) through
+        its ``fc_model``/``field`` arguments, or is skipped when it cannot be loaded."""
+        spec = _pinned(item, self)
+        if spec is None or not any(n in getattr(item, "fixturenames", ()) for n in ("fc_model", "field")):
+            return
+        try:
+            model = self.load(spec)
+        except Exception as e:
+            pytest.skip(f"claim pinned to model {spec!r}, which cannot be loaded here "
+                        f"(session model {self.opts.model!r}): {type(e).__name__}: {e}")
+        # fixtures fill only the names not yet in funcargs
+        if "fc_model" in item.fixturenames:
+            item.funcargs["fc_model"] = model
+        if "field" in item.fixturenames:
+            item.funcargs["field"] = self.field_for(spec)
 
     def pytest_runtest_logreport(self, report) -> None:
         if _is_controller(self.config):
@@ -248,7 +262,10 @@ class FieldcheckPlugin:
         out = getattr(node, "workeroutput", None) or {}
         if "fieldcheck_models" in out:
             try:
-                self.model_infos.update(json.loads(out["fieldcheck_models"]))
+                got = json.loads(out["fieldcheck_models"])
+                self.model_infos.update(got.get("infos", {}))
+                for k, v in got.get("times", {}).items():
+                    self.load_times.setdefault(k, v)
             except (TypeError, ValueError):
                 pass
 
@@ -445,20 +462,6 @@ def _pinned(item, state: FieldcheckPlugin) -> Optional[str]:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item):
-    state = _state(item.config)
-    spec = _pinned(item, state)
-    if spec is not None and any(n in getattr(item, "fixturenames", ()) for n in ("fc_model", "field")):
-        try:
-            model = state.load(spec)
-        except Exception as e:
-            pytest.skip(f"claim pinned to model {spec!r}, which cannot be loaded here "
-                        f"(session model {state.opts.model!r}): {type(e).__name__}: {e}")
-        # hand the pinned model to the test instead of the session's (fixtures fill only
-        # names that are not yet in funcargs)
-        if "fc_model" in item.fixturenames:
-            item.funcargs["fc_model"] = model
-        if "field" in item.fixturenames:
-            item.funcargs["field"] = state.field_for(spec)
     with _claim_scope(item):
         return (yield)
 
@@ -514,16 +517,10 @@ class _claim_scope:
 def _is_claim(item) -> bool:
     if item.stash.get(_RESULTS, None):
         return True
-    if _marker(item):
+    if item.get_closest_marker("fieldcheck") is not None:
         return True
     if any(n in getattr(item, "fixturenames", ()) for n in _FIXTURES):
         return True
-    mod = getattr(item, "module", None)
-    if mod is not None:
-        for v in vars(mod).values():
-            name = getattr(v, "__name__", "") if isinstance(v, type(sys)) else getattr(v, "__module__", "")
-            if isinstance(name, str) and (name == "fieldcheck" or name.startswith("fieldcheck.")):
-                return True
     return False
 
 
@@ -531,7 +528,7 @@ def _falsifying_example(text: str) -> Optional[str]:
     lines = text.splitlines()
     for i, line in enumerate(lines):
         s = line[1:].strip() if line.startswith("E ") else line.strip()
-        if s.startswith("Falsifying example:"):
+        if s.startswith(("Falsifying example:", "Failing test case:")):
             out = [s]
             for nxt in lines[i + 1:]:
                 if not nxt.startswith("E ") and not nxt.startswith("  "):
@@ -649,8 +646,8 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     if state is None:
         return
     if not _is_controller(config):
-        config.workeroutput["fieldcheck_models"] = json.dumps(state.model_infos, sort_keys=True,
-                                                              default=str)
+        config.workeroutput["fieldcheck_models"] = json.dumps(
+            {"infos": state.model_infos, "times": state.load_times}, sort_keys=True, default=str)
         return
     if not state.claims and not (state.opts.report_json or state.opts.report_html or
                                  state.opts.save or state.baseline is not None):
@@ -683,6 +680,7 @@ def build(state: FieldcheckPlugin) -> dict:
         "finished": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(now - state.started, 3),
         "claims": {k: round(v, 4) for k, v in sorted(state.durations.items())},
+        "models": {k: v for k, v in sorted(state.load_times.items())},
     }
     report = reports.build_report(state.claims.values(), run, timing=timing,
                                   correction=o.correction, alpha=o.alpha)
