@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import weakref
 from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -150,19 +152,20 @@ class _Tok:
         return ids[0], value
 
 
-_TOK_CACHE: dict[int, tuple[Any, _Tok]] = {}
+_TOK_CACHE: "weakref.WeakKeyDictionary[Any, _Tok]" = weakref.WeakKeyDictionary()
 
 
 def tok_info(model: Any) -> _Tok:
-    """A cached :class:`_Tok` for ``model`` (keyed by the model object)."""
-    hit = _TOK_CACHE.get(id(model))
-    if hit is not None and hit[0] is model:
-        return hit[1]
-    info = _Tok(model)
-    if len(_TOK_CACHE) > 16:
-        _TOK_CACHE.clear()
-    _TOK_CACHE[id(model)] = (model, info)
-    return info
+    """A :class:`_Tok` for ``model``, cached per model object (weakly: the cache never keeps a
+    model alive)."""
+    try:
+        hit = _TOK_CACHE.get(model)
+    except TypeError:  # not weak-referenceable (a stub): no caching
+        return _Tok(model)
+    if hit is None:
+        hit = _Tok(model)
+        _TOK_CACHE[model] = hit
+    return hit
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,6 +318,25 @@ class ContrastiveSet:
             answer_strs=[self.answer_strs[i] for i in ii],
             wrong_strs=[self.wrong_strs[i] for i in ii], meta=meta,
             example_meta=[self.example_meta[i] for i in ii])
+
+    def take(self, k: int) -> "ContrastiveSet":
+        """The first ``k`` examples; NotEnoughExamples if the set has fewer."""
+        self._check_k(k, "take")
+        return self.subset(range(k))
+
+    def sample(self, k: int, seed: int = 0) -> "ContrastiveSet":
+        """``k`` examples drawn without replacement (deterministic for a seed)."""
+        self._check_k(k, "sample")
+        return self.subset(sorted(random.Random(f"sample/{seed}").sample(range(self.n), k)))
+
+    def _check_k(self, k: int, what: str) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise DatasetError(f"{what}({k!r}): give a positive number of examples")
+        if k > self.n:
+            raise NotEnoughExamples(
+                f"{what}({k}): the data set {self.name!r} has only {self.n} examples; ask for "
+                f"at most {self.n}, or build a larger set (e.g. fieldcheck.datasets.ioi(model, "
+                f"n={k}))")
 
     def __getitem__(self, idx: Any) -> "ContrastiveSet":
         return self.subset(idx)

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import random
+import weakref
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Callable, Sequence
@@ -180,19 +181,19 @@ class Vocab:
         return by_len[best], info
 
 
-_VOCABS: dict[int, tuple[Any, Vocab]] = {}
+_VOCABS: "weakref.WeakKeyDictionary[Any, Vocab]" = weakref.WeakKeyDictionary()
 
 
 def vocab(model: Any) -> Vocab:
-    """The filtered word lists for ``model`` (cached per model object)."""
-    hit = _VOCABS.get(id(model))
-    if hit is not None and hit[0] is model:
-        return hit[1]
-    v = Vocab(model)
-    if len(_VOCABS) > 8:
-        _VOCABS.clear()
-    _VOCABS[id(model)] = (model, v)
-    return v
+    """The filtered word lists for ``model`` (cached weakly per model object)."""
+    try:
+        hit = _VOCABS.get(model)
+    except TypeError:  # not weak-referenceable (a stub): no caching
+        return Vocab(model)
+    if hit is None:
+        hit = Vocab(model)
+        _VOCABS[model] = hit
+    return hit
 
 
 # --------------------------------------------------------------------------------------------

@@ -160,6 +160,17 @@ def test_split_by_length(model):
     assert groups[16].seq_len == 16
 
 
+def test_take_and_sample(ds):
+    assert ds.take(1).clean_prompts == CLEAN[:1]
+    assert ds.sample(2, seed=1).n == 2
+    assert ds.sample(1, seed=3).content_hash() == ds.sample(1, seed=3).content_hash()
+    with pytest.raises(NotEnoughExamples) as e:
+        ds.take(5)
+    assert "take(5)" in str(e.value) and "only 2 examples" in str(e.value)
+    with pytest.raises(NotEnoughExamples, match="sample\\(3\\)"):
+        ds.sample(3)
+
+
 def test_position_lookup(ds):
     assert ds.position("S2").tolist() == [10, 10]
     assert ds.position(-1).tolist() == [14, 14]
