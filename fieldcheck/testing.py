@@ -133,23 +133,22 @@ def tiny_tokenizer(n_ctx: int = TINY_N_CTX):
     return fast
 
 
-def tiny_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
-               seed: int = 0, d_mlp: int | None = None, n_ctx: int = TINY_N_CTX,
-               init_std: float = INIT_STD):
-    """A random ``arch`` ("gpt2" or "llama") model wrapped in a TransformerBridge, on the
-    CPU in float32, in eval mode, gradients off. Deterministic given ``seed``; never
-    touches the network."""
+def tiny_hf_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
+                  seed: int = 0, d_mlp: int | None = None, n_ctx: int = TINY_N_CTX,
+                  init_std: float = INIT_STD):
+    """The plain transformers model and tokenizer that :func:`tiny_model` wraps: a random
+    ``GPT2LMHeadModel`` or ``LlamaForCausalLM`` (eager attention, float32, eval mode),
+    deterministic given ``seed``. Useful to write a local model folder with
+    ``save_pretrained``."""
     import torch
-    from transformer_lens.model_bridge import TransformerBridge
 
     from fieldcheck.errors import ModelNotAvailable
 
-    t0 = time.perf_counter()
     arch = str(arch).lower().removeprefix("tiny-")
     if arch not in ("gpt2", "llama"):
         raise ModelNotAvailable(f"unknown tiny architecture {arch!r}: use 'gpt2' or 'llama'")
     for name, v in (("n_layers", n_layers), ("d_model", d_model), ("n_heads", n_heads)):
-        if not isinstance(v, int) or v < 1:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ModelNotAvailable(f"tiny_model: {name} must be a positive int, got {v!r}")
     if d_model % n_heads:
         raise ModelNotAvailable(
@@ -162,6 +161,7 @@ def tiny_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_heads
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                pad_token_id=tok.pad_token_id)
 
+    # fork_rng: the caller's global torch RNG is left as it was
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if arch == "gpt2":
@@ -186,17 +186,37 @@ def tiny_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_heads
             )
             cfg._attn_implementation = "eager"
             hf = LlamaForCausalLM(cfg)
-            # random RMSNorm gains around 1 so that the final norm does not wash out the residual
+            # random RMSNorm gains around 1 so that the norms are not all identity
             with torch.no_grad():
                 for name, p in hf.named_parameters():
                     if name.endswith("norm.weight"):
                         p.add_(torch.randn_like(p) * 0.1)
     hf = hf.to(torch.float32).eval()
+    return hf, tok
 
-    # model_name is only recorded (the hf_model and tokenizer given mean no hub access)
-    bridge = TransformerBridge.boot_transformers(
-        f"fieldcheck-tiny-{arch}", hf_model=hf, tokenizer=tok, device="cpu", dtype=torch.float32,
-    )
+
+def tiny_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
+               seed: int = 0, d_mlp: int | None = None, n_ctx: int = TINY_N_CTX,
+               init_std: float = INIT_STD):
+    """A random ``arch`` ("gpt2" or "llama") model wrapped in a TransformerBridge, on the
+    CPU in float32, in eval mode, gradients off. Deterministic given ``seed``; never
+    touches the network."""
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    t0 = time.perf_counter()
+    arch = str(arch).lower().removeprefix("tiny-")
+    hf, tok = tiny_hf_model(arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads, seed=seed,
+                            d_mlp=d_mlp, n_ctx=n_ctx, init_std=init_std)
+    d_mlp = int(d_mlp or 4 * d_model)
+
+    # model_name is only recorded (the hf_model and tokenizer given mean no hub access);
+    # the boot draws random numbers for some architectures: keep the caller's RNG intact
+    with torch.random.fork_rng(devices=[]):
+        bridge = TransformerBridge.boot_transformers(
+            f"fieldcheck-tiny-{arch}", hf_model=hf, tokenizer=tok, device="cpu",
+            dtype=torch.float32,
+        )
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
@@ -211,7 +231,7 @@ def tiny_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_heads
     return bridge
 
 
-__all__ = ["tiny_model", "tiny_tokenizer", "tiny_vocab", "write_tiny_gguf", "SPECIAL_TOKENS"]
+__all__ = ["tiny_model", "tiny_hf_model", "tiny_tokenizer", "tiny_vocab", "write_tiny_gguf", "SPECIAL_TOKENS"]
 
 
 def write_tiny_gguf(path, n_layers: int = 1, d_model: int = 32, n_heads: int = 2,
