@@ -285,7 +285,7 @@ def test_same_model(fc_model, request):
     state = request.config.pluginmanager.get_plugin("fieldcheck-state")
     assert list(state.models) == ["tiny-gpt2"]
 
-@pytest.mark.fieldcheck(model="no-such-model-xyz", n=12)
+@pytest.mark.fieldcheck(model="./no-such-model-folder", n=12)
 def test_pinned_missing(fc_model):
     raise AssertionError("must be skipped")
 
@@ -297,7 +297,7 @@ def test_pinned_ok(fc_model, fc_seed, fc_config):
     res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fc-model", "tiny-gpt2",
                                         "--fc-seed", "5", "--fc-report-json", "r.json", "-rs")
     res.assert_outcomes(passed=3, skipped=1)
-    res.stdout.fnmatch_lines(["*claim pinned to model 'no-such-model-xyz', which cannot be loaded*"])
+    res.stdout.fnmatch_lines(["*claim pinned to model './no-such-model-folder', which cannot be loaded*"])
     rep = _json(pytester)
     assert rep["run"]["model"]["spec"] == "tiny-gpt2" and rep["run"]["model"]["n_layers"] >= 1
     assert "tiny-llama" in rep["run"]["other_models"]
