@@ -26,7 +26,7 @@ from .claim_result import ClaimFailed, ClaimResult, record
 from .criteria import Criterion, as_criteria
 from .errors import CriterionError, FieldcheckError, InsufficientData
 from .stats import (MIN_BOOTSTRAP_N, Estimate, adjust_pvalues, binomial_rate, bootstrap, clears,
-                    make_rng, min_n_rate, min_n_signflip, nonfinite, require_n, signflip_mean,
+                    make_rng, mean_test, min_n_rate, min_n_signflip, nonfinite, require_n,
                     to_numpy)
 
 # re-exported so that `from fieldcheck import r2, ...` and `fc.r2` work
@@ -76,6 +76,12 @@ def _finite(arr: np.ndarray, name: str, labels: Optional[Sequence[str]] = None) 
 
 
 def _labels(obj: Any, n: int) -> list[str]:
+    try:
+        labels = getattr(obj, "labels", None)  # PatchResult.labels (a joint patch has one)
+        if labels is not None and not callable(labels) and len(labels) == n:
+            return [str(x) for x in labels]
+    except (TypeError, AttributeError):
+        pass
     sites = getattr(obj, "sites", None)
     if sites is not None:
         try:
@@ -350,9 +356,8 @@ def _patch_arrays(result: Any, assertion: str):
     values = _table(_attr(result, "values", assertion, what), "values", assertion)
     S, n = values.shape
     labels = _labels(result, S)
-    if getattr(result, "jointly", False) and S == 1:
-        sites = getattr(result, "sites", None) or []
-        labels = [f"joint patch of {len(sites)} sites" if len(sites) != 1 else labels[0]]
+    if getattr(result, "jointly", False) and S == 1 and labels == ["site 0"]:
+        labels = [f"joint patch of {len(getattr(result, 'sites', None) or [])} sites"]
     eff_raw = getattr(result, "effect", None)
     clean = _vector(_attr(result, "baseline_clean", assertion, what), "baseline_clean",
                     assertion, n)
@@ -425,8 +430,8 @@ def _per_site_effect(assertion: str, result: Any, criteria: tuple, direction: Op
                               alpha=s.alpha, n_boot=s.n_boot, method=s.method, rng=rng,
                               op=c.op, bar=c.bar)
             else:
-                e = signflip_mean(eff[i], alpha=s.alpha, n_boot=s.n_boot, rng=rng, op=c.op,
-                                  bar=c.bar)
+                e = mean_test(eff[i], alpha=s.alpha, n_boot=s.n_boot, method=s.method,
+                              rng=rng, op=c.op, bar=c.bar)
             ests.append(e)
         p = [e.p_value for e in ests]
         p_holm = adjust_pvalues(p, "holm")
@@ -702,7 +707,8 @@ def _mean_criteria(assertion: str, arrays: dict[str, Callable[[], np.ndarray]], 
             est = binomial_rate(x, alpha=s.alpha, op=c.op, bar=c.bar)
         else:
             _check_n("signflip", x.size, c, s)
-            est = signflip_mean(x, alpha=s.alpha, n_boot=s.n_boot, rng=rng, op=c.op, bar=c.bar)
+            est = mean_test(x, alpha=s.alpha, n_boot=s.n_boot, method=s.method, rng=rng,
+                            op=c.op, bar=c.bar)
         res = _result(assertion, c, est, s, plot=plot)
         if plot is None:
             res.plot = {"kind": "hist", "values": to_numpy(x)[:_MAX_PLOT].tolist(), "bar": c.bar,

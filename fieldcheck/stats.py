@@ -146,14 +146,15 @@ def take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
 def bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, *, alpha: float, n_boot: int,
               method: str, rng: np.random.Generator, op: Optional[str] = None,
               bar: Optional[float] = None, discrete: bool = False,
-              batch: Optional[int] = None) -> Estimate:
+              batch: Optional[int] = None, expand: bool = True) -> Estimate:
     """Bootstrap over ``n`` examples of ``stat(idx)``; two-sided ``1 - 2 alpha`` interval.
 
     ``method``: ``"bca"`` or ``"percentile"`` (scipy.stats.bootstrap). BCa falls back to the
     percentile interval when it is undefined (degenerate bootstrap distribution), and says so
     in ``method``. ``discrete=True`` (statistics on a grid: alpha*, top-k overlap) uses the
     percentile interval with ``inverted_cdf`` quantiles so the bounds stay on the grid.
-    The p-value for ``stat op bar`` inverts the same interval (see module doc)."""
+    The p-value for ``stat op bar`` inverts the same interval (see module doc).
+    ``expand=False`` gives scipy's interval unchanged (no small-sample expansion)."""
     from scipy import stats as sst
     from scipy.special import ndtr, ndtri
 
@@ -168,6 +169,14 @@ def bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, *, alpha: float,
 
     est = float(np.asarray(stat(np.arange(n))))
     method = method.lower()
+    # Small-sample expansion (Hesterberg 2015, "expanded percentile"): the bootstrap spreads
+    # like a variance with divisor n, and uses normal rather than t tails; both make its
+    # intervals too narrow for small n. Each tail is taken at alpha_e such that
+    # z(alpha_e) = sqrt(n / (n - 1)) * t_{n-1}(alpha); p-values map back the same way.
+    nominal = alpha
+    c_exp = math.sqrt(n / (n - 1))
+    if expand:
+        alpha = float(ndtr(c_exp * sst.t.ppf(nominal, n - 1)))
     scipy_method = "percentile" if (discrete or method == "percentile") else "BCa"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -177,13 +186,14 @@ def bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, *, alpha: float,
     dist = np.asarray(res.bootstrap_distribution, dtype=float)
     finite = dist[np.isfinite(dist)]
     used = "bootstrap BCa" if scipy_method == "BCa" else "bootstrap percentile"
+    used += ", expanded" if expand else ""
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     n_bad = dist.size - finite.size
     if n_bad:
         used += f" ({n_bad} of {dist.size} resamples undefined, dropped)"
     if finite.size == 0:
         return Estimate(est, math.nan, math.nan, n, used + ": no resample defined", None,
-                        1.0 - 2.0 * alpha)
+                        1.0 - 2.0 * nominal)
     if discrete:
         lo = float(np.quantile(finite, alpha, method="inverted_cdf"))
         hi = float(-np.quantile(-finite, alpha, method="inverted_cdf"))
@@ -225,7 +235,10 @@ def bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, *, alpha: float,
         else:
             p = float(q)
         p = min(1.0, max(p, 1.0 / (B + 1)))
-    return Estimate(est, lo, hi, n, used, p, 1.0 - 2.0 * alpha)
+        if expand:
+            p = float(sst.t.cdf(float(ndtri(p)) / c_exp, n - 1))
+    return Estimate(est, lo, hi, n, used, p, 1.0 - 2.0 * nominal,
+                    details={"tail": alpha, "expanded": expand})
 
 
 # --- sign-flip permutation test for a mean ----------------------------------------------------
@@ -292,6 +305,33 @@ def signflip_mean(x: np.ndarray, *, alpha: float, n_boot: int, rng: np.random.Ge
     return Estimate(float(x.mean()), lo, hi, n, how, p, 1.0 - 2.0 * alpha)
 
 
+def mean_test(x: np.ndarray, *, alpha: float, n_boot: int, method: str,
+              rng: np.random.Generator, op: Optional[str] = None,
+              bar: Optional[float] = None) -> Estimate:
+    """Mean of per-example values, decided by two tests that must both agree.
+
+    The sign-flip permutation test (:func:`signflip_mean`) is exact when the values are
+    symmetric about the bar but lets skewed data through too often (about 10% instead of 5%
+    at n=32 with exponential-like tails toward the bar); the BCa bootstrap corrects for skew
+    but is only approximate. The interval is the hull of both intervals and the p-value the
+    larger of the two, so a claim passes only when both tests reject. Below
+    ``MIN_BOOTSTRAP_N`` examples only the sign-flip test is used."""
+    x = np.asarray(x, dtype=float).ravel()
+    f = signflip_mean(x, alpha=alpha, n_boot=n_boot, rng=rng, op=op, bar=bar)
+    if x.size < MIN_BOOTSTRAP_N:
+        return f
+    b = bootstrap(lambda idx: x[idx].mean(-1), x.size, alpha=alpha, n_boot=n_boot,
+                  method=method, rng=rng, op=op, bar=bar)
+    lows = [v for v in (f.low, b.low) if not math.isnan(v)]
+    highs = [v for v in (f.high, b.high) if not math.isnan(v)]
+    p = None if f.p_value is None or b.p_value is None else max(f.p_value, b.p_value)
+    return Estimate(f.estimate, min(lows) if lows else math.nan,
+                    max(highs) if highs else math.nan, f.n,
+                    f"{f.method} and {b.method} (both must clear)", p, f.level,
+                    details={"signflip": [f.low, f.high, f.p_value],
+                             "bootstrap": [b.low, b.high, b.p_value]})
+
+
 # --- rates ----------------------------------------------------------------------------------
 def clopper_pearson(k: int, n: int, confidence: float) -> tuple[float, float]:
     """Exact two-sided (Clopper-Pearson) interval for k successes in n trials."""
@@ -335,7 +375,7 @@ def adjust_pvalues(pvals: Sequence[Optional[float]], method: str = "holm") -> li
                              "'holm', 'bh', 'bonferroni', 'none'")
     out: list[Optional[float]] = [None if p is None else float(p) for p in pvals]
     keep = [i for i, p in enumerate(out) if p is not None and math.isfinite(p)]
-    if method == "none" or not keep:
+    if method == "none" or len(keep) < 2:  # a family of one needs no correction
         return out
     from statsmodels.stats.multitest import multipletests
 

@@ -1,0 +1,182 @@
+"""Calibration: the error rates of the assertions, measured on simulated data with known truth.
+
+Under a null where the true statistic sits exactly on the bar, a claim must pass at most
+alpha of the time (plus Monte-Carlo error: 3 standard errors of a rate alpha over REPS
+repetitions). At a stated effect size the pass rate (power) is reported. Every repetition
+calls the real assertion with its default settings (BCa bootstrap, n_boot 2000 for the
+permutation tests), except that bootstraps use n_boot=1000 to keep the suite fast.
+
+Run ``python tests/test_calibration.py`` to print the table that docs/statistics.md carries.
+"""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+
+import fieldcheck as fc
+from fieldcheck import (alpha_star, claim_result, cpr, depth_share, effect, r2, rate,
+                        recovered)
+
+REPS = 500
+N = 32          # examples per simulated claim
+ALPHA = 0.05
+N_BOOT = 1000
+
+
+def _passes(fn) -> bool:
+    try:
+        fn()
+        return True
+    except fc.ClaimFailed:
+        return False
+
+
+# --- simulations: each returns one pass/fail for a true value `truth` --------------------------
+def sim_r2(rng, truth, bar=0.9):
+    """Predicted vs real effects of S=12 fixed sites; population R^2 of the prediction as is
+    equals `truth`: real = pred + e, Var(e) = (1 - truth)/truth * Var(pred)."""
+    S = 12
+    mu = np.linspace(-2, 2, S)[:, None]
+    pred = mu + rng.normal(0, 0.5, (S, N))
+    var_pred = float(mu.var() + 0.25)
+    real = pred + rng.normal(0, math.sqrt((1 - truth) / truth * var_pred), (S, N))
+    return _passes(lambda: fc.assert_predicted_effect(pred, real, r2 > bar, n_boot=N_BOOT))
+
+
+def _patch(values, clean, corrupt):
+    return NS(values=values[None], baseline_clean=clean, baseline_corrupt=corrupt,
+              sites=[], direction="denoise", jointly=True, metric="logit_diff",
+              effect=(values - corrupt)[None])
+
+
+def sim_recovered(rng, truth, bar=0.8):
+    """Joint patch; clean - corrupt gaps ~ Gamma(4, 0.5) (skewed, mean 2); patched recovers
+    `truth` of each gap plus noise, so the ratio of means is `truth`."""
+    corrupt = rng.normal(0, 1, N)
+    gap = rng.gamma(4.0, 0.5, N)
+    patched = corrupt + truth * gap + rng.normal(0, 0.5, N)
+    return _passes(lambda: fc.assert_effect(_patch(patched, corrupt + gap, corrupt),
+                                            recovered > bar, n_boot=N_BOOT))
+
+
+def sim_effect(rng, truth, bar=-1.0, skew=-1.0):
+    """Noising effects with mean `truth`, skewed (centred exponential, sd 1.5; skew -1: a long
+    tail of large negative effects, +1: of large positive ones)."""
+    clean = rng.normal(3, 1, N)
+    e = truth + 1.5 * (rng.exponential(1.0, N) - 1.0) * skew
+    res = NS(values=(clean + e)[None], baseline_clean=clean, baseline_corrupt=clean - 3,
+             sites=[], direction="noise", jointly=True, metric="logit_diff",
+             effect=e[None])
+    return _passes(lambda: fc.assert_effect(res, effect < bar, direction="noise"))
+
+
+def sim_effect_right_skew(rng, truth, bar=-1.0):
+    return sim_effect(rng, truth, bar, skew=1.0)
+
+
+def sim_rate(rng, truth, bar=0.5):
+    t = NS(flipped=rng.random(N) < truth, shift=np.zeros(N), gap_closed=np.zeros(N))
+    return _passes(lambda: fc.assert_transfers(t, rate > bar))
+
+
+def sim_alpha_star(rng, truth_dev, bar=0.3, tol=0.1):
+    """Sweep alpha = 0, 0.1, ..., 1; the mean effect bends away from the linear prediction as
+    (1 + k alpha^2), k set so the relative deviation at alpha = 0.3 is `truth_dev` (tol sits
+    exactly on the bar's grid point when truth_dev == tol)."""
+    alphas = np.round(np.linspace(0, 1, 11), 10)
+    k = truth_dev / bar ** 2
+    g = rng.normal(1.0, 0.3, N)
+    lin = alphas[:, None] * g[None]
+    eff = lin * (1 + k * alphas[:, None] ** 2) + alphas[:, None] * rng.normal(0, 0.1, (11, N))
+    sw = NS(alphas=alphas, effect=eff, linear=lin)
+    return _passes(lambda: fc.assert_linear_regime(sw, alpha_star(tol=tol) >= bar,
+                                                   n_boot=N_BOOT))
+
+
+def sim_cpr(rng, truth, bar=0.9):
+    empty = rng.normal(0, 0.5, N)
+    gap = rng.normal(3, 1, N)
+    c = NS(full=empty + gap, empty=empty, circuit=empty + truth * gap + rng.normal(0, 0.4, N))
+    return _passes(lambda: fc.assert_faithful(c, cpr >= bar, n_boot=N_BOOT))
+
+
+def sim_depth_share(rng, truth, bar=0.7):
+    """Shares in [0, 1] from a Beta with mean `truth` (skewed near the top)."""
+    a = 6.0
+    b = a * (1 - truth) / truth
+    g = NS(depth_share=rng.beta(a, b, N), response_norm=None, outside_cone_max=0.0)
+    return _passes(lambda: fc.assert_anisotropic(g, depth_share > bar))
+
+
+# name, simulation, null truth (on the bar), alternative truth (for power), text
+CASES = [
+    ("r2 > 0.9 (assert_predicted_effect, BCa cluster bootstrap)", sim_r2, 0.9, 0.95,
+     "true R^2 0.95"),
+    ("recovered > 0.8 (assert_effect, BCa bootstrap of a ratio)", sim_recovered, 0.8, 0.95,
+     "true recovered 0.95"),
+    ("effect < -1 (assert_effect, sign-flip test, long tail away from the bar)", sim_effect,
+     -1.0, -1.75, "true mean effect -1.75 (sd 1.5)"),
+    ("effect < -1 (assert_effect, sign-flip test, long tail toward the bar)",
+     sim_effect_right_skew, -1.0, -1.75, "true mean effect -1.75 (sd 1.5)"),
+    ("rate > 0.5 (assert_transfers, Clopper-Pearson)", sim_rate, 0.5, 0.8, "true rate 0.8"),
+    ("alpha_star >= 0.3 (assert_linear_regime, percentile)", sim_alpha_star, 0.1, 0.02,
+     "deviation at 0.3 of 0.02 (tol 0.1)"),
+    ("cpr >= 0.9 (assert_faithful, BCa bootstrap of a ratio)", sim_cpr, 0.9, 1.0,
+     "true cpr 1.0"),
+    ("depth_share > 0.7 (assert_anisotropic, sign-flip, Beta)", sim_depth_share, 0.7, 0.8,
+     "true mean share 0.8"),
+]
+
+
+def pass_rate(sim, truth, reps=REPS, seed=0) -> float:
+    rng = np.random.default_rng(seed)
+    claim_result.set_sink(None)
+    with fc.config.override(alpha=ALPHA, decide="bound", method="bca", seed=0):
+        hits = 0
+        for i in range(reps):
+            # a distinct claim id per repetition: the bootstrap draws differ as in real runs
+            with fc.config.claim_context(f"calibration::{sim.__name__}::{i}"):
+                hits += sim(rng, truth)
+    return hits / reps
+
+
+MC_LIMIT = ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / REPS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,sim,null,alt,alt_text", CASES, ids=[c[1].__name__ for c in CASES])
+def test_false_pass_rate_at_the_bar(name, sim, null, alt, alt_text):
+    rate_null = pass_rate(sim, null)
+    assert rate_null <= MC_LIMIT, f"{name}: false-pass rate {rate_null:.3f} > {MC_LIMIT:.3f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,sim,null,alt,alt_text", CASES, ids=[c[1].__name__ for c in CASES])
+def test_power_at_the_stated_effect(name, sim, null, alt, alt_text):
+    power = pass_rate(sim, alt, reps=200, seed=1)
+    assert power >= 0.5, f"{name}: power {power:.2f} at {alt_text}"
+
+
+def test_point_decision_is_not_calibrated():
+    """decide='point' passes about half the time on the bar: it is an estimate, not a test."""
+    with fc.config.override(decide="point"):
+        r = pass_rate(sim_rate, 0.5, reps=300, seed=2)
+    assert r > 0.3
+
+
+if __name__ == "__main__":  # pragma: no cover - prints the table for docs/statistics.md
+    import time
+
+    print(f"| criterion (assertion, method) | false-pass rate at the bar ({REPS} runs, "
+          f"alpha = {ALPHA}) | power | at |")
+    print("|---|---|---|---|")
+    for name, sim, null, alt, alt_text in CASES:
+        t0 = time.time()
+        r0 = pass_rate(sim, null)
+        r1 = pass_rate(sim, alt, reps=REPS, seed=1)
+        se = math.sqrt(max(r0 * (1 - r0), 1e-9) / REPS)
+        print(f"| {name} | {r0:.3f} (± {se:.3f}) | {r1:.2f} | {alt_text} |"
+              f"  <!-- {time.time() - t0:.1f}s -->")
