@@ -1,4 +1,5 @@
-"""Shared fixtures' helpers for the data-set tests: a model-like object for fast tests.
+"""Helpers for the data-set tests: a model-like object for fast tests (SmolLM2 tests use the
+conftest `smollm2` fixture).
 
 ``small_model()`` is ``fieldcheck.testing.tiny_model("gpt2")`` when that exists; otherwise a stub
 with just what data sets use (``.tokenizer``, ``.cfg.default_prepend_bos``, ``.cfg.n_ctx``,
@@ -64,24 +65,3 @@ def small_model():
             _SMALL["m"] = tiny_model("gpt2")
     return _SMALL["m"]
 
-
-_SMOL: dict = {}
-
-
-def smollm2():
-    """The real SmolLM2-135M (loaded once per process); pytest.skip if it cannot be loaded."""
-    import pytest
-
-    if "m" not in _SMOL:
-        try:
-            from fieldcheck import load_model
-        except ImportError as e:  # pragma: no cover - until fieldcheck.models lands
-            pytest.skip(f"fieldcheck.load_model is not available yet ({e})")
-        try:
-            _SMOL["m"] = load_model("smollm2-135m")
-        except Exception as e:  # ModelNotAvailable and friends
-            _SMOL["m"] = e
-    m = _SMOL["m"]
-    if isinstance(m, Exception):
-        pytest.skip(f"SmolLM2-135M could not be loaded: {type(m).__name__}: {m}")
-    return m

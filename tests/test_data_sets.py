@@ -10,7 +10,7 @@ import torch
 from fieldcheck.data_sets import ContrastiveSet, NotEnoughExamples
 from fieldcheck.errors import DatasetError, FieldcheckError, InsufficientData
 
-from _datasets_helpers import small_model, smollm2, stub_model
+from _datasets_helpers import small_model, stub_model
 
 CLEAN = ["When Mary and John went to the store, John gave a drink to",
          "When Tom and Kate went to the park, Kate gave a ring to"]
@@ -356,8 +356,8 @@ def test_error_empty_prompt(model):
 
 # ------------------------------------------------------------------------------- real tokenizer
 @pytest.mark.pretrained
-def test_tokens_equal_model_to_tokens_smollm2():
-    m = smollm2()
+def test_tokens_equal_model_to_tokens_smollm2(smollm2):
+    m = smollm2
     d = ContrastiveSet.from_pairs(m, CLEAN, CORRUPT, [" Mary", " Tom"], [" John", " Kate"])
     assert torch.equal(d.clean_tokens, m.to_tokens(CLEAN).cpu())
     assert torch.equal(d.corrupt_tokens, m.to_tokens(CORRUPT).cpu())
@@ -367,8 +367,8 @@ def test_tokens_equal_model_to_tokens_smollm2():
 
 
 @pytest.mark.pretrained
-def test_multi_token_answer_shows_tokens_smollm2():
-    m = smollm2()
+def test_multi_token_answer_shows_tokens_smollm2(smollm2):
+    m = smollm2
     with pytest.raises(DatasetError) as e:
         ContrastiveSet.from_pairs(m, CLEAN[:1], CORRUPT[:1], [" Eiffel"], [" John"])
     msg = str(e.value)

@@ -8,7 +8,7 @@ from fieldcheck import datasets as D
 from fieldcheck.data_sets import ContrastiveSet, NotEnoughExamples
 from fieldcheck.errors import DatasetError
 
-from _datasets_helpers import small_model, smollm2, stub_model
+from _datasets_helpers import small_model, stub_model
 
 
 @pytest.fixture(scope="module")
@@ -248,8 +248,8 @@ def test_filtering_drops_non_single_token_words():
 
 # ------------------------------------------------------------------------------------- SmolLM2
 @pytest.mark.pretrained
-def test_smollm2_word_lists_and_template_lengths():
-    m = smollm2()
+def test_smollm2_word_lists_and_template_lengths(smollm2):
+    m = smollm2
     v = D.vocab(m)
     assert (len(v.names), len(v.places), len(v.objects), len(v.induction_words),
             len(v.facts)) == (40, 12, 15, 30, 38)
@@ -260,8 +260,8 @@ def test_smollm2_word_lists_and_template_lengths():
 
 @pytest.mark.pretrained
 @pytest.mark.parametrize("corruption", ["abc", "flip"])
-def test_smollm2_ioi(corruption):
-    m = smollm2()
+def test_smollm2_ioi(corruption, smollm2):
+    m = smollm2
     ds = D.ioi(m, n=16, corruption=corruption)
     check_ioi(ds, m, corruption)
     assert torch.equal(ds.clean_tokens, m.to_tokens(ds.clean_prompts).cpu())
@@ -272,8 +272,8 @@ def test_smollm2_ioi(corruption):
 
 
 @pytest.mark.pretrained
-def test_smollm2_factual_and_induction():
-    m = smollm2()
+def test_smollm2_factual_and_induction(smollm2):
+    m = smollm2
     ds = D.factual_recall(m, n=8, relation="landmark_city")
     check_valid(ds)
     assert ds.seq_len == 10  # three-token landmarks ("The Eiffel Tower is in the city of")
@@ -284,3 +284,8 @@ def test_smollm2_factual_and_induction():
     ind = D.induction(m, n=4, length=5)
     assert torch.equal(ind.clean_tokens, m.to_tokens(ind.clean_prompts).cpu())
     assert torch.equal(ind.clean_tokens[:, 1:5], ind.clean_tokens[:, 6:10])
+
+
+def test_same_set_for_both_tiny_archs(tiny_gpt2, tiny_llama):
+    for fn in (D.ioi, D.factual_recall, D.induction):
+        assert fn(tiny_gpt2, n=4).content_hash() == fn(tiny_llama, n=4).content_hash()

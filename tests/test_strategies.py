@@ -11,7 +11,7 @@ from fieldcheck import strategies as S
 from fieldcheck.data_sets import ContrastiveSet
 from fieldcheck.errors import DatasetError
 
-from _datasets_helpers import small_model, smollm2
+from _datasets_helpers import small_model
 
 MODEL = small_model()
 FAST = settings(max_examples=25, derandomize=True, deadline=None, database=None,
@@ -149,8 +149,8 @@ def test_strategy_errors():
 
 
 @pytest.mark.pretrained
-def test_drawn_sets_valid_for_smollm2():
-    m = smollm2()
+def test_drawn_sets_valid_for_smollm2(smollm2):
+    m = smollm2
 
     @settings(max_examples=10, derandomize=True, deadline=None, database=None)
     @given(ds=st.one_of(S.contrastive_sets(m, "ioi", 2, 6), S.contrastive_sets(m, "factual", 2, 6),
