@@ -345,21 +345,29 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def short_id(cid: str, width: int) -> str:
+    """A claim id shortened to ``width`` by dropping folders, then the file; the test name
+    itself is never cut."""
+    if len(cid) <= width:
+        return cid
+    path, sep, name = cid.partition("::")
+    short = path.rsplit("/", 1)[-1] + sep + name
+    if len(short) <= width or not sep:
+        return short
+    return "..." + sep + name if len(sep + name) + 3 <= width else name
+
+
 def format_table(report: dict, width: Optional[int] = None) -> str:
     header, rows = table_rows(report)
+    if width and rows:  # shorten claim ids to fit the terminal
+        others = [max(len(str(r[i])) for r in [header] + rows) for i in range(1, len(header))]
+        room = max(20, width - sum(others) - 2 * (len(header) - 1))
+        rows = [[short_id(r[0], room)] + r[1:] for r in rows]
     cols = list(zip(*([header] + rows))) if rows else [[h] for h in header]
     widths = [max(len(str(x)) for x in col) for col in cols]
-    if width:  # shorten the claim column to fit the terminal
-        extra = sum(widths) + 2 * (len(widths) - 1) - width
-        if extra > 0:
-            widths[0] = max(20, widths[0] - extra)
-
-    def cut(s: str, w: int) -> str:
-        return s if len(s) <= w else "..." + s[-(w - 3):]
-
-    lines = ["  ".join(cut(str(x), w).ljust(w) for x, w in zip(header, widths)).rstrip()]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)).rstrip()]
     for row in rows:
-        lines.append("  ".join(cut(str(x), w).ljust(w) for x, w in zip(row, widths)).rstrip())
+        lines.append("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
     return "\n".join(lines)
 
 

@@ -9,8 +9,11 @@ import pytest
 
 # Modules with C extensions cannot be imported twice in one process, and in-process pytester
 # runs drop the modules first imported inside them: import them out here first.
-import matplotlib  # noqa: F401
+import matplotlib
 import numpy  # noqa: F401
+
+matplotlib.use("Agg")
+import matplotlib.pyplot  # noqa: E402,F401
 
 import fieldcheck.stats  # noqa: F401
 
@@ -352,3 +355,39 @@ def test_hypothesis_falsifying_example_in_report(pytester, monkeypatch):
     first = _json(pytester)
     pytester.runpytest("-p", "no:cacheprovider", "--fc-report-json", "r.json")
     assert strip_volatile(first) == strip_volatile(_json(pytester))
+
+
+ASSERTIONS = '''
+import numpy as np
+import pytest
+import fieldcheck as fc
+
+rng = np.random.default_rng(0)
+PRED = rng.normal(size=(6, 30))
+GOOD = PRED + 0.05 * rng.normal(size=PRED.shape)
+BAD = rng.normal(size=PRED.shape)
+
+@pytest.mark.fieldcheck
+def test_predicts():
+    fc.assert_predicted_effect(PRED, GOOD, fc.r2 > 0.9)
+
+@pytest.mark.fieldcheck
+def test_does_not_predict():
+    fc.assert_predicted_effect(PRED, BAD, fc.r2 > 0.9)
+'''
+
+
+def test_real_assertions_on_arrays(pytester):
+    pytest.importorskip("fieldcheck.assertions")
+    pytester.makepyfile(test_a=ASSERTIONS)
+    res = pytester.runpytest("-p", "no:cacheprovider", "--fc-report-json", "a.json")
+    res.assert_outcomes(passed=1, failed=1)
+    res.stdout.fnmatch_lines(["*test_does_not_predict*r2*FAIL*", "*test_predicts*r2*PASS*"])
+    rep = _json(pytester, "a.json")
+    good = next(c for c in rep["claims"] if c["id"].endswith("test_predicts"))
+    r = good["results"][0]
+    assert r["statistic"] == "r2" and r["assertion"] == "assert_predicted_effect"
+    assert r["claim_id"] == "test_a.py::test_predicts" and r["passed"] is True
+    # bootstrap draws are seeded by the claim id: a second run gives the same report
+    pytester.runpytest("-p", "no:cacheprovider", "--fc-report-json", "b.json")
+    assert strip_volatile(rep) == strip_volatile(_json(pytester, "b.json"))

@@ -193,3 +193,11 @@ def test_html_renders_in_headless_chromium(tmp_path):
     console = [ln for ln in out.stderr.splitlines()
                if "CONSOLE" in ln or "Uncaught" in ln or "ERR_" in ln and "report.html" in ln]
     assert not console, console
+
+
+def test_short_ids_keep_the_test_name():
+    assert reports.short_id("a/b/c.py::test_x", 80) == "a/b/c.py::test_x"
+    assert reports.short_id("claims/deep/c.py::test_x", 12) == "c.py::test_x"
+    assert reports.short_id("claims/deep/c.py::test_long_name", 10) == "test_long_name"
+    table = reports.format_table(_report(), width=60)
+    assert "c.py::a" in table
