@@ -27,7 +27,7 @@ from .criteria import Criterion, as_criteria
 from .errors import CriterionError, FieldcheckError, InsufficientData
 from .stats import (MIN_BOOTSTRAP_N, Estimate, adjust_pvalues, binomial_rate, bootstrap, clears,
                     make_rng, mean_test, min_n_rate, min_n_signflip, nonfinite, require_n,
-                    to_numpy)
+                    resample_weights, to_numpy)
 
 # re-exported so that `from fieldcheck import r2, ...` and `fc.r2` work
 from .criteria import (alpha_star, cpr, depth_share, effect, gap_closed, mean,  # noqa: F401
@@ -114,15 +114,6 @@ def _vector(x: Any, name: str, assertion: str, n: Optional[int] = None) -> np.nd
     if n is not None and arr.size != n:
         raise AssertionInputError(f"{assertion}: {name} has {arr.size} examples, expected {n}")
     return arr
-
-
-def _weights(idx: np.ndarray, n: int) -> np.ndarray:
-    """How often each of n examples occurs in each resample: idx [..., m] -> [..., n]."""
-    lead, m = idx.shape[:-1], idx.shape[-1]
-    flat = idx.reshape(-1, m)
-    rows = flat.shape[0]
-    w = np.bincount((np.arange(rows)[:, None] * n + flat).ravel(), minlength=rows * n)
-    return w.reshape(lead + (n,)).astype(float)
 
 
 # --- deciding -------------------------------------------------------------------------------
@@ -286,7 +277,7 @@ def assert_predicted_effect(predicted: Any, actual: Any, *criteria: Criterion,
                     "u": p.sum(0), "v": (p ** 2).sum(0), "c": (a * p).sum(0)}
 
             def agg(idx):
-                W = _weights(idx, n)
+                W = resample_weights(idx, n)
                 N = S * W.sum(-1)
                 g = {k: W @ v for k, v in cols.items()}
                 ss_tot = g["q"] - g["t"] ** 2 / N
@@ -308,7 +299,7 @@ def assert_predicted_effect(predicted: Any, actual: Any, *criteria: Criterion,
                                            f"sites, got {S}")
 
                 def stat(idx):
-                    W = _weights(idx, n)
+                    W = resample_weights(idx, n)
                     m = W.sum(-1, keepdims=True)
                     return _corr_lastaxis(rankdata(W @ P.T / m, axis=-1),
                                           rankdata(W @ A.T / m, axis=-1))
@@ -319,7 +310,7 @@ def assert_predicted_effect(predicted: Any, actual: Any, *criteria: Criterion,
                                        f"sites overlap fully); got {S}")
 
             def stat(idx):
-                W = _weights(idx, n)
+                W = resample_weights(idx, n)
                 m = W.sum(-1, keepdims=True)
                 return (_topk_mask(W @ P.T / m, k) & _topk_mask(W @ A.T / m, k)).sum(-1) / k
         est = bootstrap(stat, n, alpha=s.alpha, n_boot=s.n_boot, method=s.method, rng=rng,
@@ -368,7 +359,7 @@ def _patch_arrays(result: Any, assertion: str):
 
 def _ratio_stat(num: np.ndarray, den: np.ndarray, n: int) -> Callable:
     def stat(idx):
-        W = _weights(idx, n)
+        W = resample_weights(idx, n)
         with np.errstate(invalid="ignore", divide="ignore"):
             return (W @ num) / (W @ den)
     return stat
@@ -619,7 +610,7 @@ def assert_linear_regime(sweep: Any, *criteria: Criterion, tol: Optional[float] 
         tiny = max(1e-12 * float(np.abs(ml).max()), 1e-300)
 
         def stat(idx):
-            W = _weights(idx, n)
+            W = resample_weights(idx, n)
             m = W.sum(-1, keepdims=True)
             return _alpha_star(alphas, W @ E.T / m, W @ L.T / m, t, tiny)
 

@@ -11,8 +11,9 @@ Conventions (see ``docs/statistics.md``):
   construction (so ``bound clears bar`` and ``p < alpha`` agree up to resampling ties).
 * Bootstrap draws resample *examples*. A statistic is given as a function of example
   indices (``stat(idx)`` with ``idx`` an int array ``[..., m]``, returning ``[...]``), which
-  makes cluster bootstraps (a site x example table resampled by columns) and ratios of sums
-  natural, and lets ``scipy.stats.bootstrap`` do the resampling and the intervals.
+  makes cluster bootstraps (a site x example table resampled by columns, see
+  :func:`resample_weights`) and ratios of sums natural, and lets ``scipy.stats.bootstrap``
+  do the resampling and the intervals.
 * Seeds come from :func:`derive_seed` (SHA-256 of the session seed, the claim id and the
   criterion text), never from Python's ``hash()`` or from execution order.
 """
@@ -135,12 +136,15 @@ def _jackknife_indices(n: int) -> np.ndarray:
     return np.stack([np.delete(idx, i) for i in range(n)])
 
 
-def take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Resample the last (example) axis of ``a`` [..., n] with int indices ``idx`` [B.., m];
-    returns [B.., ..., m] (resample dimensions first)."""
-    out = np.take(a, idx, axis=-1)  # a.shape[:-1] + idx.shape
-    k = a.ndim - 1
-    return np.moveaxis(out, tuple(range(k)), tuple(range(idx.ndim - 1, idx.ndim - 1 + k)))
+def resample_weights(idx: np.ndarray, n: int) -> np.ndarray:
+    """How often each of ``n`` examples occurs in each resample: int ``idx`` [..., m] ->
+    float counts [..., n]. A statistic of a resample is then a weighted sum over examples
+    (``W @ x``), so a [n_sites, batch] table is resampled by columns without copying it."""
+    lead, m = idx.shape[:-1], idx.shape[-1]
+    flat = idx.reshape(-1, m)
+    rows = flat.shape[0]
+    w = np.bincount((np.arange(rows)[:, None] * n + flat).ravel(), minlength=rows * n)
+    return w.reshape(lead + (n,)).astype(float)
 
 
 def bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, *, alpha: float, n_boot: int,

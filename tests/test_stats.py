@@ -78,12 +78,13 @@ def test_discrete_bootstrap_bounds_stay_on_the_grid():
         assert v == pytest.approx(round(v, 1))
 
 
-def test_take_and_cluster_shapes():
-    a = np.arange(12.0).reshape(3, 4)
-    idx = np.array([[0, 0, 1, 3], [2, 2, 2, 2]])
-    out = stats.take(a, idx)
-    assert out.shape == (2, 3, 4)
-    assert np.array_equal(out[1], np.repeat(a[:, 2:3], 4, axis=1))
+def test_resample_weights_count_examples():
+    idx = np.array([[[0, 0, 1, 3], [2, 2, 2, 2]]])
+    w = stats.resample_weights(idx, 5)
+    assert w.shape == (1, 2, 5)
+    assert w[0].tolist() == [[2, 1, 0, 1, 0], [0, 0, 4, 0, 0]]
+    a = np.arange(15.0).reshape(3, 5)  # a cluster resample of columns as a weighted sum
+    assert np.allclose(w[0] @ a.T, a[:, idx[0]].sum(-1).T)
 
 
 # --- sign-flip ------------------------------------------------------------------------------
