@@ -308,9 +308,17 @@ def test_pinned_ok(fc_model, fc_seed, fc_config):
 
 
 def test_file_without_model_fixtures_loads_no_model(pytester):
-    pytester.makepyfile(test_c=ALL_PASS.format(a=0.95))
+    pytester.makepyfile(test_c=ALL_PASS.format(a=0.95), test_p="""
+import pytest
+
+@pytest.mark.parametrize("field", [1, 2])
+def test_param_named_field(field):
+    assert field
+""")
     pytester.runpytest("-p", "no:cacheprovider", "--fc-report-json", "r.json")
-    assert _json(pytester)["run"]["model"] == {"spec": "smollm2-135m", "loaded": False}
+    rep = _json(pytester)
+    assert rep["run"]["model"] == {"spec": "smollm2-135m", "loaded": False}
+    assert not [c for c in rep["claims"] if "test_param_named_field" in c["id"]]
 
 
 def test_results_reach_fieldcheck_config_claim_id(pytester):

@@ -239,7 +239,7 @@ class FieldcheckPlugin:
         """A claim pinned to another model gets that model (loaded once per session) through
         its ``fc_model``/``field`` arguments, or is skipped when it cannot be loaded."""
         spec = _pinned(item, self)
-        if spec is None or not any(n in getattr(item, "fixturenames", ()) for n in ("fc_model", "field")):
+        if spec is None or not _uses(item, ("fc_model", "field")):
             return
         try:
             model = self.load(spec)
@@ -247,9 +247,9 @@ class FieldcheckPlugin:
             pytest.skip(f"claim pinned to model {spec!r}, which cannot be loaded here "
                         f"(session model {self.opts.model!r}): {type(e).__name__}: {e}")
         # fixtures fill only the names not yet in funcargs
-        if "fc_model" in item.fixturenames:
+        if _uses(item, ("fc_model",)):
             item.funcargs["fc_model"] = model
-        if "field" in item.fixturenames:
+        if _uses(item, ("field",)):
             item.funcargs["field"] = self.field_for(spec)
 
     def pytest_runtest_logreport(self, report) -> None:
@@ -514,14 +514,28 @@ class _claim_scope:
         return False
 
 
+def _uses(item, names) -> bool:
+    """Whether the item requests one of our fixtures by these names (not a parameter or a
+    fixture of its own that happens to be called ``field``)."""
+    info = getattr(item, "_fixtureinfo", None)
+    for n in names:
+        if n not in getattr(item, "fixturenames", ()):
+            continue
+        defs = (getattr(info, "name2fixturedefs", {}) or {}).get(n) if info is not None else None
+        if not defs:
+            continue
+        func = getattr(defs[-1], "func", None)
+        if getattr(func, "__module__", None) == __name__:
+            return True
+    return False
+
+
 def _is_claim(item) -> bool:
     if item.stash.get(_RESULTS, None):
         return True
     if item.get_closest_marker("fieldcheck") is not None:
         return True
-    if any(n in getattr(item, "fixturenames", ()) for n in _FIXTURES):
-        return True
-    return False
+    return _uses(item, _FIXTURES)
 
 
 def _falsifying_example(text: str) -> Optional[str]:
