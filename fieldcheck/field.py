@@ -1,0 +1,313 @@
+"""The field: the residual stream phi(l, t) of a model over a contrastive data set, and patching.
+
+``Field(model)`` runs each data set's clean and corrupted prompts once and caches what the
+light-cone engine needs. ``field.patch`` inserts sources at sites and reads the metric. The
+response objects (sensitivities, predictions, sweeps, Green functions, transfer, path patching)
+live in :mod:`fieldcheck.response` and are attached to Field as methods.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .arch import FunctionalModel, UnsupportedArchitecture, functional_model
+from .engine import Injection, LightConeEngine, Row, RunCache, run_cache
+from .errors import DatasetError, NumericalError, PatchError, SourceError
+from .metrics import Metric, as_metric
+from .results import PatchResult
+from .sites import Site, SiteSet, as_site_set
+from .sources import Source, as_source, check_alpha, noise_for
+
+DIRECTIONS = ("denoise", "noise")
+
+
+@dataclass
+class FieldRun:
+    """Both runs of one data set: caches ``clean``/``corrupt`` and the metric position ``[batch]``."""
+
+    ds: object
+    clean: RunCache
+    corrupt: RunCache
+    metric_pos: torch.Tensor
+
+    def target(self, direction: str) -> RunCache:
+        return self.corrupt if direction == "denoise" else self.clean
+
+    def source(self, direction: str) -> RunCache:
+        return self.clean if direction == "denoise" else self.corrupt
+
+
+def _show_progress() -> bool:
+    try:
+        from . import config
+        flag = getattr(config.settings(), "show_progress", None) if hasattr(config, "settings") else None
+        if flag is not None:
+            return bool(flag)
+    except Exception:
+        pass
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+class Field:
+    """The residual field of ``model`` (a TransformerBridge).
+
+    memory_budget: bytes a patch sweep may use for one chunk of stacked rows (default 2 GiB).
+    engine: "lightcone" (default where the architecture is supported) or "hooks" (one hooked
+    forward per site through TransformerLens; the reference, and the fallback).
+    """
+
+    def __init__(self, model, memory_budget: int = 2 * 2**30, engine: str = "auto"):
+        self.model = model
+        cfg = model.cfg
+        self.n_layers: int = cfg.n_layers
+        self.n_heads: int = cfg.n_heads
+        self.d_model: int = cfg.d_model
+        self.memory_budget = int(memory_budget)
+        try:
+            self.fm: Optional[FunctionalModel] = functional_model(model)
+        except UnsupportedArchitecture:
+            self.fm = None
+        if engine == "auto":
+            engine = "lightcone" if self.fm is not None else "hooks"
+        if engine not in ("lightcone", "hooks"):
+            raise ValueError(f"engine must be 'lightcone', 'hooks' or 'auto', got {engine!r}")
+        if engine == "lightcone" and self.fm is None:
+            raise UnsupportedArchitecture(f"the light-cone engine does not support {type(model.original_model).__name__}")
+        self.engine_name = engine
+        self._runs: dict[str, FieldRun] = {}
+
+    def __repr__(self) -> str:
+        return (f"Field({getattr(self.model, 'fieldcheck_info', {}).get('spec', type(self.model).__name__)}: "
+                f"{self.n_layers} layers, d_model={self.d_model}, engine={self.engine_name}, {len(self._runs)} cached runs)")
+
+    @property
+    def device(self):
+        return next(iter(self.model.parameters())).device
+
+    # --- runs ------------------------------------------------------------------------
+    def run(self, ds) -> FieldRun:
+        """Run the clean and corrupted prompts once (cached by the data set's content)."""
+        _check_ds(ds)
+        key = ds.content_hash()
+        if key not in self._runs:
+            fm = self._need_fm()
+            dev = self.device
+            B = ds.n
+            toks = torch.cat([ds.clean_tokens, ds.corrupt_tokens]).to(dev)
+            both = run_cache(fm, toks)
+            sl = lambda c, s: RunCache(c.tokens[s], c.resid[:, s], c.mid[:, s], c.z[:, s], c.k[:, s], c.v[:, s])
+            clean, corrupt = sl(both, slice(0, B)), sl(both, slice(B, 2 * B))
+            if not torch.isfinite(both.resid[-1]).all():
+                raise NumericalError("the model's residual stream contains NaN or inf on this data set; "
+                                     "check the model's dtype (float16 overflows easily) and weights")
+            self._runs[key] = FieldRun(ds, clean, corrupt, ds.positions["END"].to(dev))
+        return self._runs[key]
+
+    def clear(self) -> None:
+        self._runs.clear()
+
+    def phi(self, ds, which: str = "clean") -> torch.Tensor:
+        """The residual field ``[layer, batch, pos, d_model]`` (layer 0..n_layers; the last is the final residual)."""
+        if which not in ("clean", "corrupt"):
+            raise ValueError(f"which must be 'clean' or 'corrupt', got {which!r}")
+        r = self.run(ds)
+        return (r.clean if which == "clean" else r.corrupt).resid
+
+    def _need_fm(self) -> FunctionalModel:
+        if self.fm is None:
+            raise UnsupportedArchitecture(
+                f"{type(self.model.original_model).__name__} is not supported by the functional engine; "
+                "use Field(model, engine='hooks') for patching")
+        return self.fm
+
+    # --- metrics -------------------------------------------------------------------------
+    def metric_values(self, ds, metric="logit_diff", which: str = "clean") -> torch.Tensor:
+        """The metric on the unpatched clean or corrupted run, ``[batch]``."""
+        r = self.run(ds)
+        cache = r.clean if which == "clean" else r.corrupt
+        return self._metric(as_metric(metric), r, cache.resid[-1][torch.arange(ds.n), r.metric_pos],
+                            torch.arange(ds.n, device=self.device))
+
+    def _metric(self, m: Metric, r: FieldRun, x_final: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
+        ref = None
+        if m.name == "kl":
+            xc = r.clean.resid[-1][torch.arange(r.ds.n), r.metric_pos]
+            ref = torch.log_softmax(self.fm.unembed(self.fm.final_norm(xc)).float(), -1)
+        out = []
+        step = 256 if m.needs_full_logits else 1 << 30
+        for s in range(0, len(ex), step):
+            out.append(m(self.fm, x_final[s:s + step], ex[s:s + step], r.ds, ref))
+        vals = torch.cat(out) if out else x_final.new_zeros(0)
+        if not torch.isfinite(vals).all():
+            raise NumericalError(f"metric {m.name!r} is NaN or inf for {int((~torch.isfinite(vals)).sum())} rows; "
+                                 "the model's outputs are not finite (a claim on them cannot pass)")
+        return vals
+
+    # --- sources -------------------------------------------------------------------------
+    def _site_values(self, r: FieldRun, cache: RunCache, site: Site, pos: torch.Tensor) -> torch.Tensor:
+        """The activation at ``site`` for every example, ``[batch, dim]`` (dim = d_head for heads)."""
+        b = torch.arange(r.ds.n, device=pos.device)
+        l = site.layer
+        if site.kind == "resid_pre":
+            return cache.resid[l][b, pos]
+        if site.kind == "resid_post":
+            return cache.resid[l + 1][b, pos]
+        if site.kind == "resid_mid":
+            return cache.mid[l][b, pos]
+        if site.kind == "attn_head":
+            return cache.z[l][b, pos, site.head]
+        if site.kind == "attn_out":
+            return self.fm.o_proj(l, cache.z[l][b, pos][:, None])[:, 0]
+        if site.kind == "mlp_out":
+            return self.fm.mlp(l, cache.mid[l][b, pos][:, None])[:, 0]
+        raise PatchError(f"unknown site kind {site.kind}")
+
+    def _injections(self, r: FieldRun, site: Site, direction: str, src: Source, alpha: float):
+        """Per example: (Injection or None when the source is exactly zero)."""
+        ds = r.ds
+        pos = ds.position(site.pos).to(self.device) if isinstance(site.pos, str) else \
+            torch.full((ds.n,), int(site.pos), device=self.device)
+        tgt = self._site_values(r, r.target(direction), site, pos)
+        if src.kind == "other":
+            v = self._site_values(r, r.source(direction), site, pos)
+            delta = v - tgt
+        elif src.kind == "zero":
+            v = torch.zeros_like(tgt)
+            delta = -tgt
+        elif src.kind == "mean":
+            v = tgt.mean(0, keepdim=True).expand_as(tgt)
+            delta = v - tgt
+        elif src.kind == "gaussian":
+            delta = noise_for(src, site.label, tgt.shape, tgt.dtype, tgt.device)
+            v = None
+        else:  # steer
+            vec = src.vector.to(tgt.device, tgt.dtype)
+            if vec.shape[-1] != tgt.shape[-1] or (vec.ndim == 2 and vec.shape[0] != ds.n):
+                raise SourceError(f"steering vector of shape {tuple(vec.shape)} does not fit site {site.label}: "
+                                  f"expected [{tgt.shape[-1]}] or [{ds.n}, {tgt.shape[-1]}]")
+            delta = vec.expand_as(tgt)
+            v = None
+        stage = site.stage
+        # attn_out sources are inserted as residual deltas after attention (exact for single sites)
+        replace = src.replaces and site.kind != "attn_out"
+        zero = (delta == 0).all(-1)
+        if src.kind == "other":  # identical token prefixes give identical activations: exactly zero source
+            zero |= pos < ds.first_diff.to(pos.device)
+        out = []
+        for b in range(ds.n):
+            if bool(zero[b]):
+                out.append(None)
+            elif replace:
+                out.append(Injection(stage, int(pos[b]), 1.0 - alpha, alpha * v[b], site.head if site.head is not None else -1))
+            else:
+                out.append(Injection(stage, int(pos[b]), 1.0, alpha * delta[b], site.head if site.head is not None else -1))
+        return out, delta
+
+    # --- patching --------------------------------------------------------------------------
+    def patch(self, ds, sites, direction: str = "denoise", source=None, alpha: float = 1.0,
+              jointly: bool = False, metric: Union[str, callable, Sequence] = "logit_diff",
+              engine: Optional[str] = None, progress: Optional[bool] = None):
+        """Patch each site (or all jointly) and read the metric at the metric position.
+
+        Returns a PatchResult (a dict name -> PatchResult when several metrics are given).
+        """
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be 'denoise' (clean into corrupted: sufficiency) or 'noise' "
+                             f"(corrupted into clean: necessity), got {direction!r}")
+        alpha = check_alpha(alpha)
+        src = as_source(source)
+        metrics = [as_metric(m) for m in (metric if isinstance(metric, (list, tuple)) else [metric])]
+        _check_ds(ds)
+        site_list = _dedupe(as_site_set(sites).resolve(self.n_layers, self.n_heads, ds.seq_len, ds.position_names))
+        engine = engine or self.engine_name
+        t_start = time.perf_counter()
+        if engine == "hooks":
+            from .hooked import patch_hooked
+            values, skipped, baselines, cost = patch_hooked(self, ds, site_list, direction, src, alpha, jointly, metrics)
+        else:
+            values, skipped, baselines, cost = self._patch_lightcone(ds, site_list, direction, src, alpha, jointly,
+                                                                     metrics, progress)
+        cost["seconds"] = time.perf_counter() - t_start
+        results = {}
+        for m in metrics:
+            results[m.name] = PatchResult(
+                sites=site_list, values=values[m.name], baseline_clean=baselines[m.name][0],
+                baseline_corrupt=baselines[m.name][1], direction=direction, metric=m.name, jointly=jointly,
+                alpha=alpha, source=src.describe(), dataset=getattr(ds, "name", ""), method="patch",
+                cost=dict(cost), skipped=skipped)
+        return results if isinstance(metric, (list, tuple)) else results[metrics[0].name]
+
+    def baselines(self, ds, metric="logit_diff") -> tuple[torch.Tensor, torch.Tensor]:
+        m = as_metric(metric)
+        return self.metric_values(ds, m, "clean"), self.metric_values(ds, m, "corrupt")
+
+    def _patch_lightcone(self, ds, site_list, direction, src, alpha, jointly, metrics, progress):
+        r = self.run(ds)
+        B = ds.n
+        base = {m.name: (self.metric_values(ds, m, "clean"), self.metric_values(ds, m, "corrupt")) for m in metrics}
+        tgt_idx = 1 if direction == "denoise" else 0
+        rows: list[Row] = []
+        slots: list[tuple[int, int]] = []  # (site row in result, example)
+        n_out = 1 if jointly else len(site_list)
+        skipped = np.ones((n_out, B), dtype=bool)
+        if jointly:
+            per_ex: list[list[Injection]] = [[] for _ in range(B)]
+            for s in site_list:
+                injs, _ = self._injections(r, s, direction, src, alpha)
+                for b, inj in enumerate(injs):
+                    if inj is not None:
+                        per_ex[b].append(inj)
+            for b in range(B):
+                if per_ex[b] and min(i.pos for i in per_ex[b]) <= int(r.metric_pos[b]):
+                    rows.append(Row(b, per_ex[b]))
+                    slots.append((0, b))
+        else:
+            for i, s in enumerate(site_list):
+                injs, _ = self._injections(r, s, direction, src, alpha)
+                for b, inj in enumerate(injs):
+                    if inj is not None and inj.pos <= int(r.metric_pos[b]):
+                        rows.append(Row(b, [inj]))
+                        slots.append((i, b))
+        engine = LightConeEngine(self.fm, self.memory_budget)
+        show = _show_progress() if progress is None else progress
+        bar = None
+        if show and len(rows) > 200:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(rows), desc=f"fieldcheck {direction} {len(site_list)} sites", unit="row", leave=False)
+        try:
+            x_final = engine.run(r.target(direction), rows, r.metric_pos, progress=bar) if rows else None
+        finally:
+            if bar is not None:
+                bar.close()
+        values = {}
+        for m in metrics:
+            v = base[m.name][tgt_idx].detach().clone()[None].repeat(n_out, 1)
+            if rows:
+                ex = torch.tensor([b for _, b in slots], device=self.device)
+                got = self._metric(m, r, x_final, ex)
+                si = torch.tensor([i for i, _ in slots], device=self.device)
+                v[si, ex] = got.to(v.dtype)
+            values[m.name] = v
+        for i, b in slots:
+            skipped[i, b] = False
+        cost = {"engine": "lightcone", "rows": len(rows), "rows_skipped": int(skipped.sum()),
+                "chunks": engine.stats["forwards"], "token_layers": engine.stats["token_layers"],
+                "full_forward_token_layers": B * ds.seq_len * self.n_layers}
+        return values, skipped, {k: (v[0], v[1]) for k, v in base.items()}, cost
+
+
+def _dedupe(sites: list[Site]) -> list[Site]:
+    return list(dict.fromkeys(sites))
+
+
+def _check_ds(ds) -> None:
+    for attr in ("clean_tokens", "corrupt_tokens", "answers", "wrong", "positions", "content_hash"):
+        if not hasattr(ds, attr):
+            raise DatasetError(f"{type(ds).__name__} is not a ContrastiveSet (missing {attr!r}); build one with "
+                               "fieldcheck.ContrastiveSet.from_pairs(...) or fieldcheck.datasets.ioi(model, ...)")

@@ -1,0 +1,170 @@
+"""PatchResult: the metric after patching each site, per example, with both baselines."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from .claim_result import _jsonable
+from .sites import Site
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=float)
+
+
+@dataclass
+class PatchResult:
+    """Metric values after patching, ``values [n_sites, batch]``.
+
+    ``direction``: "denoise" (clean source into the corrupted run: sufficiency) or "noise"
+    (corrupted source into the clean run: necessity). ``effect`` = values - the target run's
+    baseline; ``normalized`` maps the corrupted baseline to 0 and the clean one to 1. A joint
+    patch (``jointly=True``) has one row and lists every site it patched in ``sites``.
+    ``predicted`` marks a first-order (or integrated) prediction rather than a real patch.
+    """
+
+    sites: list[Site]
+    values: np.ndarray
+    baseline_clean: np.ndarray
+    baseline_corrupt: np.ndarray
+    direction: str = "denoise"
+    metric: str = "logit_diff"
+    jointly: bool = False
+    alpha: float = 1.0
+    source: str = "other"
+    dataset: str = ""
+    method: str = "patch"
+    cost: dict[str, Any] = field(default_factory=dict)
+    skipped: Optional[np.ndarray] = None  # [n_sites, batch] True where the source was exactly zero
+
+    def __post_init__(self):
+        self.values = _np(self.values)
+        self.baseline_clean = _np(self.baseline_clean)
+        self.baseline_corrupt = _np(self.baseline_corrupt)
+
+    # --- derived ---------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def baseline_target(self) -> np.ndarray:
+        return self.baseline_corrupt if self.direction == "denoise" else self.baseline_clean
+
+    @property
+    def effect(self) -> np.ndarray:
+        """``[n_sites, batch]``: metric after the patch minus the target run's metric."""
+        return self.values - self.baseline_target[None]
+
+    @property
+    def normalized(self) -> np.ndarray:
+        """``[n_sites, batch]``: 0 at the corrupted baseline, 1 at the clean baseline."""
+        gap = self.baseline_clean - self.baseline_corrupt
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (self.values - self.baseline_corrupt[None]) / gap[None]
+
+    @property
+    def mean_effect(self) -> np.ndarray:
+        return self.effect.mean(axis=1)
+
+    @property
+    def labels(self) -> list[str]:
+        if self.jointly:
+            return ["joint(" + ", ".join(s.label for s in self.sites[:4]) + (", ..." if len(self.sites) > 4 else "") + ")"]
+        return [s.label for s in self.sites]
+
+    def top(self, k: int = 5) -> list[tuple[str, float]]:
+        """The k sites with the largest mean |effect|, as (label, mean effect)."""
+        m = self.mean_effect
+        order = np.argsort(-np.abs(m))[:k]
+        return [(self.labels[i], float(m[i])) for i in order]
+
+    # --- grids and pictures -------------------------------------------------------------
+    def grid(self, stat: str = "effect") -> tuple[np.ndarray, list, list, str, str]:
+        """Mean ``stat`` ("effect", "normalized", "values") on a 2-D grid.
+
+        Returns (grid, row labels, column labels, row axis name, column axis name): layer x position
+        for residual sites, layer x head for head sites at a single position.
+        """
+        vals = getattr(self, stat).mean(axis=1)
+        layers = sorted({s.layer for s in self.sites})
+        heads = sorted({s.head for s in self.sites if s.head is not None})
+        positions = list(dict.fromkeys(s.pos for s in self.sites))
+        if heads and len(positions) == 1:
+            cols, key, cname = heads, (lambda s: s.head), "head"
+        else:
+            cols, key, cname = positions, (lambda s: s.pos), "position"
+        g = np.full((len(layers), len(cols)), np.nan)
+        acc: dict = {}
+        for s, v in zip(self.sites, vals):
+            acc.setdefault((layers.index(s.layer), cols.index(key(s))), []).append(v)
+        for (i, j), vs in acc.items():
+            g[i, j] = float(np.sum(vs)) if cname == "position" and heads else float(np.mean(vs))
+        return g, layers, cols, "layer", cname
+
+    def heatmap(self, stat: str = "normalized", ax=None, title: Optional[str] = None, tokens: Optional[list[str]] = None):
+        """A layer x position (or layer x head) heatmap of the mean ``stat``; returns the matplotlib Figure."""
+        import matplotlib
+        if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+            try:
+                matplotlib.use("Agg")
+            except Exception:  # pragma: no cover
+                pass
+        import matplotlib.pyplot as plt
+
+        g, rows, cols, rname, cname = self.grid(stat)
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(cols) + 2), max(3, 0.22 * len(rows) + 1.5)))
+        else:
+            fig = ax.figure
+        lim = np.nanmax(np.abs(g)) if np.isfinite(g).any() else 1.0
+        im = ax.imshow(g, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower", interpolation="nearest")
+        ax.set_ylabel(rname)
+        ax.set_xlabel(cname)
+        ax.set_xticks(range(len(cols)))
+        xt = [tokens[c] if tokens is not None and isinstance(c, int) and c < len(tokens) else str(c) for c in cols]
+        ax.set_xticklabels(xt, rotation=90 if tokens else 0, fontsize=7)
+        step = max(1, len(rows) // 15)
+        ax.set_yticks(range(0, len(rows), step))
+        ax.set_yticklabels([str(r) for r in rows][::step], fontsize=7)
+        fig.colorbar(im, ax=ax, label=f"mean {stat}")
+        ax.set_title(title or f"{self.direction} {self.metric} ({self.method}, n={self.n})", fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    # --- export -----------------------------------------------------------------------
+    def to_dataframe(self):
+        """One row per (site, example): site label, kind, layer, pos, head, example, value, effect, normalized."""
+        import pandas as pd
+
+        eff, norm = self.effect, self.normalized
+        recs = []
+        for i, label in enumerate(self.labels):
+            s = self.sites[i] if not self.jointly else None
+            for b in range(self.n):
+                recs.append({"site": label, "kind": s.kind if s else "joint", "layer": s.layer if s else None,
+                             "pos": s.pos if s else None, "head": s.head if s else None, "example": b,
+                             "value": self.values[i, b], "effect": eff[i, b], "normalized": norm[i, b]})
+        return pd.DataFrame.from_records(recs)
+
+    def to_dict(self) -> dict:
+        return _jsonable({
+            "sites": [s.to_dict() for s in self.sites], "labels": self.labels, "values": self.values,
+            "baseline_clean": self.baseline_clean, "baseline_corrupt": self.baseline_corrupt,
+            "effect": self.effect, "normalized": self.normalized, "direction": self.direction,
+            "metric": self.metric, "jointly": self.jointly, "alpha": self.alpha, "source": self.source,
+            "dataset": self.dataset, "method": self.method, "cost": self.cost, "n": self.n})
+
+    def summary(self) -> str:
+        gap = float(np.mean(self.baseline_clean - self.baseline_corrupt))
+        head = (f"PatchResult({self.method}, {self.direction}, {len(self.labels)} "
+                f"{'joint patch' if self.jointly else 'sites'}, n={self.n}, metric={self.metric}, "
+                f"source={self.source}, alpha={self.alpha:g}; clean-corrupt gap {gap:.3g})")
+        tops = ", ".join(f"{lab} {v:+.3g}" for lab, v in self.top(5))
+        return f"{head}\n  largest mean effects: {tops}"
+
+    __repr__ = summary

@@ -1,0 +1,233 @@
+"""Sites: points of the depth x token lattice (or a component at one), named the TransformerLens way.
+
+A site is ``(kind, layer, pos[, head])``. ``pos`` is an int (negative counts from the end) or a
+position name of the data set (``"END"``, ``"S2"``), resolved per example when the site is used.
+
+    resid_pre(layers, positions)      blocks.{l}.hook_resid_pre     phi(l, t)
+    resid_mid(layers, positions)      blocks.{l}.hook_resid_mid     after attention, before the MLP
+    resid_post(layers, positions)     blocks.{l}.hook_resid_post    phi(l+1, t)
+    attn_head(layers, heads, positions)  blocks.{l}.attn.hook_z     one head's output (by position)
+    attn_out(layers, positions)       blocks.{l}.hook_attn_out
+    mlp_out(layers, positions)        blocks.{l}.hook_mlp_out
+
+``layers``/``heads``/``positions`` take an int, a range or list, ``"all"`` (or the builtin ``all``),
+and positions also a name. The constructors return a :class:`SiteSet`, resolved against a model
+and a data set by :meth:`SiteSet.resolve`, which raises :class:`SiteError` naming the valid range.
+"""
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from typing import Iterable, Optional, Union
+
+from .errors import SiteError
+
+KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_head", "attn_out", "mlp_out")
+_HOOKS = {
+    "resid_pre": "blocks.{l}.hook_resid_pre",
+    "resid_mid": "blocks.{l}.hook_resid_mid",
+    "resid_post": "blocks.{l}.hook_resid_post",
+    "attn_head": "blocks.{l}.attn.hook_z",
+    "attn_out": "blocks.{l}.hook_attn_out",
+    "mlp_out": "blocks.{l}.hook_mlp_out",
+}
+_PREFIX = {"resid_pre": "", "resid_mid": "mid:", "resid_post": "post:", "attn_head": "",
+           "attn_out": "attn:", "mlp_out": "mlp:"}
+
+Pos = Union[int, str]
+
+
+@dataclass(frozen=True)
+class Site:
+    """One site. ``pos`` is an int or a position name; ``head`` only for ``attn_head``."""
+
+    kind: str
+    layer: int
+    pos: Pos
+    head: Optional[int] = None
+
+    @property
+    def hook_name(self) -> str:
+        return _HOOKS[self.kind].format(l=self.layer)
+
+    @property
+    def label(self) -> str:
+        p = self.pos if isinstance(self.pos, str) else f"P{self.pos}"
+        h = f".H{self.head}" if self.head is not None else ""
+        return f"{_PREFIX[self.kind]}L{self.layer}{h}@{p}"
+
+    def __str__(self) -> str:
+        return self.label
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "layer": self.layer, "pos": self.pos, "head": self.head,
+                "label": self.label, "hook": self.hook_name}
+
+    # --- where the engine inserts a source ---------------------------------------------
+    @property
+    def stage(self) -> int:
+        """Global stage index: 4*l + (0 resid_pre, 1 z, 2 resid_mid / attn_out, 3 mlp_out)."""
+        if self.kind == "resid_pre":
+            return 4 * self.layer
+        if self.kind == "resid_post":
+            return 4 * (self.layer + 1)
+        if self.kind == "attn_head":
+            return 4 * self.layer + 1
+        if self.kind in ("resid_mid", "attn_out"):
+            return 4 * self.layer + 2
+        return 4 * self.layer + 3  # mlp_out
+
+
+def _is_all(x) -> bool:
+    return x is builtins.all or (isinstance(x, str) and x == "all")
+
+
+def _as_list(x, what: str) -> Union[list, str]:
+    if _is_all(x):
+        return "all"
+    if isinstance(x, (int, str)) and not isinstance(x, bool):
+        return [x]
+    if isinstance(x, (range, list, tuple)):
+        return list(x)
+    try:  # numpy / torch
+        return [int(v) for v in x]
+    except TypeError:
+        raise SiteError(f"{what}={x!r} is not an int, a range/list, a name or 'all'") from None
+
+
+class SiteSet:
+    """A set of sites, possibly unresolved (``"all"`` layers) until a model is known.
+
+    ``SiteSet + SiteSet`` concatenates. Iterating an unresolved set raises; call ``resolve``.
+    """
+
+    def __init__(self, specs: list[tuple], sites: Optional[list[Site]] = None):
+        self._specs = specs
+        self._sites = sites
+
+    @classmethod
+    def of(cls, sites: Iterable[Site]) -> "SiteSet":
+        sites = list(sites)
+        return cls([], sites)
+
+    def __add__(self, other: "SiteSet") -> "SiteSet":
+        other = as_site_set(other)
+        if self._sites is not None and other._sites is not None:
+            return SiteSet([], self._sites + other._sites)
+        return SiteSet(self._specs + [("sites", self._sites)] * (self._sites is not None)
+                       + other._specs + [("sites", other._sites)] * (other._sites is not None))
+
+    def resolve(self, n_layers: int, n_heads: int, seq_len: int, position_names: Iterable[str] = ("END",)) -> list[Site]:
+        """The concrete sites for a model with ``n_layers``/``n_heads`` and prompts of ``seq_len`` tokens."""
+        names = set(position_names)
+        out: list[Site] = list(self._sites or []) if not self._specs else []
+        for spec in self._specs:
+            if spec[0] == "sites":
+                out.extend(spec[1])
+                continue
+            kind, layers, positions, heads = spec
+            if kind not in KINDS:
+                raise SiteError(f"unknown site kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+            max_layer = n_layers + 1 if kind == "resid_pre" else n_layers  # resid_pre(n_layers) = final residual
+            layers_ = list(range(n_layers)) if layers == "all" else layers
+            for l in layers_:
+                if not isinstance(l, int) or isinstance(l, bool):
+                    raise SiteError(f"layer {l!r} is not an int; layers are 0..{n_layers - 1}")
+                if l < 0:
+                    l += n_layers
+                if not 0 <= l < max_layer:
+                    raise SiteError(f"layer {l} out of range for {kind}: the model has layers 0..{max_layer - 1}")
+            layers_ = [l + n_layers if l < 0 else l for l in layers_]
+            positions_ = list(range(seq_len)) if positions == "all" else positions
+            for p in positions_:
+                if isinstance(p, str):
+                    if p not in names:
+                        raise SiteError(f"position name {p!r} is not in the data set; its named positions are "
+                                        f"{sorted(names)}")
+                elif isinstance(p, int) and not isinstance(p, bool):
+                    if not -seq_len <= p < seq_len:
+                        raise SiteError(f"position {p} out of range: prompts have {seq_len} tokens "
+                                        f"(positions 0..{seq_len - 1}, or -{seq_len}..-1)")
+                else:
+                    raise SiteError(f"position {p!r} is not an int or a position name")
+            positions_ = [p + seq_len if isinstance(p, int) and p < 0 else p for p in positions_]
+            if kind == "attn_head":
+                heads_ = list(range(n_heads)) if heads == "all" else heads
+                for h in heads_:
+                    if not isinstance(h, int) or not -n_heads <= h < n_heads:
+                        raise SiteError(f"head {h!r} out of range: the model has heads 0..{n_heads - 1}")
+                heads_ = [h % n_heads for h in heads_]
+                out.extend(Site(kind, l, p, h) for l in layers_ for p in positions_ for h in heads_)
+            else:
+                out.extend(Site(kind, l, p) for l in layers_ for p in positions_)
+        if not out:
+            raise SiteError("the site set is empty; give at least one layer and position")
+        return out
+
+    def __repr__(self) -> str:
+        if self._sites is not None and not self._specs:
+            return f"SiteSet({len(self._sites)} sites: {', '.join(s.label for s in self._sites[:6])}{'...' if len(self._sites) > 6 else ''})"
+        parts = [f"{k}(layers={_fmt(l)}, positions={_fmt(p)}{', heads=' + _fmt(h) if k == 'attn_head' else ''})"
+                 for k, l, p, h in [s for s in self._specs if s[0] != "sites"]]
+        return " + ".join(parts) or "SiteSet()"
+
+
+def _fmt(x) -> str:
+    if x == "all":
+        return "all"
+    if isinstance(x, list) and len(x) > 4 and all(isinstance(v, int) for v in x) and x == list(range(x[0], x[-1] + 1)):
+        return f"{x[0]}..{x[-1]}"
+    return repr(x)
+
+
+def as_site_set(x) -> SiteSet:
+    """Accept a SiteSet, one Site, or a list of Sites."""
+    if isinstance(x, SiteSet):
+        return x
+    if isinstance(x, Site):
+        return SiteSet.of([x])
+    if isinstance(x, (list, tuple)) and all(isinstance(s, Site) for s in x):
+        return SiteSet.of(x)
+    raise SiteError(f"{x!r} is not a site set; build one with fieldcheck.sites.resid_pre(...), attn_head(...), ...")
+
+
+def _make(kind: str, layers, positions, heads=None) -> SiteSet:
+    return SiteSet([(kind, _as_list(layers, "layers"), _as_list(positions, "positions"),
+                     _as_list(heads, "heads") if heads is not None else None)])
+
+
+def resid_pre(layers="all", positions="all") -> SiteSet:
+    """phi(l, t): the residual entering block l (``blocks.{l}.hook_resid_pre``)."""
+    return _make("resid_pre", layers, positions)
+
+
+def resid_mid(layers="all", positions="all") -> SiteSet:
+    """The residual after block l's attention, before its MLP (``blocks.{l}.hook_resid_mid``)."""
+    return _make("resid_mid", layers, positions)
+
+
+def resid_post(layers="all", positions="all") -> SiteSet:
+    """The residual leaving block l (``blocks.{l}.hook_resid_post``) = phi(l+1, t)."""
+    return _make("resid_post", layers, positions)
+
+
+def attn_head(layers="all", heads="all", positions="all") -> SiteSet:
+    """One attention head's output z at a position (``blocks.{l}.attn.hook_z[:, pos, head]``)."""
+    return _make("attn_head", layers, positions, heads if heads is not None else "all")
+
+
+def attn_out(layers="all", positions="all") -> SiteSet:
+    """Block l's attention output (``blocks.{l}.hook_attn_out``)."""
+    return _make("attn_out", layers, positions)
+
+
+def mlp_out(layers="all", positions="all") -> SiteSet:
+    """Block l's MLP output (``blocks.{l}.hook_mlp_out``)."""
+    return _make("mlp_out", layers, positions)
+
+
+def site(kind: str, layer: int, pos: Pos, head: Optional[int] = None) -> SiteSet:
+    """One site by kind name; unknown kinds raise SiteError listing the valid ones."""
+    if kind not in KINDS:
+        raise SiteError(f"unknown site kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    return _make(kind, layer, pos, head if kind == "attn_head" else None)
