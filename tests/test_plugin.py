@@ -399,3 +399,18 @@ def test_real_assertions_on_arrays(pytester):
     # bootstrap draws are seeded by the claim id: a second run gives the same report
     pytester.runpytest("-p", "no:cacheprovider", "--fc-report-json", "b.json")
     assert strip_volatile(rep) == strip_volatile(_json(pytester, "b.json"))
+
+
+def test_device_auto_spreads_workers(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from pytest_fieldcheck.plugin import resolve_device
+
+    assert resolve_device("cuda:1") == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw3")
+    assert resolve_device("auto") == "cuda:1"
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert resolve_device("auto") == "cuda:0"
