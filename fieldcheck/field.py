@@ -199,6 +199,8 @@ class Field:
         zero = (delta == 0).all(-1)
         if src.kind == "other":  # identical token prefixes give identical activations: exactly zero source
             zero |= pos < ds.first_diff.to(pos.device)
+        if alpha == 0.0:  # phi + 0 * delta is phi: a no-op, exactly
+            zero[:] = True
         out = []
         for b in range(ds.n):
             if bool(zero[b]):
@@ -208,6 +210,43 @@ class Field:
             else:
                 out.append(Injection(stage, int(pos[b]), 1.0, alpha * delta[b], site.head if site.head is not None else -1))
         return out, delta
+
+    # --- response objects (fieldcheck.response, fieldcheck.green, fieldcheck.transfer, fieldcheck.paths) ---
+    def sensitivity(self, ds, *args, **kw):
+        from .response import sensitivity
+        return sensitivity(self, ds, *args, **kw)
+
+    def predict(self, ds, sites, *args, **kw):
+        from .response import predict
+        return predict(self, ds, sites, *args, **kw)
+
+    def scale_sweep(self, ds, site, alphas=None, **kw):
+        from .response import scale_sweep
+        return scale_sweep(self, ds, site, alphas, **kw)
+
+    def select_sites(self, ds, k, candidates=None, **kw):
+        from .response import select_sites
+        return select_sites(self, ds, k, candidates, **kw)
+
+    def green(self, ds, source_site, direction=None, **kw):
+        from .green import green
+        return green(self, ds, source_site, direction, **kw)
+
+    def propagate(self, ds, source_site, alpha=1.0, **kw):
+        from .green import propagate
+        return propagate(self, ds, source_site, alpha, **kw)
+
+    def green_slice(self, ds, source_site, target_site, rank=8, **kw):
+        from .green import green_slice
+        return green_slice(self, ds, source_site, target_site, rank, **kw)
+
+    def transfer(self, ds_ab, site, targets=None, alpha=1.0, **kw):
+        from .transfer import transfer
+        return transfer(self, ds_ab, site, targets, alpha, **kw)
+
+    def path_patch(self, ds, senders, receivers, **kw):
+        from .paths import path_patch
+        return path_patch(self, ds, senders, receivers, **kw)
 
     # --- patching --------------------------------------------------------------------------
     def patch(self, ds, sites, direction: str = "denoise", source=None, alpha: float = 1.0,

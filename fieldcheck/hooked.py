@@ -36,6 +36,12 @@ def _logits_metric(field, m, logits_end: torch.Tensor, ds, ref):
 def patch_hooked(field, ds, site_list, direction, src, alpha, jointly, metrics):
     model = field.model
     dev = field.device
+    from .errors import SiteError
+    bad = [s.label for s in site_list if s.kind == "resid_mid"]
+    if bad:
+        raise SiteError(f"the hooked path cannot patch resid_mid sites ({bad[0]}): the TransformerBridge's "
+                        "hook_resid_mid feeds only the second norm, not the residual skip connection; "
+                        "use the light-cone engine (engine='lightcone')")
     B = ds.n
     metric_pos = ds.positions["END"].to(dev)
     clean_tok, corrupt_tok = ds.clean_tokens.to(dev), ds.corrupt_tokens.to(dev)
