@@ -617,9 +617,13 @@ def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None
     t0 = time.perf_counter()
 
     if not isinstance(spec, (str, os.PathLike)):
-        if hasattr(spec, "cfg") and hasattr(spec, "run_with_hooks"):
-            return _finish(spec, spec=getattr(spec, "fieldcheck_info", {}).get("spec", "<model>"),
-                           source="<given>", extra={})
+        if hasattr(spec, "cfg") and hasattr(spec, "run_with_hooks"):  # an already loaded model
+            known = dict(getattr(spec, "fieldcheck_info", None) or {})
+            model = _finish(spec, spec=known.get("spec", getattr(spec.cfg, "model_name", "<model>")),
+                            source=known.get("source", "<given>"), extra={})
+            if known:
+                model.fieldcheck_info = known
+            return model
         raise ModelNotAvailable(
             f"model spec must be a name, a path or a loaded TransformerBridge, got {type(spec).__name__}"
         )
@@ -632,15 +636,11 @@ def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None
         from fieldcheck.testing import tiny_model
 
         params = _parse_tiny(spec_str)
-        model = tiny_model(**params)
         if device_map is not None:
-            raise DeviceError("device_map is not supported for tiny models; use device=...")
-        if device != "cpu" or dtype != torch.float32:
-            model.to(device=device, dtype=dtype)
-            model.cfg.device, model.cfg.dtype = device, dtype
-        info = dict(model.fieldcheck_info)
-        info.update(spec=spec_str, device=device, dtype=str(dtype).removeprefix("torch."))
-        model.fieldcheck_info = info
+            raise DeviceError(f"device_map={device_map!r} is not supported for tiny models; use device=...")
+        model = tiny_model(**params, device=device, dtype=dtype)
+        _smoke_test(model, spec_str, device, dtype)
+        model.fieldcheck_info = {**model.fieldcheck_info, "spec": spec_str}
         return model
 
     extra: dict[str, Any] = {}
@@ -649,7 +649,8 @@ def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None
         extra = {"alias": spec_str, "weights_sha256": manifest.get("weights_sha256"),
                  "notes": ALIASES[spec_str].notes, "hf_original": ALIASES[spec_str].hf_original}
         model = _boot_local(folder, spec_str, device, dtype, device_map, **kw)
-        return _finish(model, spec=spec_str, source=str(folder), extra=extra, t0=t0)
+        return _finish(model, spec=spec_str, source=str(folder), extra=extra, t0=t0,
+                       dtype=dtype, device=device)
 
     path = Path(spec_str).expanduser()
     if path.is_file():
@@ -657,7 +658,8 @@ def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None
         extra = {"gguf": str(path.resolve()), "weights_sha256": manifest.get("weights_sha256"),
                  "notes": "weights dequantized from GGUF to float32"}
         model = _boot_local(folder, spec_str, device, dtype, device_map, **kw)
-        return _finish(model, spec=spec_str, source=str(folder), extra=extra, t0=t0)
+        return _finish(model, spec=spec_str, source=str(folder), extra=extra, t0=t0,
+                       dtype=dtype, device=device)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotAvailable(
@@ -673,7 +675,8 @@ def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None
         if manifest:
             extra["weights_sha256"] = manifest.get("weights_sha256")
         model = _boot_local(path, spec_str, device, dtype, device_map, **kw)
-        return _finish(model, spec=spec_str, source=str(path.resolve()), extra=extra, t0=t0)
+        return _finish(model, spec=spec_str, source=str(path.resolve()), extra=extra, t0=t0,
+                       dtype=dtype, device=device)
     looks_like_path = (spec_str.endswith((".gguf", ".safetensors", ".bin"))
                        or spec_str.startswith(("/", "./", "../", "~", "."))
                        or spec_str.count("/") > 1 or "\\" in spec_str)
@@ -699,7 +702,8 @@ def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None
                 f"model {spec_str!r} loaded but TransformerBridge cannot wrap it: {msg.splitlines()[0][:300]}"
             ) from None
         raise
-    return _finish(model, spec=spec_str, source=spec_str, extra={"hub": True}, t0=t0)
+    return _finish(model, spec=spec_str, source=spec_str, extra={"hub": True}, t0=t0,
+                   dtype=dtype, device=device)
 
 
 def _progress(msg: str) -> None:
@@ -721,10 +725,31 @@ def _boot_local(folder: Path, spec: str, device, dtype, device_map, **kw):
         ) from None
 
 
-def _finish(model, spec: str, source: str, extra: dict, t0: float | None = None):
+def _smoke_test(model, spec: str, device, dtype) -> None:
+    """One forward pass on two tokens, so that a dtype or device the model cannot run in
+    fails here, naming them, instead of deep inside a claim."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            toks = model.to_tokens("Hello world")[:, :3]
+            model(toks)
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+        raise DeviceError(
+            f"model {spec!r} cannot run in dtype {str(dtype).removeprefix('torch.')} on device "
+            f"{device or 'device_map'} ({exc.__class__.__name__}: {first}); use dtype=torch.float32 "
+            "on the CPU, or bfloat16/float16 on a GPU"
+        ) from None
+
+
+def _finish(model, spec: str, source: str, extra: dict, t0: float | None = None,
+            dtype=None, device=None):
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if dtype is not None:
+        _smoke_test(model, spec, device, dtype)
     info = _describe(model)
     info.update(spec=spec, source=source, **extra)
     if t0 is not None:

@@ -195,12 +195,24 @@ def tiny_hf_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_he
     return hf, tok
 
 
+def _state_sha256(module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def tiny_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
                seed: int = 0, d_mlp: int | None = None, n_ctx: int = TINY_N_CTX,
-               init_std: float = INIT_STD):
-    """A random ``arch`` ("gpt2" or "llama") model wrapped in a TransformerBridge, on the
-    CPU in float32, in eval mode, gradients off. Deterministic given ``seed``; never
-    touches the network."""
+               init_std: float = INIT_STD, device: str = "cpu", dtype=None):
+    """A random ``arch`` ("gpt2" or "llama") model wrapped in a TransformerBridge, in eval
+    mode, gradients off (on ``device`` in ``dtype``, default the CPU and float32; the weights
+    are drawn in float32 on the CPU first, so they do not depend on either). Deterministic
+    given ``seed``; never touches the network. ``model.fieldcheck_info["weights_sha256"]``
+    hashes the float32 weights."""
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -209,13 +221,16 @@ def tiny_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_heads
     hf, tok = tiny_hf_model(arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads, seed=seed,
                             d_mlp=d_mlp, n_ctx=n_ctx, init_std=init_std)
     d_mlp = int(d_mlp or 4 * d_model)
+    weights_sha256 = _state_sha256(hf)
+    dtype = torch.float32 if dtype is None else dtype
+    if device != "cpu" or dtype != torch.float32:
+        hf = hf.to(device=device, dtype=dtype)
 
     # model_name is only recorded (the hf_model and tokenizer given mean no hub access);
     # the boot draws random numbers for some architectures: keep the caller's RNG intact
     with torch.random.fork_rng(devices=[]):
         bridge = TransformerBridge.boot_transformers(
-            f"fieldcheck-tiny-{arch}", hf_model=hf, tokenizer=tok, device="cpu",
-            dtype=torch.float32,
+            f"fieldcheck-tiny-{arch}", hf_model=hf, tokenizer=tok, device=device, dtype=dtype,
         )
     bridge.eval()
     for p in bridge.parameters():
@@ -226,7 +241,7 @@ def tiny_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_heads
     info.update(spec=f"tiny-{arch}", source="fieldcheck.testing.tiny_model",
                 tiny={"arch": arch, "n_layers": n_layers, "d_model": d_model,
                       "n_heads": n_heads, "d_mlp": d_mlp, "seed": seed, "init_std": init_std},
-                load_seconds=round(time.perf_counter() - t0, 3))
+                weights_sha256=weights_sha256, load_seconds=round(time.perf_counter() - t0, 3))
     bridge.fieldcheck_info = info
     return bridge
 
