@@ -541,16 +541,25 @@ def _hub_offline(on: bool) -> Iterator[None]:
         hc.HF_HUB_OFFLINE = old
 
 
+def _env_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def _hub_error(spec: str, offline: bool, exc: BaseException) -> ModelNotAvailable:
-    why = ("HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+    why = ("HF_HUB_OFFLINE is set" if _env_offline()
            else "the HuggingFace hub is unreachable from here" if offline
            else "the hub could not provide it")
     first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
     return ModelNotAvailable(
         f"model {spec!r} is not available: {why}, and it is not in the local HuggingFace cache "
         f"({first}). Fixes: check the name (fieldcheck aliases: {', '.join(sorted(ALIASES))}, "
-        "tiny-gpt2, tiny-llama); pass a local model folder or a .gguf file; download it once "
-        "where the hub is reachable (the HF cache is reused, also with HF_HUB_OFFLINE=1); or run "
+        "tiny-gpt2, tiny-llama); pass a local model folder or a .gguf file; "
+        + ("unset HF_HUB_OFFLINE to download it (once: the HF cache is reused offline); "
+           if _env_offline() else
+           "download it once where the hub is reachable (the HF cache is reused), and set "
+           "HF_HUB_OFFLINE=1 to skip the hub; ")
+        + "or run "
         f"`fieldcheck models pull {DEFAULT_MODEL}` and use the embedded default "
         f"{DEFAULT_MODEL!r}"
     )
@@ -687,7 +696,7 @@ def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None
         )
 
     # a hub name
-    offline = bool(os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")) or not _hub_reachable()
+    offline = _env_offline() or not _hub_reachable()
     try:
         with _hub_offline(offline):
             model = _boot(spec_str, device, dtype, device_map, **kw)
