@@ -15,6 +15,11 @@ import numpy  # noqa: F401
 matplotlib.use("Agg")
 import matplotlib.pyplot  # noqa: E402,F401
 
+try:  # fieldcheck.assertions may import torch inside a run: import it out here first
+    import torch  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
+
 import fieldcheck.stats  # noqa: F401
 
 fieldcheck.stats.adjust_pvalues([0.01, 0.02], "holm")  # imports the statsmodels/scipy stack
@@ -414,3 +419,15 @@ def test_device_auto_spreads_workers(monkeypatch):
     assert resolve_device("auto") == "cuda:1"
     monkeypatch.delenv("PYTEST_XDIST_WORKER")
     assert resolve_device("auto") == "cuda:0"
+
+
+def test_not_claims_ini_excludes_library_tests(pytester):
+    pytester.makeini("[pytest]\nfc_not_claims =\n    unit/*\n")
+    pytester.mkpydir("unit")
+    (pytester.path / "unit" / "test_lib.py").write_text(ALL_PASS.format(a=0.95))
+    pytester.makepyfile(test_c=ALL_PASS.format(a=0.95).replace("0.04", "0.001").replace("0.03", "0.001"))
+    res = pytester.runpytest("-p", "no:cacheprovider", "--fc-report-json", "r.json")
+    res.assert_outcomes(passed=6)
+    assert res.ret == 0  # the unit tests' p-values are not part of the correction
+    assert [c["id"] for c in _json(pytester)["claims"]] == [
+        "test_c.py::test_a", "test_c.py::test_b", "test_c.py::test_c"]

@@ -45,6 +45,10 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
                         None, "linelist"),
     "fc_no_cache": ("do not use or write the converted-model cache", False, "bool"),
 }
+# ini only: node-id patterns (fnmatch) of tests that are not claims, e.g. a library's own unit
+# tests that call fc.assert_* on purpose: their results are not collected, reported or corrected
+_NOT_CLAIMS_HELP = ("node-id patterns (fnmatch, one per line) of tests that are not claims: "
+                    "their recorded results are not collected, e.g. tests/*")
 
 
 # --- options --------------------------------------------------------------------------------
@@ -64,6 +68,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             g.addoption(flag, dest=name, default=None, metavar=name[3:].upper(), help=help_)
         parser.addini(name, help_.replace("%%", "%") + f" (command line: {flag})", type=kind,
                       default=[] if kind == "linelist" else None)
+    parser.addini("fc_not_claims", _NOT_CLAIMS_HELP, type="linelist", default=[])
 
 
 def _opt(config: pytest.Config, name: str) -> Any:
@@ -482,6 +487,9 @@ class _claim_scope:
 
     def __enter__(self):
         results = _results(self.item)
+        from fieldcheck import claim_result
+
+        self.prev_sink = claim_result._sink
 
         def sink(r: ClaimResult) -> None:
             try:
@@ -490,10 +498,7 @@ class _claim_scope:
                 pass
             results.append(r)
 
-        from fieldcheck import claim_result
-
-        self.prev_sink = claim_result._sink
-        set_sink(sink)
+        set_sink(None if _not_a_claim(self.item) else sink)
         m = _settings_module()
         if m is not None and hasattr(m, "override"):
             kw = {"claim_id": self.item.nodeid}
@@ -530,7 +535,20 @@ def _uses(item, names) -> bool:
     return False
 
 
+def _not_a_claim(item) -> bool:
+    from fnmatch import fnmatchcase
+
+    try:
+        pats = item.config.getini("fc_not_claims") or []
+    except (ValueError, KeyError):
+        pats = []
+    nid = item.nodeid
+    return any(fnmatchcase(nid, p) or (p.endswith("/") and nid.startswith(p)) for p in pats)
+
+
 def _is_claim(item) -> bool:
+    if _not_a_claim(item):
+        return False
     if item.stash.get(_RESULTS, None):
         return True
     if item.get_closest_marker("fieldcheck") is not None:
