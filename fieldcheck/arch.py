@@ -97,7 +97,7 @@ class FunctionalModel:
         kpos = torch.arange(Tk, device=q.device)[None, :]
         mask = kpos > qpos
         scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
-        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        pattern = torch.softmax(scores, dim=-1, dtype=_upcast(q.dtype)).to(q.dtype)
         z = torch.matmul(pattern, v)  # [row, head, Tq, d_head]
         return z.transpose(1, 2)
 
@@ -132,9 +132,14 @@ def _raw(module):
     return module
 
 
+def _upcast(dtype: torch.dtype) -> torch.dtype:
+    """HF computes softmax and norms in float32; keep float64 as float64 (for exact gradient checks)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     dtype = x.dtype
-    xf = x.to(torch.float32)
+    xf = x.to(_upcast(dtype))
     var = xf.pow(2).mean(-1, keepdim=True)
     xf = xf * torch.rsqrt(var + eps)
     return weight * xf.to(dtype)
