@@ -38,6 +38,7 @@ class Settings:
     n_boot: int = 2000
     method: str = "bca"
     claim_id: Optional[str] = None
+    show_progress: Optional[bool] = None  # None: only on a terminal and outside CI
 
     @property
     def level(self) -> float:
@@ -62,7 +63,7 @@ def validate(**kw) -> dict:
         if key not in names:
             raise CriterionError(f"unknown fieldcheck setting {key!r}; valid settings: "
                                  f"{', '.join(sorted(names | {'level'}))}")
-        if value is None and key != "claim_id":
+        if value is None and key not in ("claim_id", "show_progress"):
             continue
         if key == "alpha":
             value = _check_prob("alpha", value)

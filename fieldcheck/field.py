@@ -44,13 +44,14 @@ class FieldRun:
 
 
 def _show_progress() -> bool:
-    try:
-        from . import config
-        flag = getattr(config.settings(), "show_progress", None) if hasattr(config, "settings") else None
-        if flag is not None:
-            return bool(flag)
-    except Exception:
-        pass
+    """Progress bars: the session setting (the plugin turns them off under -q, in CI and off a
+    terminal), FIELDCHECK_NO_PROGRESS=1, else only on a terminal outside CI."""
+    if os.environ.get("FIELDCHECK_NO_PROGRESS") == "1":
+        return False
+    from . import config
+    flag = config.get().show_progress
+    if flag is not None:
+        return bool(flag)
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
