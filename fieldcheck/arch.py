@@ -288,7 +288,12 @@ class GPT2Functional(FunctionalModel):
         return F.embedding(tokens, self.W_E) + self.W_pos[:T][None]
 
     def _ln(self, x, wb):
-        return F.layer_norm(x, (self.d_model,), wb[0], wb[1], self.eps)
+        # Written out rather than F.layer_norm: torch's forward-over-forward AD of layer_norm gives
+        # wrong second derivatives (seen with torch 2.13), and order-2 predictions use exactly that.
+        mu = x.mean(-1, keepdim=True)
+        xc = x - mu
+        var = (xc * xc).mean(-1, keepdim=True)
+        return xc * torch.rsqrt(var + self.eps) * wb[0] + wb[1]
 
     @staticmethod
     def _conv1d(x, wb):
