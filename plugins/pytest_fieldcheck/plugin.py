@@ -112,7 +112,12 @@ def read_options(config: pytest.Config) -> Options:
     o.model = str(_opt(config, "fc_model"))
     o.device = str(_opt(config, "fc_device")).strip()
     dt = _opt(config, "fc_dtype")
-    o.dtype = str(dt) if dt is not None else None
+    o.dtype = str(dt).strip() if dt is not None else None
+    if o.dtype is not None:
+        from fieldcheck.models import _DTYPE_NAMES  # a name table; torch is not imported here
+
+        if o.dtype.lower().removeprefix("torch.") not in _DTYPE_NAMES:
+            raise _usage(f"--fc-dtype {o.dtype!r} is unknown: use float32, bfloat16 or float16")
     try:
         o.seed = int(str(_opt(config, "fc_seed")).strip())
     except ValueError:
