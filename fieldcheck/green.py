@@ -316,7 +316,8 @@ def _response_stats(resp: torch.Tensor, l: int, pos: torch.Tensor):
     return outside_max, rn, _np(depth), _np(spread)
 
 
-def green(field, ds, source_site, direction=None, which: str = "corrupt", metric=None) -> GreenResult:
+def green(field, ds, source_site, direction=None, which: str = "corrupt", metric=None,
+          batch_size: int = 32) -> GreenResult:
     """The linear response d phi over the whole lattice to a source at one residual site.
 
     source_site: ``resid_pre(l, t)`` (or ``resid_post``), t an int or a position name.
@@ -324,6 +325,8 @@ def green(field, ds, source_site, direction=None, which: str = "corrupt", metric
     tensor ``[d_model]`` / ``[batch, d_model]``.
     which: the run linearized around ("corrupt", the denoising target, by default; or "clean").
     metric: optionally a metric name/callable: ``metric_response`` is then its first-order change.
+    batch_size: examples per forward-mode pass (memory: about 3x a forward of that many prompts, plus the
+    response itself, ``[batch, L+1, pos, d_model]``, kept on the model's device).
 
     Cost: one forward-mode pass (about 2-3 forwards) of blocks l..L-1 over the batch, all positions.
     """
@@ -335,9 +338,12 @@ def green(field, ds, source_site, direction=None, which: str = "corrupt", metric
     vec, desc = _direction(field, ds, r, tgt, src, s, pos, direction)
     x = tgt.resid[l]
     tan = _tangent(x, pos, vec)
+    parts = []
     with torch.no_grad():
-        _, dphi = torch.func.jvp(lambda x_: _forward_from(fm, x_, l), (x,), (tan,))
-    resp = _full_lattice(dphi, l)
+        for c in range(0, ds.n, int(batch_size)):
+            sl = slice(c, c + int(batch_size))
+            parts.append(torch.func.jvp(lambda x_: _forward_from(fm, x_, l), (x[sl],), (tan[sl],))[1])
+    resp = _full_lattice(torch.cat(parts, dim=1), l)
     outside, rn, depth, spread = _response_stats(resp, l, pos)
     depth = np.where(_np(vec.norm(dim=-1)) > 0, depth, np.nan)
     mresp = mname = None
@@ -400,7 +406,8 @@ class Propagation:
     mean_norm = GreenResult.mean_norm
 
 
-def propagate(field, ds, source_site, alpha: float = 1.0, direction=None, which: str = "corrupt") -> Propagation:
+def propagate(field, ds, source_site, alpha: float = 1.0, direction=None, which: str = "corrupt",
+              batch_size: int = 32) -> Propagation:
     """phi(with phi(l, t) += alpha * direction) - phi(target run), over the whole lattice, per example.
 
     Both runs go through the same blocks from the cached phi(l) (so alpha = 0 gives exactly 0).
@@ -412,10 +419,13 @@ def propagate(field, ds, source_site, alpha: float = 1.0, direction=None, which:
     pos = _positions(ds, s, tgt.resid.device)
     vec, _ = _direction(field, ds, r, tgt, src, s, pos, direction)
     x = tgt.resid[l]
+    parts = []
+    xp = x + float(alpha) * _tangent(x, pos, vec)
     with torch.no_grad():
-        base = _forward_from(fm, x, l)
-        pert = _forward_from(fm, x + float(alpha) * _tangent(x, pos, vec), l)
-    resp = _full_lattice(pert - base, l)
+        for c in range(0, ds.n, int(batch_size)):
+            sl = slice(c, c + int(batch_size))
+            parts.append(_forward_from(fm, xp[sl], l) - _forward_from(fm, x[sl], l))
+    resp = _full_lattice(torch.cat(parts, dim=1), l)
     outside, rn, depth, spread = _response_stats(resp, l, pos)
     return Propagation(s, l, pos, float(alpha), resp, rn, outside, depth, spread, which)
 

@@ -221,6 +221,13 @@ def test_green_report_and_assertions(gpt2_32):
     g1 = f.green(ds, resid_pre(1, 2), direction=v)
     g2 = f.green(ds, resid_pre(1, 2), direction=v[None].repeat(4, 1))
     assert torch.equal(g1.response, g2.response)
+    # chunked over examples: the same response
+    g3 = f.green(ds, resid_pre(1, 2), direction=v, batch_size=3)
+    torch.testing.assert_close(g3.response, g1.response, rtol=1e-5, atol=1e-6)
+    assert g3.outside_cone_max == 0.0
+    p1, p3 = f.propagate(ds, resid_pre(1, 2), 0.5, direction=v), f.propagate(ds, resid_pre(1, 2), 0.5, direction=v,
+                                                                              batch_size=3)
+    torch.testing.assert_close(p3.response, p1.response, rtol=1e-5, atol=1e-6)
     with pytest.raises(SiteError):
         f.green(ds, attn_head(1, 0, 2))
     with pytest.raises(SiteError):
