@@ -15,30 +15,6 @@ from fieldcheck.sites import attn_head, resid_post, resid_pre
 from fieldcheck.testing import tiny_model
 
 
-def _exact_attention(field: Field) -> Field:
-    """Softmax in the model's own dtype (the functional model computes it in float32, as HF Llama
-    does): float64 finite differences need float64 throughout. Instance-level only."""
-    fm = field.fm
-
-    def attend(q, k, v, pos0):
-        n_rep = fm.n_heads // fm.n_kv_heads
-        if n_rep > 1:
-            k = k.repeat_interleave(n_rep, dim=1)
-            v = v.repeat_interleave(n_rep, dim=1)
-        Tq, Tk = q.shape[2], k.shape[2]
-        scores = torch.matmul(q, k.transpose(2, 3)) * fm.attn_scale
-        mask = torch.arange(Tk, device=q.device)[None, :] > torch.arange(pos0, pos0 + Tq, device=q.device)[:, None]
-        scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
-        return torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)
-
-    fm.attend = attend
-    return field
-
-
-def _rms64(x, weight, eps):
-    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
-
-
 @pytest.fixture(scope="module")
 def models64():
     return {a: tiny_model(a, n_layers=3, dtype=torch.float64) for a in ("gpt2", "llama")}
@@ -50,9 +26,8 @@ def gpt2_32():
 
 
 def _field64(models64, arch, monkeypatch):
-    if arch == "llama":
-        monkeypatch.setattr("fieldcheck.arch._rms_norm", _rms64)
-    return _exact_attention(Field(models64[arch]))
+    # float64 throughout (the functional model keeps softmax and norms in float64 for float64 models)
+    return Field(models64[arch])
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
