@@ -52,3 +52,7 @@ class NumericalError(FieldcheckError):
 
 class DeviceError(FieldcheckError, ValueError):
     """A device or dtype that does not exist or that the model cannot run in."""
+
+
+class UsageError(FieldcheckError, ValueError):
+    """An argument has a value outside its documented choices (engine, direction, which, ...)."""

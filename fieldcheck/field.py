@@ -18,7 +18,7 @@ import torch
 
 from .arch import FunctionalModel, UnsupportedArchitecture, functional_model
 from .engine import Injection, LightConeEngine, Row, RunCache, run_cache
-from .errors import DatasetError, NumericalError, PatchError, SourceError
+from .errors import DatasetError, ModelNotAvailable, NumericalError, PatchError, SourceError, UsageError
 from .metrics import Metric, as_metric
 from .results import PatchResult
 from .sites import Site, SiteSet, as_site_set
@@ -64,6 +64,12 @@ class Field:
     """
 
     def __init__(self, model, memory_budget: int = 2 * 2**30, engine: str = "auto"):
+        if isinstance(model, (str, os.PathLike)):
+            from .models import load_model
+            model = load_model(model)
+        if not hasattr(model, "cfg") or not hasattr(model, "original_model"):
+            raise ModelNotAvailable(f"Field needs a model loaded by fieldcheck.load_model(...) (a TransformerBridge), "
+                                    f"got {type(model).__name__}")
         self.model = model
         cfg = model.cfg
         self.n_layers: int = cfg.n_layers
@@ -77,7 +83,7 @@ class Field:
         if engine == "auto":
             engine = "lightcone" if self.fm is not None else "hooks"
         if engine not in ("lightcone", "hooks"):
-            raise ValueError(f"engine must be 'lightcone', 'hooks' or 'auto', got {engine!r}")
+            raise UsageError(f"engine must be 'lightcone', 'hooks' or 'auto', got {engine!r}")
         if engine == "lightcone" and self.fm is None:
             raise UnsupportedArchitecture(f"the light-cone engine does not support {type(model.original_model).__name__}")
         self.engine_name = engine
@@ -94,7 +100,7 @@ class Field:
     # --- runs ------------------------------------------------------------------------
     def run(self, ds) -> FieldRun:
         """Run the clean and corrupted prompts once (cached by the data set's content)."""
-        _check_ds(ds)
+        _check_ds(ds, self.model)
         key = ds.content_hash()
         if key not in self._runs:
             fm = self._need_fm()
@@ -116,7 +122,7 @@ class Field:
     def phi(self, ds, which: str = "clean") -> torch.Tensor:
         """The residual field ``[layer, batch, pos, d_model]`` (layer 0..n_layers; the last is the final residual)."""
         if which not in ("clean", "corrupt"):
-            raise ValueError(f"which must be 'clean' or 'corrupt', got {which!r}")
+            raise UsageError(f"which must be 'clean' or 'corrupt', got {which!r}")
         r = self.run(ds)
         return (r.clean if which == "clean" else r.corrupt).resid
 
@@ -258,12 +264,12 @@ class Field:
         Returns a PatchResult (a dict name -> PatchResult when several metrics are given).
         """
         if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be 'denoise' (clean into corrupted: sufficiency) or 'noise' "
+            raise UsageError(f"direction must be 'denoise' (clean into corrupted: sufficiency) or 'noise' "
                              f"(corrupted into clean: necessity), got {direction!r}")
         alpha = check_alpha(alpha)
         src = as_source(source)
         metrics = [as_metric(m) for m in (metric if isinstance(metric, (list, tuple)) else [metric])]
-        _check_ds(ds)
+        _check_ds(ds, self.model)
         site_list = _dedupe(as_site_set(sites).resolve(self.n_layers, self.n_heads, ds.seq_len, ds.position_names))
         engine = engine or self.engine_name
         t_start = time.perf_counter()
@@ -346,8 +352,22 @@ def _dedupe(sites: list[Site]) -> list[Site]:
     return list(dict.fromkeys(sites))
 
 
-def _check_ds(ds) -> None:
+def _check_ds(ds, model=None) -> None:
     for attr in ("clean_tokens", "corrupt_tokens", "answers", "wrong", "positions", "content_hash"):
         if not hasattr(ds, attr):
             raise DatasetError(f"{type(ds).__name__} is not a ContrastiveSet (missing {attr!r}); build one with "
                                "fieldcheck.ContrastiveSet.from_pairs(...) or fieldcheck.datasets.ioi(model, ...)")
+    if model is None:
+        return
+    d_vocab = model.cfg.d_vocab
+    for what, t in (("token", torch.cat([ds.clean_tokens.flatten(), ds.corrupt_tokens.flatten()])),
+                    ("answer", torch.cat([ds.answers, ds.wrong]))):
+        big = int(t.max()) if t.numel() else 0
+        if big >= d_vocab or (t.numel() and int(t.min()) < 0):
+            raise DatasetError(f"the data set {getattr(ds, 'name', '')!r} has {what} id {big}, outside this model's "
+                               f"vocabulary of {d_vocab}: build the set with this model (fieldcheck.datasets.*(model, ...) "
+                               "or ContrastiveSet.from_pairs(model, ...))")
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx and ds.seq_len > n_ctx:
+        raise DatasetError(f"the prompts have {ds.seq_len} tokens, longer than the model's context of {n_ctx}; "
+                           "use shorter prompts")

@@ -43,8 +43,12 @@ class Metric:
         logits = fm.unembed(xn)
         if self.fn is not None:
             sub = ds.subset(ex.tolist()) if hasattr(ds, "subset") else ds
-            out = self.fn(logits, sub)
-            out = torch.as_tensor(out, dtype=logits.dtype, device=logits.device)
+            raw = self.fn(logits, sub)
+            try:
+                out = torch.as_tensor(raw, dtype=logits.dtype, device=logits.device)
+            except (TypeError, ValueError, RuntimeError):
+                raise MetricError(f"metric {self.name!r} returned a {type(raw).__name__}, not numbers; it must "
+                                  f"return one number per example, shape ({len(ex)},)") from None
             if out.shape != (len(ex),):
                 raise MetricError(f"metric {self.name!r} returned shape {tuple(out.shape)}; it must return one "
                                   f"number per example, shape ({len(ex)},), from logits [rows, d_vocab]")

@@ -120,10 +120,11 @@ class SiteSet:
     def resolve(self, n_layers: int, n_heads: int, seq_len: int, position_names: Iterable[str] = ("END",)) -> list[Site]:
         """The concrete sites for a model with ``n_layers``/``n_heads`` and prompts of ``seq_len`` tokens."""
         names = set(position_names)
-        out: list[Site] = list(self._sites or []) if not self._specs else []
-        for spec in self._specs:
+        out: list[Site] = []
+        specs = list(self._specs) + ([("sites", self._sites)] if self._sites is not None and not self._specs else [])
+        for spec in specs:
             if spec[0] == "sites":
-                out.extend(spec[1])
+                out.extend(_check_site(s, n_layers, n_heads, seq_len, names) for s in spec[1])
                 continue
             kind, layers, positions, heads = spec
             if kind not in KINDS:
@@ -170,6 +171,27 @@ class SiteSet:
         parts = [f"{k}(layers={_fmt(l)}, positions={_fmt(p)}{', heads=' + _fmt(h) if k == 'attn_head' else ''})"
                  for k, l, p, h in [s for s in self._specs if s[0] != "sites"]]
         return " + ".join(parts) or "SiteSet()"
+
+
+def _check_site(s: Site, n_layers: int, n_heads: int, seq_len: int, names: set) -> Site:
+    """Validate a Site built directly (the constructors validate their own)."""
+    if not isinstance(s, Site) or s.kind not in KINDS:
+        raise SiteError(f"unknown site kind {getattr(s, 'kind', s)!r}; valid kinds: {', '.join(KINDS)}")
+    max_layer = n_layers + 1 if s.kind == "resid_pre" else n_layers
+    if not isinstance(s.layer, int) or not 0 <= s.layer < max_layer:
+        raise SiteError(f"layer {s.layer!r} out of range for {s.kind}: the model has layers 0..{max_layer - 1}")
+    if isinstance(s.pos, str):
+        if s.pos not in names:
+            raise SiteError(f"position name {s.pos!r} is not in the data set; its named positions are {sorted(names)}")
+    elif not isinstance(s.pos, int) or not 0 <= s.pos < seq_len:
+        raise SiteError(f"position {s.pos!r} out of range: prompts have {seq_len} tokens (positions 0..{seq_len - 1})")
+    if s.kind == "attn_head":
+        if not isinstance(s.head, int) or not 0 <= s.head < n_heads:
+            raise SiteError(f"head {s.head!r} out of range: the model has heads 0..{n_heads - 1}; "
+                            "an attn_head site needs a head")
+    elif s.head is not None:
+        raise SiteError(f"{s.kind} sites have no head (got head={s.head!r})")
+    return s
 
 
 def _fmt(x) -> str:

@@ -3,7 +3,7 @@
 - ``test_catalogue_rows_point_at_real_tests`` walks the table in docs/troubleshooting.md: every
   row names a FieldcheckError subclass (or a usage error / warning) and the test that checks it.
 - The bad inputs that had no test elsewhere are tested here (``CASES``); the ones fieldcheck
-  does not handle yet are ``xfail(strict=True)`` with the fix proposed in their reason.
+  did not handle at first are tested at the end of the table-driven section.
 - End-to-end (pytester, subprocess, ``--fc-model tiny-gpt2``): a model whose outputs are NaN makes
   its claim an error, never a pass, and the session still reports; real claims (bootstrap and
   sign-flip draws) give the same JSON report across two runs and across ``-n 1``/``-n 2``, and a
@@ -113,7 +113,7 @@ CASES = [
     ("site given as a string", lambda m, ds, f: f.patch(ds, "L0@END"),
      E.SiteError, r"'L0@END' is not a site set; build one with fieldcheck\.sites"),
     ("Site with an unknown position name", lambda m, ds, f: f.patch(ds, S.Site("resid_pre", 0, "S9")),
-     E.DatasetError, r"unknown position name 'S9'.*'S2'"),
+     E.SiteError, r"position name 'S9' is not in the data set.*'S2'"),
     ("metric neither name nor callable", lambda m, ds, f: f.patch(ds, S.resid_pre(0, "END"), metric=3),
      E.MetricError, r"metric 3 is neither a name \(logit_diff"),
     ("metric returning inf", lambda m, ds, f: f.patch(ds, S.resid_pre(1, "END"),
@@ -170,14 +170,10 @@ def test_bad_input(setup, tmp_path, case, call, err, pattern):
     assert re.search(pattern, str(e.value)), str(e.value)
 
 
-# --- not handled yet: fields.py / sites.py / metrics.py (owned by the lead and helper E) ---------
-
-_XF_SITES = ("a Site(...) built directly is not validated: SiteSet.resolve extends `out` with the "
-             "concrete sites (self._sites, ('sites', ...) specs) without the range checks; fix in "
-             "sites.py: run every Site through the same kind/layer/head/position checks as the specs")
+# --- Field, sites and metrics: errors handled in field.py / sites.py / metrics.py ---------------------
 
 
-@pytest.mark.xfail(strict=True, reason=_XF_SITES)
+
 @pytest.mark.parametrize("site, pattern", [
     (S.Site("resid_pre", 99, 0), r"layer 99 out of range"),
     (S.Site("attn_head", 0, 0, 99), r"head 99 out of range"),
@@ -190,10 +186,6 @@ def test_direct_site_out_of_range(setup, site, pattern):
         f.patch(ds, site)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Field raises a plain ValueError for engine=/direction=/which=; fix in field.py (+ errors.py): "
-    "raise a FieldcheckError subclass that is also a ValueError (e.g. a new "
-    "`UsageError(FieldcheckError, ValueError)`), so existing `pytest.raises(ValueError)` still pass"))
 @pytest.mark.parametrize("call", [
     lambda m, ds, f: fc.Field(m, engine="fast"),
     lambda m, ds, f: f.patch(ds, S.resid_pre(0, 0), direction="sideways"),
@@ -205,21 +197,12 @@ def test_field_argument_errors_are_fieldcheck_errors(setup, call):
         call(m, ds, f)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Field('tiny-gpt2') / Field(None) die with AttributeError on model.cfg; fix in Field.__init__: "
-    "load a str/PathLike spec with load_model, and raise ModelNotAvailable naming the type and "
-    "fieldcheck.load_model(...) for anything without .cfg"))
 @pytest.mark.parametrize("model", [None, 42], ids=["None", "int"])
 def test_field_of_something_that_is_not_a_model(model):
     with pytest.raises(E.FieldcheckError, match="load_model"):
         fc.Field(model)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a set built with another model's tokenizer reaches the engine: token/answer ids >= d_vocab "
-    "give an IndexError deep in torch; fix in Field.run/_check_ds: compare max(clean_tokens, "
-    "corrupt_tokens, answers, wrong) with model.cfg.d_vocab and raise DatasetError naming the id, "
-    "the vocabulary size and 'build the set with this model'"))
 @pytest.mark.parametrize("what", ["answers", "tokens"])
 def test_set_of_another_vocabulary(setup, what):
     m, ds, f = setup
@@ -228,14 +211,10 @@ def test_set_of_another_vocabulary(setup, what):
         bad = ds._replace(answers=torch.full((ds.n,), big))
     else:
         bad = ds._replace(clean_tokens=ds.clean_tokens + big, corrupt_tokens=ds.corrupt_tokens + big)
-    with pytest.raises(E.DatasetError, match=str(big)):
+    with pytest.raises(E.DatasetError, match=rf"outside this model's vocabulary of {m.cfg.d_vocab}: build the set"):
         fc.Field(m).patch(bad, S.resid_pre(1, "END"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a set longer than the model's context (built for another model, or from tokens) reaches the "
-    "engine: GPT-2 fails with a torch size mismatch, Llama (rotary) silently runs past n_ctx; fix "
-    "in Field.run/_check_ds: ds.seq_len > model.cfg.n_ctx -> DatasetError naming both lengths"))
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_set_longer_than_the_context_at_the_field(arch):
     from fieldcheck.testing import tiny_model
@@ -245,10 +224,6 @@ def test_set_longer_than_the_context_at_the_field(arch):
         fc.Field(m).patch(_long_set(16), S.resid_pre(1, "END"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a metric callable returning a non-number gives TypeError from torch.as_tensor; fix in "
-    "metrics.py Metric.__call__: wrap torch.as_tensor(out) and raise MetricError naming the "
-    "returned type and the expected shape (rows,)"))
 def test_metric_returning_a_non_number(setup):
     m, ds, f = setup
     with pytest.raises(E.MetricError, match="str"):
