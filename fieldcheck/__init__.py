@@ -23,13 +23,18 @@ _LAZY = {
     # field
     "Field": "fieldcheck.field",
     "PatchResult": "fieldcheck.results",
+    # receivers for path patching
+    "receiver_heads": "fieldcheck.paths",
+    "receiver_mlps": "fieldcheck.paths",
+    "downstream": "fieldcheck.paths",
     # claims
     "ClaimResult": "fieldcheck.claim_result",
     "ClaimFailed": "fieldcheck.claim_result",
 }
 
 _SUBMODULES = {"sites", "sources", "datasets", "testing", "strategies", "stats", "criteria",
-               "assertions", "errors", "models", "response", "reports"}
+               "assertions", "errors", "models", "response", "reports", "green", "transfer", "paths",
+               "metrics", "config", "arch", "engine", "field", "results", "data_sets"}
 
 
 def __getattr__(name: str):

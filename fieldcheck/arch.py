@@ -197,12 +197,15 @@ class LlamaFunctional(FunctionalModel):
         return F.embedding(tokens, self.W_E)
 
     def _cos_sin(self, pos0: int, T: int, like: torch.Tensor):
+        # built from positions, dtype and device alone (never from a tensor inside a torch.func
+        # transform, which would cache a wrapped tensor)
         key = (pos0, T, like.dtype, like.device)
         if key not in self._rope_cache:
             position_ids = torch.arange(pos0, pos0 + T, device=like.device)[None, :]
+            probe = torch.zeros(1, T, 1, dtype=like.dtype, device=like.device)
             with torch.no_grad():
-                cos, sin = self.rotary(like[:1, :T].detach(), position_ids)
-            self._rope_cache[key] = (cos[:, None], sin[:, None])  # [1, 1, T, d_head]
+                cos, sin = self.rotary(probe, position_ids)
+            self._rope_cache[key] = (cos[:, None].detach(), sin[:, None].detach())  # [1, 1, T, d_head]
         return self._rope_cache[key]
 
     def qkv(self, l, x, pos0):
