@@ -30,7 +30,7 @@ from .stats import (MIN_BOOTSTRAP_N, Estimate, adjust_pvalues, binomial_rate, bo
                     resample_weights, to_numpy)
 
 # re-exported so that `from fieldcheck import r2, ...` and `fc.r2` work
-from .criteria import (alpha_star, cpr, depth_share, effect, gap_closed, mean,  # noqa: F401
+from .criteria import (alpha_star, cpr, depth_share, effect, explained, gap_closed, mean,  # noqa: F401
                        pearson, rate, recovered, r2, shift, spearman, top_k_overlap)
 
 __all__ = ["assert_predicted_effect", "assert_effect", "assert_path_effect", "assert_localized",
@@ -809,3 +809,41 @@ def assert_prefers(values: Any, *criteria: Criterion, alpha: Optional[float] = N
                 break
         return _finite(_vector(x, "the logit differences", name), "the logit differences")
     return _mean_criteria(name, {"mean": raw}, criteria, s, rates={"rate": lambda: raw() > 0})
+
+
+# --- sliced Green operators ---------------------------------------------------------------------
+def assert_explained(green_slice: Any, *criteria: Criterion, alpha: Optional[float] = None,
+                     level: Optional[float] = None, decide: Optional[str] = None) -> list[ClaimResult]:
+    """A rank-k slice describes its Green block: ``explained > 0.5``.
+
+    The estimate is ``green_slice.explained`` (captured squared norm over the total, whose
+    remainder is a Hutchinson estimate from ``n_probe`` random probes); its uncertainty is the
+    probes' standard error ``explained_se``, so the interval is a normal interval at
+    ``1 - 2 alpha`` and the p-value one-sided normal. ``n`` is the number of probes.
+    """
+    from scipy.stats import norm
+
+    name = "assert_explained"
+    s = _settings(alpha, level, decide, None, None)
+
+    def prepare():
+        est = float(_attr(green_slice, "explained", name, "a GreenSlice (field.green_slice)"))
+        se = float(getattr(green_slice, "explained_se", 0.0) or 0.0)
+        if not (math.isfinite(est) and math.isfinite(se)):
+            raise _NonFinite("the slice's explained fraction is NaN or inf")
+        n = int(getattr(green_slice, "n_probe", 0) or (getattr(green_slice, "cost", {}) or {}).get("n_probe", 0))
+        return est, se, n
+
+    def one(c: Criterion, data, rng) -> ClaimResult:
+        est, se, n = data
+        z = norm.ppf(1 - s.alpha)
+        low, high = est - z * se, est + z * se
+        if se > 0:
+            p = float(norm.sf((est - c.bar) / se)) if c.op in (">", ">=") else float(norm.cdf((est - c.bar) / se))
+        else:
+            p = 0.0 if clears(est, c.op, c.bar) else 1.0
+        e = Estimate(est, low, high, n, "normal (Hutchinson probes)", p, 1 - 2 * s.alpha,
+                     {"explained_se": se, "rank": getattr(green_slice, "rank", None)})
+        return _result(name, c, e, s, plot=None)
+
+    return _run(name, criteria, ("explained",), s, prepare, one)

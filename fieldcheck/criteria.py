@@ -39,6 +39,8 @@ STATISTICS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "shift": ("mean metric shift of a transfer", (), {}),
     "gap_closed": ("mean fraction of the clean-corrupt gap closed by a transfer", (), {}),
     "cpr": ("circuit performance ratio, sum(circuit - empty) / sum(full - empty)", (), {}),
+    "explained": ("fraction of a Green block's squared Frobenius norm captured by a rank-k slice "
+                  "(randomized SVD; the rest estimated with Hutchinson probes)", (), {}),
 }
 
 _OPS = {"__gt__": ">", "__ge__": ">=", "__lt__": "<", "__le__": "<="}
@@ -230,5 +232,6 @@ rate = Statistic("rate")
 shift = Statistic("shift")
 gap_closed = Statistic("gap_closed")
 cpr = Statistic("cpr")
+explained = Statistic("explained")
 
 __all__ = ["Statistic", "Criterion", "stat", "STATISTICS", *STATISTICS]

@@ -431,15 +431,22 @@ class Selection:
 
 
 def select_sites(field, ds, k: int, candidates=None, method: str = "integrated", steps: int = 8,
-                 direction: str = "denoise", metric="logit_diff", verify_recall: bool = True) -> Selection:
+                 direction: str = "denoise", metric="logit_diff", verify_recall: bool = True,
+                 prediction: Optional[PatchResult] = None) -> Selection:
     """Rank candidates (default: every resid_pre site) by predicted mean effect, take the top k,
     patch them jointly, and compare. ``verify_recall`` also patches every candidate singly (cheap
-    with the light-cone engine) to report the recall of the real top k."""
+    with the light-cone engine) to report the recall of the real top k. ``prediction``: reuse a
+    ``field.predict`` result over the candidates instead of computing one."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     cands = candidates if candidates is not None else resid_pre("all", "all")
     t0 = time.perf_counter()
-    pred = predict(field, ds, cands, method=method, steps=steps, direction=direction, metric=metric)
+    if prediction is not None:
+        if prediction.direction != direction:
+            raise ValueError(f"the prediction is for direction {prediction.direction!r}, not {direction!r}")
+        pred = prediction
+    else:
+        pred = predict(field, ds, cands, method=method, steps=steps, direction=direction, metric=metric)
     me = pred.mean_effect
     sign = 1.0 if direction == "denoise" else -1.0
     order = np.argsort(-sign * me, kind="stable")

@@ -354,3 +354,21 @@ def test_failure_message_lists_every_criterion():
     text = str(e.value)
     assert "spearman = " in text and ": passed" in text and "r2 = " in text and "FAILED" in text
     assert isinstance(e.value, AssertionError)
+
+
+def test_assert_explained_on_a_real_green_slice():
+    """assert_explained reads a GreenSlice: estimate, Hutchinson SE, a normal interval; passes and
+    fails with the numbers."""
+    import fieldcheck as fc
+    from fieldcheck.sites import resid_pre
+    from fieldcheck.testing import tiny_model
+
+    m = tiny_model("llama", n_layers=3)
+    ds = fc.datasets.ioi(m, n=4, seed=0)
+    sl = fc.Field(m).green_slice(ds, resid_pre(1, "S2"), resid_pre(3, "END"), rank=8)
+    res = fc.assert_explained(sl, fc.explained > 0.1)[0]
+    assert res.n == 16 and res.interval[0] < sl.explained < res.interval[1]
+    with pytest.raises(fc.ClaimFailed, match=r"explained = .* needs > 0.999: FAILED"):
+        fc.assert_explained(sl, fc.explained > 0.999)
+    with pytest.raises(fc.errors.CriterionError):
+        fc.assert_explained(sl, fc.r2 > 0.5)
