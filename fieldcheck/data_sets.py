@@ -155,17 +155,22 @@ class _Tok:
 _TOK_CACHE: "weakref.WeakKeyDictionary[Any, _Tok]" = weakref.WeakKeyDictionary()
 
 
-def tok_info(model: Any) -> _Tok:
-    """A :class:`_Tok` for ``model``, cached per model object (weakly: the cache never keeps a
-    model alive)."""
+def weak_cached(cache: "weakref.WeakKeyDictionary", model: Any, build: Any) -> Any:
+    """``build(model)``, cached per model object (weakly: the cache never keeps a model alive;
+    objects that cannot be weakly referenced are not cached)."""
     try:
-        hit = _TOK_CACHE.get(model)
+        hit = cache.get(model)
     except TypeError:  # not weak-referenceable (a stub): no caching
-        return _Tok(model)
+        return build(model)
     if hit is None:
-        hit = _Tok(model)
-        _TOK_CACHE[model] = hit
+        hit = build(model)
+        cache[model] = hit
     return hit
+
+
+def tok_info(model: Any) -> _Tok:
+    """A :class:`_Tok` for ``model``, cached per model object."""
+    return weak_cached(_TOK_CACHE, model, _Tok)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from fieldcheck.data_sets import ContrastiveSet, NotEnoughExamples, tok_info
+from fieldcheck.data_sets import ContrastiveSet, NotEnoughExamples, tok_info, weak_cached
 from fieldcheck.errors import DatasetError
 
 __all__ = ["ioi", "factual_recall", "induction", "load", "available", "register", "words",
@@ -186,14 +186,7 @@ _VOCABS: "weakref.WeakKeyDictionary[Any, Vocab]" = weakref.WeakKeyDictionary()
 
 def vocab(model: Any) -> Vocab:
     """The filtered word lists for ``model`` (cached weakly per model object)."""
-    try:
-        hit = _VOCABS.get(model)
-    except TypeError:  # not weak-referenceable (a stub): no caching
-        return Vocab(model)
-    if hit is None:
-        hit = Vocab(model)
-        _VOCABS[model] = hit
-    return hit
+    return weak_cached(_VOCABS, model, Vocab)
 
 
 # --------------------------------------------------------------------------------------------
