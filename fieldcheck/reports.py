@@ -539,6 +539,19 @@ def _draw(plot: dict) -> Optional[str]:
         ax.legend(fontsize=7)
         ax.set_title(str(title))
         return _png(fig)
+    if kind == "hist":
+        _, v = _first(plot, ("values", "x"), 1)
+        if v is None or v.size == 0:
+            return None
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.hist(v[__import__("numpy").isfinite(v)], bins=min(30, max(5, v.size // 2)), color="#4a7ab0")
+        if _num(plot.get("bar")) is not None:
+            ax.axvline(_num(plot["bar"]), color="k", ls="--", lw=1, label="bar")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(plot.get("xlabel", "per-example value"))
+        ax.set_ylabel("examples")
+        ax.set_title(str(title))
+        return _png(fig)
     return None
 
 
@@ -584,7 +597,7 @@ def render_html(report: dict) -> str:
     model = run.get("model") or {}
     model_desc = model.get("spec") if isinstance(model, dict) else model
     head = (f"fieldcheck {_esc(run.get('fieldcheck', ''))} &middot; model {_esc(model_desc)} &middot; "
-            f"device {_esc(run.get('device'))} &middot; dtype {_esc(run.get('dtype'))} &middot; "
+            f"device {_esc(run.get('device'))} &middot; dtype {_esc(run.get('dtype') or 'float32 (default)')} &middot; "
             f"seed {_esc(run.get('seed'))} &middot; alpha {_esc(run.get('alpha'))} &middot; "
             f"correction {_esc(run.get('correction'))} &middot; decide {_esc(run.get('decide'))}"
             f" &middot; git {_esc((run.get('git_commit') or '-')[:12])}"
