@@ -11,7 +11,6 @@ difference at layers 0-23, 0.02-0.03 from layer 24 on, and END the reverse (0.97
 layer 24 on): the fact is moved from the subject to the final position in one step, by the
 attention of layer 23.
 """
-import dataclasses
 
 import pytest
 
@@ -27,9 +26,8 @@ def sweep(field, facts):
 
 
 def rows(result, pos, layers):
-    idx = [i for i, s in enumerate(result.sites) if s.pos == pos and s.layer in layers]
-    return dataclasses.replace(result, sites=[result.sites[i] for i in idx], values=result.values[idx],
-                               skipped=None if result.skipped is None else result.skipped[idx])
+    """The slice of a per-site PatchResult at position name ``pos`` and ``layers``."""
+    return result.select(lambda s: s.pos == pos and s.layer in layers)
 
 
 def test_subject_last_token_carries_fact_early_to_middle(sweep):

@@ -44,15 +44,6 @@ def sweep_integrated(field, ioi):
     return field.predict(ioi, resid_pre("all", "all"), method="integrated", steps=8)
 
 
-def _rows(result, keep):
-    """The sites of a PatchResult whose Site passes ``keep``, as a PatchResult-shaped subset."""
-    idx = [i for i, s in enumerate(result.sites) if keep(s)]
-    sub = fc.PatchResult(sites=[result.sites[i] for i in idx], values=result.values[idx],
-                         baseline_clean=result.baseline_clean, baseline_corrupt=result.baseline_corrupt,
-                         direction=result.direction, metric=result.metric, method=result.method)
-    return sub
-
-
 def _after_s2(ioi):
     s2 = int(ioi.positions["S2"][0])
     assert bool((ioi.positions["S2"] == s2).all()), "one template family: S2 at one position"
@@ -81,7 +72,7 @@ def test_first_order_predicts_patches_after_the_changed_token(ioi, sweep_real, s
     """At positions after S2, attribution patching (S . delta) predicts real patch effects."""
     s2 = _after_s2(ioi)
     after = lambda s: isinstance(s.pos, int) and s.pos > s2
-    fc.assert_predicted_effect(_rows(sweep_first_order, after), _rows(sweep_real, after), r2 > 0.7)
+    fc.assert_predicted_effect(sweep_first_order.select(after), sweep_real.select(after), r2 > 0.7)
 
 
 def test_first_order_fails_at_the_changed_token(field, ioi_48):

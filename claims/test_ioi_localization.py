@@ -10,7 +10,6 @@ split it about evenly between the two positions), and from layer 25 on END alone
 of it. The claims below state that picture with margins; one sweep (60 sites) is computed
 once per module and each claim asserts on a slice of it.
 """
-import dataclasses
 
 import pytest
 
@@ -31,9 +30,7 @@ def sweep(field, ioi):
 
 def rows(result, pos, layers):
     """The slice of a per-site PatchResult at position name ``pos`` and ``layers``."""
-    idx = [i for i, s in enumerate(result.sites) if s.pos == pos and s.layer in layers]
-    return dataclasses.replace(result, sites=[result.sites[i] for i in idx], values=result.values[idx],
-                               skipped=None if result.skipped is None else result.skipped[idx])
+    return result.select(lambda s: s.pos == pos and s.layer in layers)
 
 
 def test_end_sufficient_late(sweep):

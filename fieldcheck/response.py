@@ -413,9 +413,8 @@ class Selection:
 
     @property
     def real_recovered(self) -> float:
-        r = self.real
-        return float((r.values[0] - r.baseline_corrupt).sum() / (r.baseline_clean - r.baseline_corrupt).sum()) \
-            if r.direction == "denoise" else float((r.values[0] - r.baseline_corrupt).sum() / self.gap.sum())
+        """Recovered fraction of the joint patch, sum(patched - corrupt) / sum(clean - corrupt)."""
+        return float((self.real.values[0] - self.real.baseline_corrupt).sum() / self.gap.sum())
 
     def to_dict(self) -> dict:
         return _jsonable({"sites": [s.to_dict() for s in self.sites], "predicted": self.predicted,

@@ -1,6 +1,7 @@
 """PatchResult: the metric after patching each site, per example, with both baselines."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -76,6 +77,15 @@ class PatchResult:
         if self.jointly:
             return ["joint(" + ", ".join(s.label for s in self.sites[:4]) + (", ..." if len(self.sites) > 4 else "") + ")"]
         return [s.label for s in self.sites]
+
+    def select(self, keep) -> "PatchResult":
+        """The sites for which ``keep(site)`` is true, as a PatchResult of the same run
+        (values, skipped and every other field carried over)."""
+        if self.jointly:
+            raise ValueError("a joint patch has one row for all its sites; select sites before patching")
+        idx = [i for i, s in enumerate(self.sites) if keep(s)]
+        return dataclasses.replace(self, sites=[self.sites[i] for i in idx], values=self.values[idx],
+                                   skipped=None if self.skipped is None else self.skipped[idx])
 
     def top(self, k: int = 5) -> list[tuple[str, float]]:
         """The k sites with the largest mean |effect|, as (label, mean effect)."""

@@ -182,3 +182,16 @@ def test_memory_budget_chunks_give_equal_numbers(setup):
     np.testing.assert_allclose(small.values, big.values, atol=1e-5)
     with pytest.raises(fc.errors.MemoryBudgetError, match="memory budget"):
         fc.Field(m, memory_budget=1000).patch(ds, S.resid_pre(0, "S2"))
+
+
+def test_select_keeps_the_run_and_slices_the_sites(setup):
+    m, ds, f = setup
+    r = f.patch(ds, S.resid_pre("all", ["S2", "END"]))
+    sub = r.select(lambda s: s.pos == "END" and s.layer >= 1)
+    assert [s.label for s in sub.sites] == [f"L{l}@END" for l in range(1, m.cfg.n_layers)]
+    idx = [i for i, s in enumerate(r.sites) if s.pos == "END" and s.layer >= 1]
+    np.testing.assert_array_equal(sub.values, r.values[idx])
+    np.testing.assert_array_equal(sub.skipped, r.skipped[idx])
+    assert (sub.direction, sub.metric, sub.cost) == (r.direction, r.metric, r.cost)
+    with pytest.raises(ValueError, match="joint patch"):
+        f.patch(ds, S.resid_pre(0, "all"), jointly=True).select(lambda s: True)
