@@ -10,7 +10,7 @@ Workloads (SmolLM2-135M, ``fieldcheck.datasets.ioi(model, n=8, seed=0)``: 8 IOI 
 2. attention-head outputs by position (``hook_z``) on a subset of layers:
    ``get_act_patch_attn_head_out_by_pos`` restricted by ``index_df`` vs ``field.patch(ds, attn_head(...))``.
 3. all-site first-order prediction ``field.predict(ds, resid_pre("all", "all"))`` vs one clean + one
-   corrupted forward (skipped with a note if ``fieldcheck.response`` is not there).
+   corrupted forward (skipped with a note if ``fieldcheck.experiments.response`` is not there).
 
 Both sides run in the same process, alternating, each repetition from scratch: TransformerLens's
 time includes its clean ``run_with_cache``; fieldcheck's a fresh ``Field`` (its clean + corrupted
@@ -47,7 +47,7 @@ MODEL = "smollm2-135m"
 # --- setup ---------------------------------------------------------------------------------
 def load(device: str):
     import fieldcheck
-    from fieldcheck.datasets import ioi
+    from fieldcheck.data.builtin import ioi
 
     model = fieldcheck.load_model(MODEL, device=device)
     ds = ioi(model, n=8, seed=0)
@@ -125,7 +125,7 @@ def run_tl(model, ds, kind: str, layers, positions, heads=None):
 
 
 def fc_sites(kind, layers, positions, heads=None):
-    from fieldcheck.sites import attn_head, resid_pre
+    from fieldcheck.field.sites import attn_head, resid_pre
 
     if kind == "resid_pre":
         return resid_pre("all" if layers is None else layers, "all" if positions is None else positions)
@@ -133,7 +133,7 @@ def fc_sites(kind, layers, positions, heads=None):
 
 
 def run_fc(model, ds, kind, layers, positions, heads=None, memory_budget=None):
-    from fieldcheck.field import Field
+    from fieldcheck.field.core import Field
 
     field = Field(model) if memory_budget is None else Field(model, memory_budget=memory_budget)
     res = field.patch(ds, fc_sites(kind, layers, positions, heads), progress=False)
@@ -154,9 +154,9 @@ def light_cone_floor(model, ds, kind, layers, positions, heads=None):
     """Sum over sites with a non-zero source (and source position <= metric position) of
     (L - l) * (T - t) token-layers: the least a sweep that recomputes only a site's forward light
     cone must do (within layer l, an attn_head source needs only o_proj + MLP; counted as a whole layer)."""
-    from fieldcheck.engine import run_cache
+    from fieldcheck.field.engine import run_cache
 
-    from fieldcheck.arch import functional_model
+    from fieldcheck.field.arch import functional_model
 
     fm = functional_model(model)
     dev = next(iter(model.parameters())).device
@@ -302,9 +302,9 @@ def main(argv=None):
             "max_abs_diff": max(diffs), "fc_cost": {k: v for k, v in cost.items() if k != "seconds"}, **floor}
 
     # workload 3: first-order prediction vs one clean + one corrupted forward
-    if importlib.util.find_spec("fieldcheck.response") is not None and not os.environ.get("BENCH_SKIP_PREDICT"):
-        from fieldcheck.field import Field
-        from fieldcheck.sites import resid_pre
+    if importlib.util.find_spec("fieldcheck.experiments.response") is not None and not os.environ.get("BENCH_SKIP_PREDICT"):
+        from fieldcheck.field.core import Field
+        from fieldcheck.field.sites import resid_pre
 
         dev = next(iter(model.parameters())).device
         clean, corrupt = ds.clean_tokens.to(dev), ds.corrupt_tokens.to(dev)
@@ -325,7 +325,7 @@ def main(argv=None):
         except Exception as e:  # the response module is the lead's, possibly mid-change
             results["workloads"]["predict"] = {"skipped": f"{type(e).__name__}: {e}"}
     else:
-        results["workloads"]["predict"] = {"skipped": "fieldcheck.response (Field.predict) is not available"}
+        results["workloads"]["predict"] = {"skipped": "fieldcheck.experiments.response (Field.predict) is not available"}
 
     # memory, each side in its own process
     if not (args.quick or args.no_mem):

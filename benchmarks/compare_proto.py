@@ -6,10 +6,10 @@ import argparse, os, statistics, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 import fieldcheck
-import fieldcheck.field as ff
-from fieldcheck.datasets import ioi
-from fieldcheck.engine import LightConeEngine
-from fieldcheck.sites import attn_head, resid_pre
+import fieldcheck.field.core as ff
+from fieldcheck.data.builtin import ioi
+from fieldcheck.field.engine import LightConeEngine
+from fieldcheck.field.sites import attn_head, resid_pre
 from engine_proto import ProtoEngine
 
 ap = argparse.ArgumentParser(); ap.add_argument("--reps", type=int, default=3); ap.add_argument("--heads", action="store_true")

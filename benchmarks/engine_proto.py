@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from fieldcheck.engine import LightConeEngine
+from fieldcheck.field.engine import LightConeEngine
 from fieldcheck.errors import PatchError
 
 

@@ -1,11 +1,28 @@
 """fieldcheck: mechanistic-interpretability claims about language models as pytest tests.
 
+Layout (one subpackage per concept; each imports only from the ones above it):
+
+    errors, config          exceptions and session settings
+    data/                   contrastive data sets, the built-in generators, hypothesis strategies
+    models/                 loading models (aliases, hub names, folders, GGUF) and tiny test models
+    field/                  the field: sites, sources, metrics, the Field facade, its engines
+    experiments/            response objects built on the field: predictions, Green functions,
+                            transfer, path patching
+    claim/                  the claim language: criteria, statistics, assertions, ClaimResult
+    reports/                the JSON report schema, baselines and the HTML report
+
 The public API is imported lazily so that ``import fieldcheck`` (and pytest start-up through
-the plugin) stays fast: torch and transformer_lens load on first use.
+the plugin) stays fast: torch and transformer_lens load on first use. Public modules keep
+short names (``fieldcheck.sites``, ``fieldcheck.datasets``, ...) through ``_PUBLIC``; the flat
+module paths of 0.1 (``fieldcheck.stats``, ...) still import, with a DeprecationWarning.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
 
 __version__ = "0.1.0"
 
@@ -17,37 +34,93 @@ _LAZY = {
     "DatasetError": "fieldcheck.errors",
     "SiteError": "fieldcheck.errors",
     # models
-    "load_model": "fieldcheck.models",
+    "load_model": "fieldcheck.models.loading",
     # data
-    "ContrastiveSet": "fieldcheck.data_sets",
+    "ContrastiveSet": "fieldcheck.data.contrastive",
     # field
-    "Field": "fieldcheck.field",
-    "PatchResult": "fieldcheck.results",
+    "Field": "fieldcheck.field.core",
+    "PatchResult": "fieldcheck.field.results",
     # receivers for path patching
-    "receiver_heads": "fieldcheck.paths",
-    "receiver_mlps": "fieldcheck.paths",
-    "downstream": "fieldcheck.paths",
+    "receiver_heads": "fieldcheck.experiments.paths",
+    "receiver_mlps": "fieldcheck.experiments.paths",
+    "downstream": "fieldcheck.experiments.paths",
     # claims
-    "ClaimResult": "fieldcheck.claim_result",
-    "ClaimFailed": "fieldcheck.claim_result",
+    "ClaimResult": "fieldcheck.claim.result",
+    "ClaimFailed": "fieldcheck.claim.result",
 }
 
-_SUBMODULES = {"sites", "sources", "datasets", "testing", "strategies", "stats", "criteria",
-               "assertions", "errors", "models", "response", "reports", "green", "transfer", "paths",
-               "metrics", "config", "arch", "engine", "field", "results", "data_sets"}
+# Public short module names (stable API, no warning): fieldcheck.<name> is this module.
+_PUBLIC = {
+    "sites": "fieldcheck.field.sites",
+    "sources": "fieldcheck.field.sources",
+    "metrics": "fieldcheck.field.metrics",
+    "datasets": "fieldcheck.data.builtin",
+    "strategies": "fieldcheck.data.strategies",
+    "testing": "fieldcheck.models.tiny",
+}
+# Flat module paths of fieldcheck 0.1 that moved into subpackages: they import with a warning.
+_MOVED = {
+    "data_sets": "fieldcheck.data.contrastive",
+    "arch": "fieldcheck.field.arch",
+    "engine": "fieldcheck.field.engine",
+    "hooked": "fieldcheck.field.hooked",
+    "results": "fieldcheck.field.results",
+    "response": "fieldcheck.experiments.response",
+    "green": "fieldcheck.experiments.green",
+    "transfer": "fieldcheck.experiments.transfer",
+    "paths": "fieldcheck.experiments.paths",
+    "criteria": "fieldcheck.claim.criteria",
+    "stats": "fieldcheck.claim.statistics",
+    "assertions": "fieldcheck.claim.assertions",
+    "claim_result": "fieldcheck.claim.result",
+}
+# Subpackages and top-level modules reachable as attributes (fc.config, fc.field, ...).
+_SUBPACKAGES = {"errors", "jsonable", "config", "cli", "data", "models", "field", "experiments", "claim",
+                "reports"}
+
+
+def _target(short: str) -> str:
+    if short in _MOVED:
+        warnings.warn(f"fieldcheck.{short} moved to {_MOVED[short]}; the old path will be removed "
+                      f"in fieldcheck 0.3", DeprecationWarning, stacklevel=3)
+        return _MOVED[short]
+    return _PUBLIC[short]
+
+
+class _AliasImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Makes ``import fieldcheck.sites`` (and the moved 0.1 paths) return the real module.
+
+    The loader replaces its placeholder in sys.modules with the target module, which the import
+    system then returns as is; the target's own ``__name__`` and ``__spec__`` are untouched."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        prefix, _, short = fullname.partition(".")
+        if prefix == "fieldcheck" and (short in _PUBLIC or short in _MOVED):
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module) -> None:
+        name = module.__spec__.name
+        sys.modules[name] = importlib.import_module(_target(name.partition(".")[2]))
+
+
+if not any(isinstance(f, _AliasImporter) for f in sys.meta_path):
+    sys.meta_path.insert(0, _AliasImporter())
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in _SUBMODULES:
+    if name in _PUBLIC or name in _MOVED:
+        return importlib.import_module(_target(name))
+    if name in _SUBPACKAGES:
         return importlib.import_module(f"fieldcheck.{name}")
     # assertions and criteria statistics are re-exported at top level
-    for mod in ("fieldcheck.assertions", "fieldcheck.criteria"):
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError:
-            continue
+    for mod in ("fieldcheck.claim.assertions", "fieldcheck.claim.criteria"):
+        m = importlib.import_module(mod)
         if hasattr(m, name) and not name.startswith("_"):
             return getattr(m, name)
     raise AttributeError(f"module 'fieldcheck' has no attribute {name!r}")

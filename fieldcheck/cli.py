@@ -24,7 +24,7 @@ def _human(n: int) -> str:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
-    from fieldcheck.models import pull
+    from fieldcheck.models.loading import pull
 
     t0 = time.perf_counter()
     folder, manifest = pull(args.name, progress=lambda m: print(m, file=sys.stderr, flush=True),
@@ -38,7 +38,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from fieldcheck.models import ALIASES, TINY_ARCHS, cache_state, fieldcheck_home
+    from fieldcheck.models.loading import ALIASES, TINY_ARCHS, cache_state, fieldcheck_home
 
     states = [cache_state(name) for name in sorted(ALIASES)]
     if args.json:
@@ -65,7 +65,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_path(args: argparse.Namespace) -> int:
     from fieldcheck.errors import ModelNotAvailable
-    from fieldcheck.models import ALIASES, alias_cache_dir
+    from fieldcheck.models.loading import ALIASES, alias_cache_dir
 
     if args.name not in ALIASES:
         raise ModelNotAvailable(f"unknown alias {args.name!r}: known aliases are {', '.join(sorted(ALIASES))}")

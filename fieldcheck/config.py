@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Iterator, Optional
 
-from .errors import CriterionError
+from fieldcheck.errors import CriterionError
 
 DECIDE = ("bound", "point")
 METHODS = ("bca", "percentile")

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 import fieldcheck as fc
-from fieldcheck import (alpha_star, claim_result, cpr, depth_share, effect, gap_closed, mean,
+from fieldcheck.claim import criteria, result as claim_result
+from fieldcheck.claim.assertions import AssertionInputError
+from fieldcheck import (alpha_star, cpr, depth_share, effect, gap_closed, mean,
                         pearson, rate, recovered, r2, shift, spearman, top_k_overlap)
 from fieldcheck.errors import CriterionError, FieldcheckError, InsufficientData
 
@@ -95,7 +97,7 @@ def test_predicted_effect_accepts_plain_and_torch_arrays():
 
 
 def test_predicted_effect_shape_mismatch():
-    with pytest.raises(fc.assertions.AssertionInputError, match=r"\(3, 32\).*\(4, 32\)"):
+    with pytest.raises(AssertionInputError, match=r"\(3, 32\).*\(4, 32\)"):
         fc.assert_predicted_effect(np.zeros((3, N)), np.zeros((4, N)), r2 > 0.9)
 
 
@@ -193,7 +195,7 @@ def test_localized_uses_the_joint_patch():
     sel = NS(sites=_sites(3), predicted=np.ones(N), real=_patch(0.9), recall=0.75)
     r = fc.assert_localized(sel, recovered >= 0.8, top_k=5)[0]
     assert r.passed and r.details["k"] == 3 and r.details["recall"] == 0.75
-    with pytest.raises(fc.assertions.AssertionInputError, match="more than top_k=2"):
+    with pytest.raises(AssertionInputError, match="more than top_k=2"):
         fc.assert_localized(sel, recovered >= 0.8, top_k=2)
     multi = _patch([0.9, 0.9, 0.9], S=3)
     multi.jointly = False
@@ -317,7 +319,7 @@ def test_too_few_examples_is_an_error_never_a_pass():
 
 def test_criterion_on_an_unknown_or_inapplicable_statistic():
     with pytest.raises(CriterionError, match="valid statistics"):
-        fc.assert_effect(_patch(), fc.criteria.stat("foo") > 1)
+        fc.assert_effect(_patch(), criteria.stat("foo") > 1)
     with pytest.raises(CriterionError, match="valid: recovered, effect"):
         fc.assert_effect(_patch(), r2 > 0.9)
     with pytest.raises(CriterionError, match="at least one criterion"):
@@ -325,7 +327,7 @@ def test_criterion_on_an_unknown_or_inapplicable_statistic():
 
 
 def test_wrong_input_object():
-    with pytest.raises(fc.assertions.AssertionInputError, match="expects a Sweep"):
+    with pytest.raises(AssertionInputError, match="expects a Sweep"):
         fc.assert_linear_regime(_patch(), alpha_star >= 0.3)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from fieldcheck import reports
-from fieldcheck.claim_result import ClaimResult
+from fieldcheck.claim.result import ClaimResult
 from fieldcheck.errors import BaselineError
 from pytest_fieldcheck import baselines
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import fieldcheck as fc
-from fieldcheck import (alpha_star, claim_result, cpr, depth_share, effect, r2, rate,
+from fieldcheck.claim import result as claim_result
+from fieldcheck import (alpha_star, cpr, depth_share, effect, r2, rate,
                         recovered)
 
 REPS = 500

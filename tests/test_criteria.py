@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 import fieldcheck as fc
-from fieldcheck import alpha_star, criteria, effect, r2, recovered, spearman, top_k_overlap
+from fieldcheck.claim import criteria
+from fieldcheck import alpha_star, effect, r2, recovered, spearman, top_k_overlap
 from fieldcheck.errors import CriterionError
 
 
@@ -30,12 +31,12 @@ def test_top_level_names():
     for name in ("r2", "spearman", "pearson", "top_k_overlap", "recovered", "effect", "rate",
                  "alpha_star", "depth_share", "cpr", "mean"):
         assert isinstance(getattr(fc, name), criteria.Statistic)
-    assert fc.criteria.stat("r2") == r2
+    assert criteria.stat("r2") == r2
 
 
 def test_unknown_statistic_names_the_valid_ones():
     with pytest.raises(CriterionError, match="unknown statistic 'foo'.*r2.*recovered"):
-        fc.criteria.stat("foo") > 1
+        criteria.stat("foo") > 1
 
 
 @pytest.mark.parametrize("make,match", [

@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from fieldcheck.data_sets import ContrastiveSet, NotEnoughExamples
+from fieldcheck.data.contrastive import ContrastiveSet, NotEnoughExamples
 from fieldcheck.errors import DatasetError, FieldcheckError, InsufficientData
 
 from _datasets_helpers import small_model, stub_model

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fieldcheck import datasets as D
-from fieldcheck.data_sets import ContrastiveSet, NotEnoughExamples
+from fieldcheck.data.contrastive import ContrastiveSet, NotEnoughExamples
 from fieldcheck.errors import DatasetError
 
 from _datasets_helpers import small_model, stub_model

@@ -26,7 +26,7 @@ import torch
 
 from fieldcheck.datasets import ioi
 from fieldcheck.errors import MemoryBudgetError
-from fieldcheck.field import Field
+from fieldcheck.field.core import Field
 from fieldcheck.sites import attn_head, attn_out, mlp_out, resid_mid, resid_post, resid_pre
 from fieldcheck.sources import gaussian
 
@@ -213,7 +213,7 @@ def test_chunked_equals_unchunked(setup):
     arch, model, ds, field = setup
     sites = resid_pre("all", "all") + attn_head([0, 2], "all", "all") + mlp_out(1, "all")
     whole = field.patch(ds, sites, progress=False)
-    from fieldcheck.engine import LightConeEngine
+    from fieldcheck.field.engine import LightConeEngine
 
     T = ds.seq_len
     per_row = LightConeEngine(field.fm)._bytes_per_row(T, T)  # the largest row (all positions)

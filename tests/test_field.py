@@ -13,6 +13,7 @@ import torch
 import fieldcheck as fc
 from fieldcheck import sites as S
 from fieldcheck.errors import DatasetError, NumericalError, SiteError, SourceError, MetricError
+from fieldcheck.field.arch import _raw
 from fieldcheck.testing import tiny_model
 
 
@@ -169,7 +170,7 @@ def test_nan_model_outputs_fail_loudly():
     m = tiny_model("gpt2", n_layers=2, seed=5)
     ds = fc.datasets.ioi(m, n=4, seed=0)
     with torch.no_grad():
-        fc.arch._raw(m.original_model.transformer).ln_f.weight.fill_(float("nan"))
+        _raw(m.original_model.transformer).ln_f.weight.fill_(float("nan"))
     with pytest.raises(NumericalError, match="NaN"):
         fc.Field(m).patch(ds, S.resid_pre(0, "END"))
 

@@ -1,4 +1,4 @@
-"""Green functions, real propagation and sliced Green operators (fieldcheck.green)."""
+"""Green functions, real propagation and sliced Green operators (fieldcheck.experiments.green)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import torch
 
 from fieldcheck import datasets
 from fieldcheck.errors import SiteError
-from fieldcheck.field import Field
-from fieldcheck.green import _forward_from
+from fieldcheck.field.core import Field
+from fieldcheck.experiments.green import _forward_from
 from fieldcheck.sites import attn_head, resid_post, resid_pre
 from fieldcheck.testing import tiny_model
 
@@ -177,8 +177,8 @@ def test_slice_mean_check_and_report(gpt2_32):
 def test_green_report_and_assertions(gpt2_32):
     import matplotlib.figure
 
-    from fieldcheck.assertions import assert_anisotropic, assert_light_cone
-    from fieldcheck.criteria import depth_share
+    from fieldcheck.claim.assertions import assert_anisotropic, assert_light_cone
+    from fieldcheck.claim.criteria import depth_share
 
     f = Field(gpt2_32)
     ds = datasets.ioi(gpt2_32, n=4)

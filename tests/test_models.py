@@ -1,4 +1,4 @@
-"""fieldcheck.models: every spec kind offline, the hub error, the cache (atomic, verified,
+"""fieldcheck.models.loading: every spec kind offline, the hub error, the cache (atomic, verified,
 rebuilt when partial or corrupt), device/dtype errors, the CLI."""
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import fieldcheck
-from fieldcheck import models
+from fieldcheck.models import loading as models
 from fieldcheck.errors import DeviceError, FieldcheckError, ModelNotAvailable
-from fieldcheck.models import MANIFEST, load_model, model_info, verify_cache
+from fieldcheck.models.loading import MANIFEST, load_model, model_info, verify_cache
 from fieldcheck.testing import tiny_hf_model, write_tiny_gguf
 
 PROMPT = "When Mary and John went to the store, John gave a ring to"
@@ -276,7 +276,7 @@ def test_killed_build_leaves_nothing_trusted(fieldcheck_home, tmp_path):
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from fieldcheck.models import ensure_cached
+        from fieldcheck.models.loading import ensure_cached
         def build(tmp):
             (tmp / "model.safetensors").write_bytes(b"half a model")
             Path({str(tmp_path / 'started')!r}).write_text("x")

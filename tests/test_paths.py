@@ -1,4 +1,4 @@
-"""Path patching (fieldcheck.paths)."""
+"""Path patching (fieldcheck.experiments.paths)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ import torch
 
 from fieldcheck import datasets
 from fieldcheck.errors import SiteError
-from fieldcheck.field import Field
+from fieldcheck.field.core import Field
 from fieldcheck.metrics import as_metric
-from fieldcheck.paths import FINAL, PathResult, downstream, receiver_heads, receiver_mlps
+from fieldcheck.experiments.paths import FINAL, PathResult, downstream, receiver_heads, receiver_mlps
 from fieldcheck.sites import attn_head, attn_out, mlp_out, resid_pre
 from fieldcheck.testing import tiny_model
 
@@ -95,8 +95,8 @@ def test_zero_sender_deltas_leave_the_target(setup):
 
 
 def test_report_assertion_and_errors(setup):
-    from fieldcheck.assertions import assert_path_effect
-    from fieldcheck.criteria import effect
+    from fieldcheck.claim.assertions import assert_path_effect
+    from fieldcheck.claim.criteria import effect
 
     f, ds = setup
     pr = f.path_patch(ds, attn_head(1, [0, 1], "S2"), receiver_heads(2, "all", "kv") + FINAL)

@@ -15,22 +15,22 @@ import numpy  # noqa: F401
 matplotlib.use("Agg")
 import matplotlib.pyplot  # noqa: E402,F401
 
-try:  # fieldcheck.assertions may import torch inside a run: import it out here first
+try:  # fieldcheck.claim.assertions may import torch inside a run: import it out here first
     import torch  # noqa: F401
 except ImportError:  # pragma: no cover
     pass
 
-import fieldcheck.stats  # noqa: F401
+import fieldcheck.claim.statistics  # noqa: F401
 
-fieldcheck.stats.adjust_pvalues([0.01, 0.02], "holm")  # imports the statsmodels/scipy stack
-from fieldcheck.reports import strip_volatile
+fieldcheck.claim.statistics.adjust_pvalues([0.01, 0.02], "holm")  # imports the statsmodels/scipy stack
+from fieldcheck.reports.schema import strip_volatile
 
 pytest_plugins = "pytester"
 
-# A claim helper that records ClaimResults the way fieldcheck.assertions does.
+# A claim helper that records ClaimResults the way fieldcheck.claim.assertions does.
 HELPER = '''
 import pytest
-from fieldcheck.claim_result import ClaimResult, ClaimFailed, record
+from fieldcheck.claim.result import ClaimResult, ClaimFailed, record
 
 def claim(stat, est, bar, p, op=">", plot=None):
     ok = est > bar if op == ">" else est < bar
@@ -391,7 +391,7 @@ def test_does_not_predict():
 
 
 def test_real_assertions_on_arrays(pytester):
-    pytest.importorskip("fieldcheck.assertions")
+    pytest.importorskip("fieldcheck.claim.assertions")
     pytester.makepyfile(test_a=ASSERTIONS)
     res = pytester.runpytest("-p", "no:cacheprovider", "--fc-report-json", "a.json")
     res.assert_outcomes(passed=1, failed=1)

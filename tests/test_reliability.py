@@ -29,9 +29,9 @@ import torch
 import fieldcheck as fc
 import fieldcheck.errors as E
 from fieldcheck import sites as S
-from fieldcheck.assertions import AssertionInputError
-from fieldcheck.data_sets import ContrastiveSet, NotEnoughExamples
-from fieldcheck.reports import strip_volatile
+from fieldcheck.claim.assertions import AssertionInputError
+from fieldcheck.data.contrastive import ContrastiveSet, NotEnoughExamples
+from fieldcheck.reports.schema import strip_volatile
 
 pytest_plugins = "pytester"
 
@@ -54,7 +54,7 @@ def _catalogue_rows() -> list[list[str]]:
 
 
 _NOT_FIELDCHECK_ERRORS = {"UsageError", "RuntimeWarning", "ClaimFailed"}
-_ERROR_MODULES = ("fieldcheck.errors", "fieldcheck.data_sets", "fieldcheck.assertions")
+_ERROR_MODULES = ("fieldcheck.errors", "fieldcheck.data.contrastive", "fieldcheck.claim.assertions")
 
 
 def _error_class(name: str):
@@ -277,13 +277,14 @@ def test_plugin_device_that_does_not_exist(pytester):
 NAN_CLAIMS = '''
 import torch
 import fieldcheck as fc
+from fieldcheck.field.arch import _raw
 from fieldcheck.sites import resid_pre
 
 
 def test_a_poisoned_model(field, fc_model):
     """The weights are poisoned with NaN for this claim only; whatever the statistic, the claim
     must not pass."""
-    w = fc.arch._raw(fc_model.original_model.transformer).ln_f.weight
+    w = _raw(fc_model.original_model.transformer).ln_f.weight
     saved = w.detach().clone()
     with torch.no_grad():
         w.fill_(float("nan"))

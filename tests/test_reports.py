@@ -13,7 +13,8 @@ import time
 import pytest
 
 from fieldcheck import reports
-from fieldcheck.claim_result import ClaimResult
+from fieldcheck.reports import schema
+from fieldcheck.claim.result import ClaimResult
 from fieldcheck.errors import BaselineError
 
 
@@ -77,10 +78,10 @@ def test_strip_volatile_only_removes_timing():
 
 @pytest.mark.parametrize("method", ["holm", "bh", "none"])
 def test_fallback_adjustment_matches_stats(method):
-    from fieldcheck import stats
+    from fieldcheck.claim import statistics as stats
 
     p = [0.01, 0.04, 0.03, 0.2, 0.001]
-    assert reports._adjust_fallback(p, method) == pytest.approx(stats.adjust_pvalues(p, method))
+    assert schema._adjust_fallback(p, method) == pytest.approx(stats.adjust_pvalues(p, method))
 
 
 def test_nan_pvalues_and_estimates_are_safe():

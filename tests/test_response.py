@@ -11,7 +11,7 @@ import torch
 import fieldcheck as fc
 from fieldcheck import sites as S
 from fieldcheck.metrics import as_metric
-from fieldcheck.response import _metric_at_end
+from fieldcheck.experiments.response import _metric_at_end
 from fieldcheck.testing import tiny_model
 
 

@@ -1,4 +1,4 @@
-"""fieldcheck.stats against scipy and statsmodels."""
+"""fieldcheck.claim.statistics against scipy and statsmodels."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats as sst
 
-from fieldcheck import config, stats
+from fieldcheck import config
+from fieldcheck.claim import statistics as stats
 from fieldcheck.errors import CriterionError, InsufficientData
 
 
@@ -222,7 +223,7 @@ def test_derive_seed_does_not_depend_on_the_hash_seed():
     import subprocess
     import sys
 
-    code = "from fieldcheck.stats import derive_seed; print(derive_seed(0, 'c', 'r2 > 0.9'))"
+    code = "from fieldcheck.claim.statistics import derive_seed; print(derive_seed(0, 'c', 'r2 > 0.9'))"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={"PYTHONHASHSEED": h, "PATH": ""}).stdout for h in ("1", "2")}
     assert len(outs) == 1 and outs.pop().strip() == str(stats.derive_seed(0, "c", "r2 > 0.9"))

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, find, given, settings, strategies as st
 
 from fieldcheck import datasets as D
 from fieldcheck import strategies as S
-from fieldcheck.data_sets import ContrastiveSet
+from fieldcheck.data.contrastive import ContrastiveSet
 from fieldcheck.errors import DatasetError
 
 from _datasets_helpers import small_model

@@ -1,4 +1,4 @@
-"""Displacement transfer (fieldcheck.transfer)."""
+"""Displacement transfer (fieldcheck.experiments.transfer)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fieldcheck import datasets
-from fieldcheck.field import Field
+from fieldcheck.field.core import Field
 from fieldcheck.sites import attn_head, resid_pre
 from fieldcheck.testing import tiny_model
 
@@ -78,8 +78,8 @@ def test_other_metric_and_head_site(setup):
 def test_report_and_assertion(setup):
     import matplotlib.figure
 
-    from fieldcheck.assertions import assert_transfers
-    from fieldcheck.criteria import rate, shift
+    from fieldcheck.claim.assertions import assert_transfers
+    from fieldcheck.claim.criteria import rate, shift
 
     f, ds = setup
     t = f.transfer(ds, resid_pre(2, "S2"), pair="matched")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from fieldcheck.errors import BaselineError
-from fieldcheck.reports import atomic_write_text, iter_keyed_results, load_report, write_json
+from fieldcheck.reports.schema import atomic_write_text, iter_keyed_results, load_report, write_json
 
 LATEST = "LATEST"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -193,6 +193,6 @@ def compare(current: dict, baseline: dict, rules: list[FailRule], *, path: str =
 
 
 def _f(x) -> str:
-    from fieldcheck.reports import fmt
+    from fieldcheck.reports.table import fmt
 
     return fmt(x)

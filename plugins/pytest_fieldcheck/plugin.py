@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import pytest
 
-from fieldcheck.claim_result import ClaimResult, set_sink
+from fieldcheck.claim.result import ClaimResult, set_sink
 
 DEFAULT_MODEL = "smollm2-135m"
 _PROPERTY = "fieldcheck"          # user_properties key holding one claim's JSON payload
@@ -114,7 +114,7 @@ def read_options(config: pytest.Config) -> Options:
     dt = _opt(config, "fc_dtype")
     o.dtype = str(dt).strip() if dt is not None else None
     if o.dtype is not None:
-        from fieldcheck.models import _DTYPE_NAMES  # a name table; torch is not imported here
+        from fieldcheck.models.loading import _DTYPE_NAMES  # a name table; torch is not imported here
 
         if o.dtype.lower().removeprefix("torch.") not in _DTYPE_NAMES:
             raise _usage(f"--fc-dtype {o.dtype!r} is unknown: use float32, bfloat16 or float16")
@@ -228,7 +228,7 @@ class FieldcheckPlugin:
             raise
         self.models[spec] = model
         try:
-            from fieldcheck.models import model_info
+            from fieldcheck.models.loading import model_info
 
             info = dict(model_info(model))
         except Exception:

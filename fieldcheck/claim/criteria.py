@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .errors import CriterionError
+from fieldcheck.errors import CriterionError
 
 # name -> (description, parameter names, defaults)
 STATISTICS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {

@@ -10,7 +10,7 @@ Single-example strategies draw a :class:`~fieldcheck.ContrastiveSet` of one exam
 ``repr``/``summary`` shows the prompt, which is what hypothesis prints for a falsifying example):
 
     from hypothesis import given, settings
-    from fieldcheck.strategies import ioi_examples
+    from fieldcheck.data.strategies import ioi_examples
 
     @settings(derandomize=True, max_examples=25, deadline=None)
     @given(ex=ioi_examples(model))
@@ -25,8 +25,8 @@ from typing import Any, Sequence
 
 from hypothesis import strategies as st
 
-from fieldcheck.data_sets import ContrastiveSet
-from fieldcheck.datasets import (IOI_CORRUPTIONS, factual_record, induction_record, ioi_record,
+from fieldcheck.data.contrastive import ContrastiveSet
+from fieldcheck.data.builtin import (IOI_CORRUPTIONS, factual_record, induction_record, ioi_record,
                                  vocab)
 from fieldcheck.errors import DatasetError
 

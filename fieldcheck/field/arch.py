@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .errors import FieldcheckError
+from fieldcheck.errors import FieldcheckError
 
 
 class UnsupportedArchitecture(FieldcheckError):

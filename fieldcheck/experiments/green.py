@@ -29,10 +29,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .claim_result import _jsonable as _jsonable_np
-from .errors import SiteError, SourceError
-from .metrics import as_metric
-from .sites import Site, as_site_set
+from fieldcheck.jsonable import jsonable as _jsonable_np
+from fieldcheck.errors import SiteError, SourceError
+from fieldcheck.field.metrics import as_metric
+from fieldcheck.field.sites import Site, as_site_set
 
 __all__ = ["green", "propagate", "green_slice", "GreenResult", "Propagation", "LinearVsReal",
            "GreenSlice"]

@@ -23,12 +23,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .claim_result import _jsonable
-from .errors import SiteError, SourceError
-from .metrics import as_metric
-from .results import PatchResult
-from .sites import Site, as_site_set, resid_pre
-from .sources import as_source, check_alpha
+from fieldcheck.jsonable import jsonable as _jsonable
+from fieldcheck.errors import SiteError, SourceError
+from fieldcheck.field.metrics import as_metric
+from fieldcheck.field.results import PatchResult
+from fieldcheck.field.sites import Site, as_site_set, resid_pre
+from fieldcheck.field.sources import as_source, check_alpha
 
 
 # --- differentiable forwards -------------------------------------------------------------------
@@ -321,7 +321,7 @@ class Sweep:
             return np.abs(me - ml) / np.maximum(np.abs(ml), 1e-12)
 
     def linear_regime(self, tol: float = 0.1, n_boot: int = 1000, seed: int = 0, level: float = 0.9) -> LinearRegime:
-        from .assertions import _alpha_star
+        from fieldcheck.claim.assertions import _alpha_star
 
         order = np.argsort(self.alphas)
         al, E, L = self.alphas[order], self.effect[order], self.linear[order]

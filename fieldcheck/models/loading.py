@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fieldcheck.errors import DeviceError, FieldcheckError, ModelNotAvailable
+from fieldcheck.models.info import describe as _describe, model_info
 
-log = logging.getLogger("fieldcheck.models")
+log = logging.getLogger("fieldcheck.models.loading")
 
 MANIFEST = "fieldcheck-manifest.json"
 MANIFEST_FORMAT = 1
@@ -642,7 +643,7 @@ def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None
 
     # tiny models, built in-process
     if spec_str.split(":")[0] in TINY_ARCHS:
-        from fieldcheck.testing import tiny_model
+        from fieldcheck.models.tiny import tiny_model
 
         params = _parse_tiny(spec_str)
         if device_map is not None:
@@ -765,42 +766,6 @@ def _finish(model, spec: str, source: str, extra: dict, t0: float | None = None,
         info["load_seconds"] = round(time.perf_counter() - t0, 3)
     model.fieldcheck_info = info
     return model
-
-
-def _describe(model) -> dict:
-    cfg = model.cfg
-    arch = getattr(cfg, "architecture", None)
-    if arch is None:
-        hf = getattr(model, "original_model", None)
-        archs = getattr(getattr(hf, "config", None), "architectures", None)
-        arch = archs[0] if archs else type(hf).__name__ if hf is not None else type(model).__name__
-    try:
-        p = next(model.parameters())
-        device, dtype = str(p.device), str(p.dtype)
-    except StopIteration:  # pragma: no cover
-        device, dtype = str(getattr(cfg, "device", "?")), str(getattr(cfg, "dtype", "?"))
-    return {
-        "architecture": str(arch),
-        "n_layers": int(cfg.n_layers),
-        "d_model": int(cfg.d_model),
-        "n_heads": int(cfg.n_heads),
-        "d_vocab": int(getattr(cfg, "d_vocab", 0) or 0),
-        "n_ctx": int(getattr(cfg, "n_ctx", 0) or 0),
-        "dtype": dtype.removeprefix("torch."),
-        "device": device,
-        "weights_sha256": None,
-    }
-
-
-def model_info(model) -> dict:
-    """A JSON-able description of a loaded model for reports: spec, source (path or hub
-    name), architecture, n_layers, d_model, n_heads, d_vocab, n_ctx, dtype, device,
-    weights_sha256 (when known) and notes (e.g. Q4_1 dequantization)."""
-    info = getattr(model, "fieldcheck_info", None)
-    if info is None:
-        info = _describe(model)
-        info.update(spec=getattr(model.cfg, "model_name", "<model>"), source="<unknown>")
-    return json.loads(json.dumps(info, default=str))
 
 
 __all__ = [

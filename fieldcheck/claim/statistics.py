@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .errors import CriterionError, InsufficientData
+from fieldcheck.errors import CriterionError, InsufficientData
 
 #: fewest examples for a bootstrap confidence bound (below it the resampling distribution
 #: has too few distinct values for a 5% tail); a point decision needs 2.

@@ -1,7 +1,7 @@
 """The outcome of one assertion in a claim: ``ClaimResult``, the ``ClaimFailed`` error, and
 the recorder that attaches results to the running pytest item.
 
-Every assertion in :mod:`fieldcheck.assertions` builds one ``ClaimResult`` per criterion,
+Every assertion in :mod:`fieldcheck.claim.assertions` builds one ``ClaimResult`` per criterion,
 hands it to :func:`record`, and raises :class:`ClaimFailed` when any criterion fails. The
 pytest plugin installs a sink (:func:`set_sink`) that collects the recorded results per test,
 whether the test passes or fails, for the terminal summary and the JSON/HTML reports.
@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
+
+from fieldcheck.jsonable import jsonable as _jsonable
 
 
 @dataclass
@@ -88,25 +90,6 @@ def _fmt(x: float) -> str:
     if ax != 0 and (ax < 1e-3 or ax >= 1e5):
         return f"{x:.3g}"
     return f"{x:.3g}" if ax < 1 else f"{x:.4g}"
-
-
-def _jsonable(x: Any) -> Any:
-    """Make numbers JSON-safe: numpy scalars to Python, NaN/inf to strings."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        np = None
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if np is not None and isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if np is not None and isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-        return str(x)
-    return x
 
 
 # --- the recorder ---------------------------------------------------------------------------

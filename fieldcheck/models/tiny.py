@@ -235,9 +235,9 @@ def tiny_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_heads
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
-    from fieldcheck.models import _describe
+    from fieldcheck.models.info import describe
 
-    info = _describe(bridge)
+    info = describe(bridge)
     info.update(spec=f"tiny-{arch}", source="fieldcheck.testing.tiny_model",
                 tiny={"arch": arch, "n_layers": n_layers, "d_model": d_model,
                       "n_heads": n_heads, "d_mlp": d_mlp, "seed": seed, "init_std": init_std},

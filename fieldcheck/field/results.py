@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .claim_result import _jsonable
-from .sites import Site
+from fieldcheck.jsonable import jsonable as _jsonable
+from fieldcheck.field.sites import Site
 
 
 def _np(x) -> np.ndarray:

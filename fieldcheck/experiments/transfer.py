@@ -18,11 +18,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .errors import SiteError
-from .green import _jsonable, _mpl, _np
-from .metrics import as_metric
-from .sites import Site, as_site_set
-from .sources import check_alpha, steer
+from fieldcheck.errors import SiteError
+from fieldcheck.experiments.green import _jsonable, _mpl, _np
+from fieldcheck.field.metrics import as_metric
+from fieldcheck.field.sites import Site, as_site_set
+from fieldcheck.field.sources import check_alpha, steer
 
 __all__ = ["transfer", "TransferResult"]
 

@@ -43,10 +43,10 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .errors import SiteError
-from .metrics import as_metric
-from .results import PatchResult
-from .sites import Site, as_site_set
+from fieldcheck.errors import SiteError
+from fieldcheck.field.metrics import as_metric
+from fieldcheck.field.results import PatchResult
+from fieldcheck.field.sites import Site, as_site_set
 
 __all__ = ["path_patch", "receiver_heads", "receiver_mlps", "downstream", "Receivers", "PathResult", "FINAL"]
 
@@ -144,7 +144,7 @@ def as_receivers(x) -> Receivers:
         for r in x:
             out = out + as_receivers(r)
         return out
-    raise SiteError(f"{x!r} is not a receiver: use 'final', fieldcheck.paths.receiver_heads(layer, heads, "
+    raise SiteError(f"{x!r} is not a receiver: use 'final', fieldcheck.experiments.paths.receiver_heads(layer, heads, "
                     "inputs='qkv'), receiver_mlps(layers) or a list of them")
 
 
@@ -167,7 +167,7 @@ def downstream(senders, n_layers: int) -> Receivers:
 
 @dataclass
 class PathResult(PatchResult):
-    """A :class:`~fieldcheck.results.PatchResult` of a path patch (``method="path"``): ``values`` is the
+    """A :class:`~fieldcheck.field.results.PatchResult` of a path patch (``method="path"``): ``values`` is the
     metric with the sender -> receiver paths patched (one row for all senders jointly, or one per sender),
     ``receivers`` says which inputs received."""
 

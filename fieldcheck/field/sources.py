@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from .errors import SourceError
+from fieldcheck.errors import SourceError
 
 
 @dataclass(frozen=True)

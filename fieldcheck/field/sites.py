@@ -20,7 +20,7 @@ import builtins
 from dataclasses import dataclass
 from typing import Iterable, Optional, Union
 
-from .errors import SiteError
+from fieldcheck.errors import SiteError
 
 KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_head", "attn_out", "mlp_out")
 _HOOKS = {

@@ -1,6 +1,6 @@
 """The assertions a claim makes: each computes its statistics over the examples, with an
-interval, decides every criterion, records a :class:`~fieldcheck.claim_result.ClaimResult` per
-criterion and raises :class:`~fieldcheck.claim_result.ClaimFailed` when any fails.
+interval, decides every criterion, records a :class:`~fieldcheck.claim.result.ClaimResult` per
+criterion and raises :class:`~fieldcheck.claim.result.ClaimFailed` when any fails.
 
 Common keywords of every assertion (None: the session setting from :mod:`fieldcheck.config`):
 ``alpha`` (or ``level`` = 1 - alpha), ``decide`` (``"bound"`` or ``"point"``), ``n_boot``,
@@ -21,16 +21,16 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from . import config
-from .claim_result import ClaimFailed, ClaimResult, record
-from .criteria import Criterion, as_criteria
-from .errors import CriterionError, FieldcheckError, InsufficientData
-from .stats import (MIN_BOOTSTRAP_N, Estimate, adjust_pvalues, binomial_rate, bootstrap, clears,
+from fieldcheck import config
+from fieldcheck.claim.result import ClaimFailed, ClaimResult, record
+from fieldcheck.claim.criteria import Criterion, as_criteria
+from fieldcheck.errors import CriterionError, FieldcheckError, InsufficientData
+from fieldcheck.claim.statistics import (MIN_BOOTSTRAP_N, Estimate, adjust_pvalues, binomial_rate, bootstrap, clears,
                     make_rng, mean_test, min_n_rate, min_n_signflip, nonfinite, require_n,
                     resample_weights, to_numpy)
 
 # re-exported so that `from fieldcheck import r2, ...` and `fc.r2` work
-from .criteria import (alpha_star, cpr, depth_share, effect, explained, gap_closed, mean,  # noqa: F401
+from fieldcheck.claim.criteria import (alpha_star, cpr, depth_share, effect, explained, gap_closed, mean,  # noqa: F401
                        pearson, rate, recovered, r2, shift, spearman, top_k_overlap)
 
 __all__ = ["assert_predicted_effect", "assert_effect", "assert_path_effect", "assert_localized",

@@ -24,8 +24,8 @@ from typing import Optional
 
 import torch
 
-from .arch import BlockKV, FunctionalModel
-from .errors import MemoryBudgetError, PatchError
+from fieldcheck.field.arch import BlockKV, FunctionalModel
+from fieldcheck.errors import MemoryBudgetError, PatchError
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .errors import MetricError
+from fieldcheck.errors import MetricError
 
 BUILTIN = ("logit_diff", "logprob", "prob", "kl")
 

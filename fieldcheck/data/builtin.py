@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from fieldcheck.data_sets import ContrastiveSet, NotEnoughExamples, tok_info, weak_cached
+from fieldcheck.data.contrastive import ContrastiveSet, NotEnoughExamples, tok_info, weak_cached
 from fieldcheck.errors import DatasetError
 
 __all__ = ["ioi", "factual_recall", "induction", "load", "available", "register", "words",

@@ -3,7 +3,7 @@
 ``Field(model)`` runs each data set's clean and corrupted prompts once and caches what the
 light-cone engine needs. ``field.patch`` inserts sources at sites and reads the metric. The
 response objects (sensitivities, predictions, sweeps, Green functions, transfer, path patching)
-live in :mod:`fieldcheck.response` and are attached to Field as methods.
+live in :mod:`fieldcheck.experiments.response` and are attached to Field as methods.
 """
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .arch import FunctionalModel, UnsupportedArchitecture, functional_model
-from .engine import Injection, LightConeEngine, Row, RunCache, run_cache
-from .errors import DatasetError, ModelNotAvailable, NumericalError, PatchError, SourceError, UsageError
-from .metrics import Metric, as_metric
-from .results import PatchResult
-from .sites import Site, SiteSet, as_site_set
-from .sources import Source, as_source, check_alpha, noise_for
+from fieldcheck.field.arch import FunctionalModel, UnsupportedArchitecture, functional_model
+from fieldcheck.field.engine import Injection, LightConeEngine, Row, RunCache, run_cache
+from fieldcheck.errors import DatasetError, ModelNotAvailable, NumericalError, PatchError, SourceError, UsageError
+from fieldcheck.field.metrics import Metric, as_metric
+from fieldcheck.field.results import PatchResult
+from fieldcheck.field.sites import Site, SiteSet, as_site_set
+from fieldcheck.field.sources import Source, as_source, check_alpha, noise_for
 
 DIRECTIONS = ("denoise", "noise")
 
@@ -48,7 +48,7 @@ def _show_progress() -> bool:
     terminal), FIELDCHECK_NO_PROGRESS=1, else only on a terminal outside CI."""
     if os.environ.get("FIELDCHECK_NO_PROGRESS") == "1":
         return False
-    from . import config
+    from fieldcheck import config
     flag = config.get().show_progress
     if flag is not None:
         return bool(flag)
@@ -65,7 +65,7 @@ class Field:
 
     def __init__(self, model, memory_budget: int = 2 * 2**30, engine: str = "auto"):
         if isinstance(model, (str, os.PathLike)):
-            from .models import load_model
+            from fieldcheck.models.loading import load_model
             model = load_model(model)
         if not hasattr(model, "cfg") or not hasattr(model, "original_model"):
             raise ModelNotAvailable(f"Field needs a model loaded by fieldcheck.load_model(...) (a TransformerBridge), "
@@ -218,41 +218,41 @@ class Field:
                 out.append(Injection(stage, int(pos[b]), 1.0, alpha * delta[b], site.head if site.head is not None else -1))
         return out, delta
 
-    # --- response objects (fieldcheck.response, fieldcheck.green, fieldcheck.transfer, fieldcheck.paths) ---
+    # --- response objects (fieldcheck.experiments.response, fieldcheck.experiments.green, fieldcheck.experiments.transfer, fieldcheck.experiments.paths) ---
     def sensitivity(self, ds, *args, **kw):
-        from .response import sensitivity
+        from fieldcheck.experiments.response import sensitivity
         return sensitivity(self, ds, *args, **kw)
 
     def predict(self, ds, sites, *args, **kw):
-        from .response import predict
+        from fieldcheck.experiments.response import predict
         return predict(self, ds, sites, *args, **kw)
 
     def scale_sweep(self, ds, site, alphas=None, **kw):
-        from .response import scale_sweep
+        from fieldcheck.experiments.response import scale_sweep
         return scale_sweep(self, ds, site, alphas, **kw)
 
     def select_sites(self, ds, k, candidates=None, **kw):
-        from .response import select_sites
+        from fieldcheck.experiments.response import select_sites
         return select_sites(self, ds, k, candidates, **kw)
 
     def green(self, ds, source_site, direction=None, **kw):
-        from .green import green
+        from fieldcheck.experiments.green import green
         return green(self, ds, source_site, direction, **kw)
 
     def propagate(self, ds, source_site, alpha=1.0, **kw):
-        from .green import propagate
+        from fieldcheck.experiments.green import propagate
         return propagate(self, ds, source_site, alpha, **kw)
 
     def green_slice(self, ds, source_site, target_site, rank=8, **kw):
-        from .green import green_slice
+        from fieldcheck.experiments.green import green_slice
         return green_slice(self, ds, source_site, target_site, rank, **kw)
 
     def transfer(self, ds_ab, site, targets=None, alpha=1.0, **kw):
-        from .transfer import transfer
+        from fieldcheck.experiments.transfer import transfer
         return transfer(self, ds_ab, site, targets, alpha, **kw)
 
     def path_patch(self, ds, senders, receivers, **kw):
-        from .paths import path_patch
+        from fieldcheck.experiments.paths import path_patch
         return path_patch(self, ds, senders, receivers, **kw)
 
     # --- patching --------------------------------------------------------------------------
@@ -274,7 +274,7 @@ class Field:
         engine = engine or self.engine_name
         t_start = time.perf_counter()
         if engine == "hooks":
-            from .hooked import patch_hooked
+            from fieldcheck.field.hooked import patch_hooked
             values, skipped, baselines, cost = patch_hooked(self, ds, site_list, direction, src, alpha, jointly, metrics)
         else:
             values, skipped, baselines, cost = self._patch_lightcone(ds, site_list, direction, src, alpha, jointly,

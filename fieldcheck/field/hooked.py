@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import PatchError
+from fieldcheck.errors import PatchError
 
 
 def _logits_metric(field, m, logits_end: torch.Tensor, ds, ref):
@@ -36,7 +36,7 @@ def _logits_metric(field, m, logits_end: torch.Tensor, ds, ref):
 def patch_hooked(field, ds, site_list, direction, src, alpha, jointly, metrics):
     model = field.model
     dev = field.device
-    from .errors import SiteError
+    from fieldcheck.errors import SiteError
     bad = [s.label for s in site_list if s.kind == "resid_mid"]
     if bad:
         raise SiteError(f"the hooked path cannot patch resid_mid sites ({bad[0]}): the TransformerBridge's "
@@ -74,7 +74,7 @@ def patch_hooked(field, ds, site_list, direction, src, alpha, jointly, metrics):
             elif src.kind == "mean":
                 new = cur + alpha * (caches[tgt_name][site.hook_name][idx].mean(0, keepdim=True) - cur)
             elif src.kind == "gaussian":
-                from .sources import noise_for
+                from fieldcheck.field.sources import noise_for
                 new = cur + alpha * noise_for(src, site.label, cur.shape, cur.dtype, cur.device)
             else:
                 new = cur + alpha * src.vector.to(cur.device, cur.dtype).expand_as(cur)
