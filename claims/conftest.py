@@ -22,11 +22,9 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
-def session_seed(request):
-    """``--fc-seed`` for session-scoped data sets (the plugin's ``fc_seed`` is per claim, so a
-    session fixture cannot request it)."""
-    from pytest_fieldcheck.plugin import _state
-    return _state(request.config).opts.seed
+def session_seed(fc_session_seed):
+    """``--fc-seed`` for the session-scoped data sets below (the plugin's ``fc_session_seed``)."""
+    return fc_session_seed
 
 
 @pytest.fixture(scope="session")

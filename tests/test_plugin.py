@@ -431,3 +431,21 @@ def test_not_claims_ini_excludes_library_tests(pytester):
     assert res.ret == 0  # the unit tests' p-values are not part of the correction
     assert [c["id"] for c in _json(pytester)["claims"]] == [
         "test_c.py::test_a", "test_c.py::test_b", "test_c.py::test_c"]
+
+
+def test_session_seed_fixture_is_public(pytester):
+    """Claim files read the session seed through ``fc_session_seed`` (session scope), never through
+    the plugin's private state; requesting it alone does not make a test a claim."""
+    pytester.makepyfile(test_seed='''
+import pytest
+
+@pytest.fixture(scope="session")
+def data_seed(fc_session_seed):
+    return fc_session_seed
+
+def test_seed(data_seed, fc_session_seed):
+    assert data_seed == fc_session_seed == 7
+''')
+    res = pytester.runpytest("-p", "no:cacheprovider", "--fc-seed", "7", "--fc-report-json", "r.json")
+    res.assert_outcomes(passed=1)
+    assert _json(pytester)["claims"] == []

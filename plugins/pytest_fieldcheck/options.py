@@ -1,0 +1,156 @@
+"""Command-line and ini options of the plugin: the table, reading them (command line, then ini,
+then default), validation into an :class:`Options` (a bad value is a usage error, exit 4) and
+the ``auto`` device."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field as dc_field
+from typing import Any, Optional
+
+import pytest
+
+DEFAULT_MODEL = "smollm2-135m"
+
+# name: (help, default, ini type)
+_OPTIONS: dict[str, tuple[str, Any, str]] = {
+    "fc_model": ("model spec for fc_model: a short name (smollm2-135m, tiny-gpt2, tiny-llama), "
+                 "a hub name, a folder or a .gguf file", DEFAULT_MODEL, "string"),
+    "fc_device": ("cpu, cuda, cuda:N or auto (auto spreads xdist workers over the visible GPUs)",
+                  "cpu", "string"),
+    "fc_dtype": ("dtype of the model: float32, float16, bfloat16 (default: float32)", None, "string"),
+    "fc_seed": ("session seed; every claim's draws are seeded by it and the claim id", 0, "string"),
+    "fc_alpha": ("error rate of each claim's decision (default 0.05)", 0.05, "string"),
+    "fc_correction": ("multiple-comparison correction over all claims of the run: holm, bh or none",
+                      "holm", "string"),
+    "fc_decide": ("bound: the one-sided confidence bound must clear the bar; point: the estimate",
+                  "bound", "string"),
+    "fc_report_json": ("write the JSON report to this path", None, "string"),
+    "fc_report_html": ("write the self-contained HTML report to this path", None, "string"),
+    "fc_save": ("save this run as baseline NAME under .fieldcheck/baselines/", None, "string"),
+    "fc_compare": ("compare with a baseline: NAME, latest, or a path to a JSON report", None, "string"),
+    "fc_compare_fail": ("fail on regressions: passed, estimate:10%%, estimate:0.05 (repeatable)",
+                        None, "linelist"),
+    "fc_no_cache": ("do not use or write the converted-model cache", False, "bool"),
+}
+# ini only: node-id patterns (fnmatch) of tests that are not claims, e.g. a library's own unit
+# tests that call fc.assert_* on purpose: their results are not collected, reported or corrected
+_NOT_CLAIMS_HELP = ("node-id patterns (fnmatch, one per line) of tests that are not claims: "
+                    "their recorded results are not collected, e.g. tests/*")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    g = parser.getgroup("fieldcheck", "fieldcheck claims")
+    for name, (help_, default, kind) in _OPTIONS.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "fc_compare":
+            g.addoption(flag, dest=name, nargs="?", const="latest", default=None,
+                        metavar="NAME|PATH", help=help_ + " (no value: latest; write --fc-compare=NAME "
+                        "when a test path follows)")
+        elif name == "fc_compare_fail":
+            g.addoption(flag, dest=name, action="append", default=None, metavar="EXPR", help=help_)
+        elif name == "fc_no_cache":
+            g.addoption(flag, dest=name, action="store_true", default=None, help=help_)
+        else:
+            g.addoption(flag, dest=name, default=None, metavar=name[3:].upper(), help=help_)
+        parser.addini(name, help_.replace("%%", "%") + f" (command line: {flag})", type=kind,
+                      default=[] if kind == "linelist" else None)
+    parser.addini("fc_not_claims", _NOT_CLAIMS_HELP, type="linelist", default=[])
+
+
+def _opt(config: pytest.Config, name: str) -> Any:
+    """The command-line value, else the ini value, else the default."""
+    v = config.getoption(name, None)
+    if v is None:
+        try:
+            v = config.getini(name)
+        except (ValueError, KeyError):
+            v = None
+        if v in ("", []):
+            v = None
+    if v is None:
+        v = _OPTIONS[name][1]
+    return v
+
+
+@dataclass
+class Options:
+    model: str = DEFAULT_MODEL
+    device: str = "cpu"
+    dtype: Optional[str] = None
+    seed: int = 0
+    alpha: float = 0.05
+    correction: str = "holm"
+    decide: str = "bound"
+    report_json: Optional[str] = None
+    report_html: Optional[str] = None
+    save: Optional[str] = None
+    compare: Optional[str] = None
+    compare_fail: list = dc_field(default_factory=list)
+    no_cache: bool = False
+
+
+def _usage(msg: str) -> pytest.UsageError:
+    return pytest.UsageError(msg)
+
+
+def read_options(config: pytest.Config) -> Options:
+    o = Options()
+    o.model = str(_opt(config, "fc_model"))
+    o.device = str(_opt(config, "fc_device")).strip()
+    dt = _opt(config, "fc_dtype")
+    o.dtype = str(dt).strip() if dt is not None else None
+    if o.dtype is not None:
+        from fieldcheck.models.loading import _DTYPE_NAMES  # a name table; torch is not imported here
+
+        if o.dtype.lower().removeprefix("torch.") not in _DTYPE_NAMES:
+            raise _usage(f"--fc-dtype {o.dtype!r} is unknown: use float32, bfloat16 or float16")
+    try:
+        o.seed = int(str(_opt(config, "fc_seed")).strip())
+    except ValueError:
+        raise _usage(f"--fc-seed {_opt(config, 'fc_seed')!r} is not an integer: use e.g. --fc-seed 0")
+    raw_alpha = _opt(config, "fc_alpha")
+    try:
+        o.alpha = float(raw_alpha)
+    except (TypeError, ValueError):
+        o.alpha = float("nan")
+    if not (0.0 < o.alpha < 0.5):
+        raise _usage(f"--fc-alpha {raw_alpha!r} must be a number in (0, 0.5), e.g. --fc-alpha 0.05")
+    o.correction = str(_opt(config, "fc_correction")).lower()
+    if o.correction not in ("holm", "bh", "none"):
+        raise _usage(f"--fc-correction {o.correction!r} is unknown: use holm, bh or none")
+    o.decide = str(_opt(config, "fc_decide")).lower()
+    if o.decide not in ("bound", "point"):
+        raise _usage(f"--fc-decide {o.decide!r} is unknown: use bound or point")
+    dev = o.device.lower()
+    if not (dev in ("cpu", "cuda", "auto", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise _usage(f"--fc-device {o.device!r} is unknown: use cpu, cuda, cuda:N or auto")
+    o.report_json = _opt(config, "fc_report_json")
+    o.report_html = _opt(config, "fc_report_html")
+    o.save = _opt(config, "fc_save")
+    o.compare = _opt(config, "fc_compare")
+    o.compare_fail = list(_opt(config, "fc_compare_fail") or [])
+    nc = _opt(config, "fc_no_cache")
+    o.no_cache = nc if isinstance(nc, bool) else str(nc).lower() in ("1", "true", "yes", "on")
+    if o.compare_fail and o.compare is None:
+        o.compare = "latest"
+    return o
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: the xdist worker gwN gets cuda:(N mod #GPUs); no GPU -> cpu."""
+    if device.lower() != "auto":
+        return device
+    try:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        n = 0
+    if n == 0:
+        return "cpu"
+    wid = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    try:
+        idx = int(wid.lstrip("gw"))
+    except ValueError:
+        idx = 0
+    return f"cuda:{idx % n}"

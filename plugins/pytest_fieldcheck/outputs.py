@@ -1,0 +1,54 @@
+"""The run report: built on the controller at the end of the session (with the multiple-
+comparison correction and the baseline comparison), then written to the JSON/HTML files and the
+baseline store; a report that cannot be written fails the run."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import baselines
+from .session import FieldcheckPlugin
+
+def build(state: FieldcheckPlugin) -> dict:
+    from fieldcheck import reports
+
+    o = state.opts
+    model = state.model_infos.get(o.model) or {"spec": o.model, "loaded": False}
+    others = {k: v for k, v in sorted(state.model_infos.items()) if k != o.model}
+    run = reports.run_metadata(cwd=str(state.config.rootpath), model=model,
+                               other_models=others or None, device=o.device, dtype=o.dtype,
+                               seed=o.seed, alpha=o.alpha, correction=o.correction,
+                               decide=o.decide)
+    now = time.time()
+    timing = {
+        "started": datetime.fromtimestamp(state.started, timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(now - state.started, 3),
+        "claims": {k: round(v, 4) for k, v in sorted(state.durations.items())},
+        "models": {k: v for k, v in sorted(state.load_times.items())},
+    }
+    report = reports.build_report(state.claims.values(), run, timing=timing,
+                                  correction=o.correction, alpha=o.alpha)
+    if state.baseline is not None:
+        report["comparison"] = baselines.compare(report, state.baseline, state.rules,
+                                                 path=str(state.baseline_path))
+    return report
+
+
+def write_outputs(state: FieldcheckPlugin) -> None:
+    from fieldcheck import reports
+
+    o = state.opts
+    jobs = []
+    if o.report_json:
+        jobs.append(("JSON report", lambda: reports.write_json(Path(o.report_json), state.report)))
+    if o.report_html:
+        jobs.append(("HTML report", lambda: reports.write_html(Path(o.report_html), state.report)))
+    if o.save:
+        jobs.append(("baseline", lambda: baselines.save(state.report, o.save, state.config.rootpath)))
+    for what, job in jobs:
+        try:
+            state.written.append(f"{what}: {job()}")
+        except Exception as e:  # a report that cannot be written must not pass silently
+            state.write_errors.append(f"{what} not written: {type(e).__name__}: {e}")

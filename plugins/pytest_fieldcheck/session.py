@@ -1,0 +1,242 @@
+"""Per-session state (models, fields, collected claims, the report) and the process-wide settings
+the session changes and restores: fieldcheck.config, the hypothesis profile, environment flags."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from .options import Options, _usage, read_options, resolve_device
+
+_VOLATILE_INFO = ("load_seconds", "load_s", "loaded_at", "date", "duration")
+
+
+def is_controller(config: pytest.Config) -> bool:
+    """True outside xdist workers (the process that collects results and writes reports)."""
+    return not hasattr(config, "workerinput")
+
+
+def _show_progress(config: pytest.Config) -> bool:
+    if config.getoption("verbose", 0) < 0:
+        return False
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        return sys.stderr.isatty()
+    except Exception:
+        return False
+
+
+class FieldcheckPlugin:
+    """Per-session state, registered as ``fieldcheck-state``."""
+
+    def __init__(self, config: pytest.Config, opts: Options):
+        self.config = config
+        self.opts = opts
+        self.device = resolve_device(opts.device)
+        self.models: dict[str, Any] = {}       # spec -> model (or the exception loading it raised)
+        self.fields: dict[str, Any] = {}       # spec -> Field
+        self.model_infos: dict[str, dict] = {}
+        self.load_times: dict[str, dict] = {}
+        self.claims: dict[str, dict] = {}      # nodeid -> claim entry (controller)
+        self.durations: dict[str, float] = {}
+        self.started = time.time()
+        self.report: Optional[dict] = None
+        self.baseline: Optional[dict] = None
+        self.baseline_path: Optional[Path] = None
+        self.rules: list = []
+        self.written: list[str] = []
+        self.write_errors: list[str] = []
+        self.prev_settings = None
+        self.prev_profile: Optional[str] = None
+
+    # models
+    def load(self, spec: str):
+        if spec in self.models:
+            m = self.models[spec]
+            if isinstance(m, BaseException):
+                raise m
+            return m
+        import fieldcheck
+
+        kw: dict[str, Any] = {"device": self.device}
+        if self.opts.dtype:
+            kw["dtype"] = self.opts.dtype
+        try:
+            model = fieldcheck.load_model(spec, **kw)
+        except BaseException as e:
+            self.models[spec] = e
+            raise
+        self.models[spec] = model
+        try:
+            from fieldcheck.models.loading import model_info
+
+            info = dict(model_info(model))
+        except Exception:
+            info = {}
+        info.setdefault("spec", spec)
+        # timings go to the report's "timing" member, so equal runs give equal reports
+        for k in [k for k in info if k in _VOLATILE_INFO or k.endswith("_seconds")]:
+            self.load_times.setdefault(spec, {})[k] = info.pop(k)
+        self.model_infos[spec] = info
+        return model
+
+    # hooks of this session (a method, so nested in-process sessions keep their own state)
+    def pytest_sessionstart(self, session) -> None:
+        self.started = time.time()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item) -> None:
+        """A claim pinned to another model gets that model (loaded once per session) through
+        its ``fc_model``/``field`` arguments, or is skipped when it cannot be loaded."""
+        from .fixtures import pinned_model, uses_our_fixture
+
+        spec = pinned_model(item, self)
+        if spec is None or not uses_our_fixture(item, ("fc_model", "field")):
+            return
+        try:
+            model = self.load(spec)
+        except Exception as e:
+            pytest.skip(f"claim pinned to model {spec!r}, which cannot be loaded here "
+                        f"(session model {self.opts.model!r}): {type(e).__name__}: {e}")
+        # fixtures fill only the names not yet in funcargs
+        if uses_our_fixture(item, ("fc_model",)):
+            item.funcargs["fc_model"] = model
+        if uses_our_fixture(item, ("field",)):
+            item.funcargs["field"] = self.field_for(spec)
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if is_controller(self.config):
+            from .collection import collect
+
+            collect(self, report)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        """xdist controller: gather the model metadata each worker loaded."""
+        out = getattr(node, "workeroutput", None) or {}
+        if "fieldcheck_models" in out:
+            try:
+                got = json.loads(out["fieldcheck_models"])
+                self.model_infos.update(got.get("infos", {}))
+                for k, v in got.get("times", {}).items():
+                    self.load_times.setdefault(k, v)
+            except (TypeError, ValueError):
+                pass
+
+    def restore(self) -> None:
+        """Put back what configure changed in process-wide state (for nested sessions)."""
+        m = _settings_module()
+        if m is not None and self.prev_settings is not None and hasattr(m, "_current"):
+            try:
+                m._current.set(self.prev_settings)
+            except Exception:
+                pass
+        if self.prev_profile:
+            try:
+                from hypothesis import settings
+
+                settings.load_profile(self.prev_profile)
+            except Exception:
+                pass
+
+    def field_for(self, spec: str):
+        if spec not in self.fields:
+            import fieldcheck
+
+            self.fields[spec] = fieldcheck.Field(self.load(spec))
+        return self.fields[spec]
+
+
+def get_state(config: pytest.Config) -> FieldcheckPlugin:
+    return config.pluginmanager.get_plugin("fieldcheck-state")
+
+
+def configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "fieldcheck(model=None, seed=None, n=None): pin a claim to a model, a seed "
+        "or a data size; a claim pinned to a model that cannot be loaded is skipped")
+    opts = read_options(config)
+    state = FieldcheckPlugin(config, opts)
+    from fieldcheck.errors import BaselineError
+
+    from . import baselines
+
+    try:
+        state.rules = [baselines.parse_rule(e) for e in opts.compare_fail]
+        if opts.save is not None:
+            baselines.check_name(opts.save)
+        if opts.compare is not None and is_controller(config):
+            state.baseline_path, state.baseline = baselines.load(opts.compare, config.rootpath)
+    except BaselineError as e:
+        raise _usage(str(e)) from None
+    config.pluginmanager.register(state, "fieldcheck-state")
+
+    if opts.no_cache:
+        os.environ["FIELDCHECK_NO_CACHE"] = "1"
+    progress = _show_progress(config)
+    if not progress:
+        os.environ["FIELDCHECK_NO_PROGRESS"] = "1"
+    m = _settings_module()
+    if m is not None and hasattr(m, "get"):
+        state.prev_settings = m.get()
+    _set_settings(alpha=opts.alpha, decide=opts.decide, seed=opts.seed, show_progress=progress)
+    state.prev_profile = _hypothesis_profile(config)
+
+
+def _settings_module():
+    try:
+        from fieldcheck import config as fc_config
+    except ImportError:
+        return None
+    return fc_config
+
+
+def _set_settings(**kw) -> None:
+    """Push session settings into fieldcheck.config, passing only the names it knows."""
+    m = _settings_module()
+    if m is None or not hasattr(m, "set"):
+        return
+    known = None
+    try:
+        from dataclasses import fields as dfields
+
+        known = {f.name for f in dfields(m.Settings)}
+    except Exception:
+        pass
+    kw = {k: v for k, v in kw.items() if known is None or k in known}
+    try:
+        m.set(**kw)
+    except Exception as e:  # a bad value here was validated already; do not crash start-up
+        raise _usage(f"fieldcheck settings {kw}: {e}")
+
+
+def _hypothesis_profile(config: pytest.Config) -> Optional[str]:
+    """Register ``fieldcheck-ci`` (derandomized, no database) and ``fieldcheck`` (database under
+    .fieldcheck/hypothesis); load the first when CI=true, the second otherwise, unless the
+    user chose a profile with --hypothesis-profile."""
+    try:
+        from hypothesis import HealthCheck, settings
+        from hypothesis.database import DirectoryBasedExampleDatabase
+    except ImportError:
+        return None
+    try:
+        prev = settings.get_current_profile_name()
+    except Exception:
+        prev = None
+    common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                           HealthCheck.function_scoped_fixture])
+    settings.register_profile("fieldcheck-ci", derandomize=True, database=None,
+                              print_blob=False, **common)
+    db = Path(config.rootpath) / ".fieldcheck" / "hypothesis"
+    settings.register_profile("fieldcheck", database=DirectoryBasedExampleDatabase(str(db)), **common)
+    if config.getoption("hypothesis_profile", None):
+        return None
+    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    settings.load_profile("fieldcheck-ci" if ci else "fieldcheck")
+    return prev

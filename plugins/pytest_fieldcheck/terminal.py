@@ -1,0 +1,42 @@
+"""What the plugin prints at the end of a run: the claims table, corrections, regressions and
+the files written."""
+from __future__ import annotations
+
+from .session import FieldcheckPlugin
+
+def write_summary(terminalreporter, state: FieldcheckPlugin) -> None:
+    from fieldcheck import reports
+
+    tr = terminalreporter
+    rep = state.report
+    if rep["claims"]:
+        tr.write_sep("=", "fieldcheck claims")
+        tr.write_line(reports.format_table(rep, width=getattr(tr, "_tw", None) and tr._tw.fullwidth))
+        o = state.opts
+        tr.write_line(f"alpha={o.alpha} correction={o.correction} decide={o.decide} seed={o.seed} "
+                      f"model={o.model}")
+    after = rep["summary"]["failed_after_correction"]
+    if after:
+        tr.write_line(f"fieldcheck: {len(after)} claim(s) passed on their own but FAIL after the "
+                      f"{state.opts.correction} correction over {_n_p(rep)} p-values "
+                      f"(alpha={state.opts.alpha}):", red=True, bold=True)
+        for cid in after:
+            tr.write_line(f"  {cid}", red=True)
+    comp = rep.get("comparison")
+    if comp:
+        tr.write_line(f"compared with baseline {comp['baseline']['path']}"
+                      + (f" (missing now: {', '.join(comp['missing'])})" if comp["missing"] else ""))
+        if comp["regressions"]:
+            tr.write_line(f"fieldcheck: {len(comp['regressions'])} regression(s) against the "
+                          f"baseline ({', '.join(comp['rules'])}):", red=True, bold=True)
+            for r in comp["regressions"]:
+                tr.write_line(f"  {r}", red=True)
+    for w in state.written:
+        tr.write_line(f"fieldcheck {w}")
+    for e in state.write_errors:
+        tr.write_line(f"fieldcheck: {e}", red=True, bold=True)
+
+
+def _n_p(rep: dict) -> int:
+    return sum(1 for c in rep["claims"] for r in c["results"]
+               if isinstance(r.get("p_value"), (int, float)) and not isinstance(r.get("p_value"), bool))
