@@ -40,6 +40,16 @@ def test_run_is_cached_by_content(setup):
     assert f.run(ds.subset([0, 1])) is not a
 
 
+def test_repr_carries_no_volatile_state(setup):
+    """The repr shows up in hypothesis's falsifying examples and so in reports: it must not
+    change with the run cache (serial and xdist runs give identical reports)."""
+    m, ds, f = setup
+    before = repr(fc.Field(m))
+    f.run(ds)
+    f.patch(ds, S.resid_pre(0, "END"))
+    assert repr(f) == before and "cached" not in before
+
+
 def test_baselines_match_the_models_logits(setup):
     m, ds, f = setup
     clean, corrupt = f.baselines(ds)

@@ -449,3 +449,26 @@ def test_seed(data_seed, fc_session_seed):
     res = pytester.runpytest("-p", "no:cacheprovider", "--fc-seed", "7", "--fc-report-json", "r.json")
     res.assert_outcomes(passed=1)
     assert _json(pytester)["claims"] == []
+
+
+def test_expected_failures_are_shown_as_such_and_dtype_is_recorded(pytester):
+    """A strict xfail that failed as expected is an XFAIL row (not a red FAIL) in the terminal
+    table and the HTML report; the run metadata names the dtype even when --fc-dtype is unset."""
+    pytester.makepyfile(test_x=HELPER + '''
+@pytest.mark.fieldcheck
+@pytest.mark.xfail(strict=True, reason="measured: 0.5")
+def test_known_false():
+    claim("r2", 0.5, 0.9, 0.9)
+
+@pytest.mark.fieldcheck
+@pytest.mark.xfail(reason="thought false")
+def test_surprise():
+    claim("r2", 0.95, 0.9, 0.001)
+''')
+    res = pytester.runpytest("-p", "no:cacheprovider", "--fc-correction", "none",
+                             "--fc-report-json", "r.json", "--fc-report-html", "r.html")
+    res.stdout.fnmatch_lines(["*test_known_false*r2*XFAIL*", "*test_surprise*r2*XPASS*"])
+    html = (pytester.path / "r.html").read_text()
+    assert '<td class="XFAIL">XFAIL</td>' in html and '<td class="XPASS">XPASS</td>' in html
+    assert '<td class="FAIL">' not in html
+    assert _json(pytester)["run"]["dtype"] == "float32"

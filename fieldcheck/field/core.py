@@ -91,7 +91,7 @@ class Field:
 
     def __repr__(self) -> str:
         return (f"Field({getattr(self.model, 'fieldcheck_info', {}).get('spec', type(self.model).__name__)}: "
-                f"{self.n_layers} layers, d_model={self.d_model}, engine={self.engine_name}, {len(self._runs)} cached runs)")
+                f"{self.n_layers} layers, d_model={self.d_model}, engine={self.engine_name})")
 
     @property
     def device(self):

@@ -17,7 +17,8 @@ def build(state: FieldcheckPlugin) -> dict:
     model = state.model_infos.get(o.model) or {"spec": o.model, "loaded": False}
     others = {k: v for k, v in sorted(state.model_infos.items()) if k != o.model}
     run = reports.run_metadata(cwd=str(state.config.rootpath), model=model,
-                               other_models=others or None, device=o.device, dtype=o.dtype,
+                               other_models=others or None, device=o.device,
+                               dtype=o.dtype or model.get("dtype") or "float32",
                                seed=o.seed, alpha=o.alpha, correction=o.correction,
                                decide=o.decide)
     now = time.time()
