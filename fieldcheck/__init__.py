@@ -75,7 +75,7 @@ _MOVED = {
     "claim_result": "fieldcheck.claim.result",
 }
 # Subpackages and top-level modules reachable as attributes (fc.config, fc.field, ...).
-_SUBPACKAGES = {"errors", "jsonable", "config", "cli", "data", "models", "field", "experiments", "claim",
+_SUBPACKAGES = {"errors", "jsonable", "display", "config", "cli", "data", "models", "field", "experiments", "claim",
                 "reports"}
 
 
