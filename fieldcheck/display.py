@@ -10,7 +10,27 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
+import sys
 from typing import Any, Callable, Optional
+
+
+def pyplot():
+    """matplotlib.pyplot, switching to the Agg backend only where a GUI backend was chosen on a
+    machine without a display; a notebook's inline or widget backend is left alone."""
+    import matplotlib
+
+    backend = matplotlib.get_backend().lower()
+    headless = sys.platform.startswith("linux") and not os.environ.get("DISPLAY")
+    if headless and not (backend in ("agg", "pdf", "svg", "ps", "cairo", "nbagg", "webagg")
+                         or backend.startswith("module://")):
+        try:
+            matplotlib.use("Agg")
+        except Exception:  # pragma: no cover
+            pass
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _num(x: Any) -> Optional[float]:
@@ -179,10 +199,12 @@ def draw_plot(plot: dict) -> Optional[str]:
     return None
 
 
-def rich_html(obj: Any, draw: Optional[Callable[[], Any]] = None, title: Optional[str] = None) -> str:
+def rich_html(obj: Any, draw: Optional[Callable[[], Any]] = None, title: Optional[str] = None,
+              plot: Any = None) -> str:
     """HTML for a notebook: ``title`` (default the class name), the object's summary as
-    preformatted text, then the figure that ``draw()`` returns as an inline PNG. A picture that
-    cannot be drawn leaves a note instead of an exception (a repr must never raise)."""
+    preformatted text, then the figure that ``draw()`` returns (or the plot dicts ``plot`` of a
+    ClaimResult) as an inline PNG. A picture that cannot be drawn leaves a note instead of an
+    exception (a repr must never raise)."""
     text = obj.summary() if hasattr(obj, "summary") else repr(obj)
     parts = [f"<div class=\"fieldcheck\"><b>{html.escape(title or type(obj).__name__)}</b>",
              f"<pre style=\"white-space:pre-wrap\">{html.escape(str(text))}</pre>"]
@@ -194,5 +216,13 @@ def rich_html(obj: Any, draw: Optional[Callable[[], Any]] = None, title: Optiona
                          f'src="data:image/png;base64,{png_base64(fig)}">')
         except Exception as e:  # noqa: BLE001
             parts.append(f"<p>(no picture: {html.escape(type(e).__name__)}: {html.escape(str(e))})</p>")
+    for p in (plot if isinstance(plot, list) else [plot] if isinstance(plot, dict) else []):
+        try:
+            png = draw_plot(p)
+        except Exception:  # noqa: BLE001
+            png = None
+        if png:
+            parts.append(f'<img alt="{html.escape(str(p.get("kind", "plot")))}" '
+                         f'src="data:image/png;base64,{png}">')
     parts.append("</div>")
     return "\n".join(parts)

@@ -72,6 +72,11 @@ class ClaimResult:
         d["interval"] = list(self.interval) if self.interval is not None else None
         return _jsonable(d)
 
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+
+        return rich_html(self, plot=self.plot)
+
 
 class ClaimFailed(AssertionError):
     """A claim's criterion did not hold. ``results`` holds every ClaimResult of the assertion."""

@@ -121,14 +121,9 @@ def _cone_mask(B: int, L1: int, T: int, l: int, pos: torch.Tensor) -> torch.Tens
 
 
 def _mpl():
-    import matplotlib
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        try:
-            matplotlib.use("Agg")
-        except Exception:  # pragma: no cover
-            pass
-    import matplotlib.pyplot as plt
-    return plt
+    from fieldcheck.display import pyplot
+
+    return pyplot()
 
 
 def _jsonable(x):
@@ -255,6 +250,11 @@ class GreenResult:
         return "\n".join(lines)
 
     __repr__ = summary
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+
+        return rich_html(self, self.plot)
 
     def to_dict(self, include_response: bool = False) -> dict:
         d = {"kind": "green", "source_site": self.source_site.to_dict(), "layer": self.layer,
@@ -396,6 +396,11 @@ class Propagation:
 
     __repr__ = summary
 
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+
+        return rich_html(self, self.plot)
+
     def to_dict(self) -> dict:
         return _jsonable({"kind": "propagation", "source_site": self.source_site.to_dict(), "alpha": self.alpha,
                           "which": self.which, "positions": self.positions, "response_norm": self.response_norm,
@@ -454,6 +459,11 @@ class LinearVsReal:
         return f"LinearVsReal({self.source}, mean relative error of the linear response) {rows}"
 
     __repr__ = summary
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+
+        return rich_html(self, self.plot)
 
     def to_dict(self) -> dict:
         return _jsonable({"kind": "linear_vs_real", "source": self.source, "alphas": self.alphas,
@@ -603,6 +613,11 @@ class GreenSlice:
                 f"batched passes")
 
     __repr__ = summary
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+
+        return rich_html(self, self.plot)
 
     def to_dict(self, include_vectors: bool = False) -> dict:
         d = {"kind": "green_slice", "source_site": self.source_site.to_dict(),

@@ -99,9 +99,9 @@ class Sensitivity:
         return self.resid.norm(dim=-1).mean(1).cpu().numpy()
 
     def heatmap(self, ax=None, tokens=None):
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from fieldcheck.display import pyplot
+
+        plt = pyplot()
         g = self.norm()
         if ax is None:
             fig, ax = plt.subplots(figsize=(max(4, 0.4 * g.shape[1] + 2), 4))
@@ -127,6 +127,11 @@ class Sensitivity:
         l, t = np.unravel_index(np.argmax(g), g.shape)
         return (f"Sensitivity({self.metric} on the {self.run} run: {g.shape[0]} layers x {g.shape[1]} positions, "
                 f"largest |S| = {g.max():.3g} at L{l}@P{t}; {self.cost.get('backward', 1)} backward pass)")
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+
+        return rich_html(self, self.heatmap)
 
 
 def _sens_from_x0(field, r, m, x0: torch.Tensor) -> tuple[dict, torch.Tensor]:
@@ -336,9 +341,9 @@ class Sweep:
         return LinearRegime(est, (float(lo), float(hi)), tol, self.n, level)
 
     def plot(self, ax=None):
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from fieldcheck.display import pyplot
+
+        plt = pyplot()
         if ax is None:
             fig, ax = plt.subplots(figsize=(5, 3.5))
         else:
@@ -364,6 +369,11 @@ class Sweep:
         return (f"Sweep({self.site.label}, {len(self.alphas)} alphas in [{self.alphas.min():g}, {self.alphas.max():g}], "
                 f"n={self.n}; relative deviation from the tangent: "
                 + ", ".join(f"{a:g}:{d:.2g}" for a, d in zip(self.alphas, dev)) + ")")
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+
+        return rich_html(self, self.plot)
 
 
 DEFAULT_ALPHAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
@@ -427,6 +437,33 @@ class Selection:
         return (f"Selection(k={len(self.sites)}: {', '.join(s.label for s in self.sites)}; "
                 f"predicted recovery {self.predicted_recovered:.3g}, real (joint patch) {self.real_recovered:.3g}; "
                 f"recall of the real top-k {rec})")
+
+    def plot(self, ax=None, top: int = 20):
+        """The ``top`` candidates by predicted mean effect (chosen sites highlighted), with the
+        predicted and the real (joint patch) recovery in the title; returns the Figure."""
+        from fieldcheck.display import pyplot
+
+        plt = pyplot()
+        rows = self.ranking[:top]
+        chosen = {s.label for s in self.sites}
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(5, 0.25 * len(rows) + 1.2))
+        else:
+            fig = ax.figure
+        ax.barh(range(len(rows)), [v for _, v in rows],
+                color=["#c0392b" if lab in chosen else "0.7" for lab, _ in rows])
+        ax.set_yticks(range(len(rows)), [lab for lab, _ in rows], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("predicted mean effect")
+        ax.set_title(f"top-{len(self.sites)} sites: predicted recovery {self.predicted_recovered:.2f}, "
+                     f"real {self.real_recovered:.2f}", fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+
+        return rich_html(self, self.plot)
 
 
 def select_sites(field, ds, k: int, candidates=None, method: str = "integrated", steps: int = 8,

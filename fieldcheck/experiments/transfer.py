@@ -114,6 +114,11 @@ class TransferResult:
 
     __repr__ = summary
 
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+
+        return rich_html(self, self.plot)
+
     def to_dict(self) -> dict:
         return _jsonable({
             "kind": "transfer", "site": self.site.to_dict(), "alpha": self.alpha, "pair": self.pair,

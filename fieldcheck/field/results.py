@@ -118,13 +118,9 @@ class PatchResult:
 
     def heatmap(self, stat: str = "normalized", ax=None, title: Optional[str] = None, tokens: Optional[list[str]] = None):
         """A layer x position (or layer x head) heatmap of the mean ``stat``; returns the matplotlib Figure."""
-        import matplotlib
-        if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-            try:
-                matplotlib.use("Agg")
-            except Exception:  # pragma: no cover
-                pass
-        import matplotlib.pyplot as plt
+        from fieldcheck.display import pyplot
+
+        plt = pyplot()
 
         g, rows, cols, rname, cname = self.grid(stat)
         if ax is None:
@@ -178,3 +174,9 @@ class PatchResult:
         return f"{head}\n  largest mean effects: {tops}"
 
     __repr__ = summary
+
+    def _repr_html_(self) -> str:
+        """Notebook display: the summary and, for a per-site result, its layer x position heatmap."""
+        from fieldcheck.display import rich_html
+
+        return rich_html(self, None if self.jointly or len(self.labels) < 2 else self.heatmap)
