@@ -191,7 +191,8 @@ class AttentionResult:
         g = self.grid()
         return {"kind": "heatmap", "z": np.where(np.isfinite(g), g, np.nan).tolist(),
                 "xlabel": "head", "ylabel": "layer",
-                "title": f"mean attention {self.query} -> {self.key} ({self.which})"}
+                "title": (f"mean attention {self.query} -> {self.key} ({self.which})" if self.key_pos is not None
+                          else f"mean {self.query} ({self.which})")}
 
     def heatmap(self, ax=None):
         """Layer x head heatmap of the mean weight; returns the matplotlib Figure."""

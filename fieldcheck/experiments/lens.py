@@ -372,10 +372,9 @@ class LogitLens:
         return first.astype(float)
 
     def plot_data(self) -> dict:
-        return {"kind": "alpha_curve", "alphas": list(range(self.n_layers + 1)),
-                "curves": {"mean logit diff": self.logit_diff.mean(1).tolist(),
-                           "median log10(1 + rank)": np.log10(1 + np.median(self.rank, 1)).tolist()},
-                "ylabel": "logit lens", "title": f"logit lens at {self.position} ({self.which})"}
+        """A JSON-able heatmap dict for the HTML report: logit difference, layer x example."""
+        return {"kind": "heatmap", "z": self.logit_diff[:, :_MAX_PLOT].tolist(), "xlabel": "example",
+                "ylabel": "layer", "title": f"logit lens at {self.position}: logit diff ({self.which})"}
 
     def heatmap(self, ax=None, stat: str = "logit_diff"):
         """Layer x example heatmap of the logit difference (or ``stat="rank"``: log10(1 + rank))."""
