@@ -51,7 +51,7 @@ def test_name_movers_attend_from_end_to_the_indirect_object(end_to_io):
     fc.assert_attends(end_to_io.select(NAME_MOVERS), mean > 0.25)
 
 
-@pytest.mark.xfail(strict=True, reason="measured: L23.H3 puts 0.054 of its END attention on IO (0.64 on "
+@pytest.mark.xfail(strict=True, reason="measured: L23.H3 puts 0.054 of its END attention on IO (0.62 on "
                    "S2) although it writes the most of the answer directly (DLA +2.2 of 3.7)")
 def test_the_strongest_direct_writer_attends_to_the_indirect_object(end_to_io, direct):
     """(A false claim, kept to show that it fails.) The head with the largest direct effect on
