@@ -95,6 +95,7 @@ def test_attention_result_summary_dict_and_plots(setup):
     assert att.select(top).mean.tolist() == sorted(att.mean, reverse=True)[:3]
     grid = att.grid()
     assert grid.shape == (f.n_layers, f.n_heads) and np.isfinite(grid).all()
+    assert "<img" in att._repr_html_()
     pd = att.plot_data()
     assert pd["kind"] == "heatmap" and np.array(pd["z"]).shape == (f.n_layers, f.n_heads)
     import matplotlib.pyplot as plt

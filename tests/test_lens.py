@@ -120,6 +120,7 @@ def test_dla_result_summary_dict_and_plots(setup):
     g = d.head_grid()
     assert g.shape == (f.n_layers, f.n_heads) and np.isfinite(g).all()
     assert d.plot_data()["kind"] == "heatmap" and len(d.top(3)) == 3
+    assert "<img" in d._repr_html_() and "<img" in f.logit_lens(ds)._repr_html_()
     import matplotlib.pyplot as plt
     for fig in (d.heatmap(), d.plot(k=5)):
         assert fig.axes

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from fieldcheck.errors import DatasetError, SiteError, UsageError
+from fieldcheck.display import pyplot
 from fieldcheck.jsonable import jsonable as _jsonable
 
 HEAD_KINDS = ("previous_token", "duplicate_token", "induction")
@@ -196,9 +197,7 @@ class AttentionResult:
 
     def heatmap(self, ax=None):
         """Layer x head heatmap of the mean weight; returns the matplotlib Figure."""
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         g = self.grid()
         if ax is None:
             fig, ax = plt.subplots(figsize=(max(4, 0.35 * g.shape[1] + 2), max(3, 0.25 * g.shape[0] + 1)))
@@ -214,9 +213,7 @@ class AttentionResult:
 
     def plot(self, head: Optional[tuple[int, int]] = None, example: int = 0, ax=None, tokens=None):
         """The full pattern ``[q_pos, k_pos]`` of one head (default: the top head) on one example."""
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         if self.patterns is None:
             raise UsageError("this result kept no full patterns (too large); measure fewer heads or examples")
         head = tuple(head) if head is not None else self.top(1)[0]
@@ -251,6 +248,11 @@ class AttentionResult:
                 f"{self.n} examples; highest mean weight: {top})")
 
     __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+
+        return rich_html(self, self.heatmap)
 
 
 @dataclass
@@ -307,9 +309,7 @@ class HeadScores:
                 "title": f"{kind} score"}
 
     def heatmap(self, kind: str = "induction", ax=None):
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         g = self.mean(kind)
         if ax is None:
             fig, ax = plt.subplots(figsize=(max(4, 0.35 * g.shape[1] + 2), max(3, 0.25 * g.shape[0] + 1)))
@@ -339,6 +339,11 @@ class HeadScores:
                 f"[BOS] + 2x{self.length} random tokens; " + "; ".join(parts) + ")")
 
     __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+
+        return rich_html(self, self.heatmap)
 
 
 # --- experiments ---------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from fieldcheck.errors import NumericalError, SiteError, UsageError
+from fieldcheck.display import pyplot
 from fieldcheck.jsonable import jsonable as _jsonable
 
 _MAX_PLOT = 64
@@ -144,9 +145,7 @@ class DirectAttribution:
 
     def heatmap(self, ax=None):
         """Layer x head heatmap of the heads' mean direct terms (diverging colours)."""
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         g = self.head_grid()
         if ax is None:
             fig, ax = plt.subplots(figsize=(max(4, 0.35 * g.shape[1] + 2), max(3, 0.25 * g.shape[0] + 1)))
@@ -163,9 +162,7 @@ class DirectAttribution:
 
     def plot(self, k: int = 15, ax=None):
         """Bar chart of the k largest mean terms."""
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         labs = self.top(k)
         idx = [self.labels.index(x) for x in labs]
         if ax is None:
@@ -193,6 +190,11 @@ class DirectAttribution:
                 f"(share {self.share:.3f}); largest: {top})")
 
     __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+
+        return rich_html(self, self.heatmap)
 
 
 def _components(field, components) -> Optional[list[str]]:
@@ -378,9 +380,7 @@ class LogitLens:
 
     def heatmap(self, ax=None, stat: str = "logit_diff"):
         """Layer x example heatmap of the logit difference (or ``stat="rank"``: log10(1 + rank))."""
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         g = self.logit_diff if stat == "logit_diff" else np.log10(1 + self.rank)
         g = g[:, :_MAX_PLOT]
         if ax is None:
@@ -401,9 +401,7 @@ class LogitLens:
 
     def plot(self, ax=None):
         """Mean logit difference and median answer rank per layer."""
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         if ax is None:
             fig, ax = plt.subplots(figsize=(6, 4))
         else:
@@ -437,6 +435,11 @@ class LogitLens:
                 f"{self.logit_diff[-1].mean():.3g})")
 
     __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+
+        return rich_html(self, self.heatmap)
 
 
 @torch.no_grad()
