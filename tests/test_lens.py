@@ -264,3 +264,15 @@ def test_assertions_on_real_results(setup):
     from fieldcheck.display import draw_plot
     res = fc.assert_readable(lens, first_layer <= 10, decide="point")[0]
     assert res.plot["kind"] == "heatmap" and draw_plot(res.to_dict()["plot"]) is not None
+
+
+def test_dla_and_lens_on_a_bfloat16_model():
+    """16-bit models: the terms still add up to the run's own logit difference (within the
+    bfloat16 rounding of its logits), and the lens decodes the final layer to the output."""
+    m = tiny_model("llama", n_layers=2, dtype=torch.bfloat16)
+    f = Field(m)
+    ds = datasets.ioi(m, n=4, seed=0)
+    d = f.dla(ds)
+    assert d.sum_error < 5e-2 * max(1.0, np.abs(d.total).max())
+    np.testing.assert_allclose(d.values.sum(0), f.metric_values(ds).float().numpy(), atol=5e-2)
+    np.testing.assert_allclose(f.logit_lens(ds).logit_diff[-1], f.metric_values(ds).float().numpy(), atol=2e-2)

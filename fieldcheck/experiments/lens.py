@@ -59,7 +59,8 @@ def final_norm_affine(fm, x: torch.Tensor):
     recon = _apply_affine(xf, scale, weight, bias, center)
     ref = fm.final_norm(x).double()
     err = float((recon - ref).abs().max()) if x.numel() else 0.0
-    tol = 1e-4 * max(1.0, float(ref.abs().max())) if x.dtype != torch.float64 else 1e-9
+    tol = max(1e-4, 50 * torch.finfo(x.dtype).eps) * max(1.0, float(ref.abs().max())) \
+        if x.dtype != torch.float64 else 1e-9
     if not err <= tol:
         raise NumericalError(f"the final norm of {type(fm).__name__} is not the LayerNorm/RMSNorm form that "
                              f"direct logit attribution assumes (max deviation {err:.3g}); DLA is not supported "
@@ -275,20 +276,23 @@ def _terms(field, cache, ds, metric_pos) -> tuple[list[str], torch.Tensor, torch
     return labels, T, total, scale, T.sum(0)
 
 
-def dla(field, ds, components="all", which: str = "clean", tol: float = 1e-3) -> DirectAttribution:
+def dla(field, ds, components="all", which: str = "clean", tol: Optional[float] = None) -> DirectAttribution:
     """Direct logit attribution of the logit difference at the metric position (END).
 
     components: "all" (embed, every head, every attention bias, every MLP, the constant bias),
     "heads", "layers" (``L{l}.attn`` = heads + bias, ``L{l}.mlp``), a list of labels, or
     attn_head/attn_out/mlp_out sites (their positions are ignored: the terms are read at END).
     which: "clean", "corrupt" or "diff" (clean - corrupt). Raises NumericalError when the terms
-    do not add up to the run's logit difference within ``tol`` (relative to its scale).
+    do not add up to the run's logit difference within ``tol`` (relative to its scale; default
+    1e-3, or 5e-2 for 16-bit models, whose own logits carry that much rounding).
     """
     if which not in ("clean", "corrupt", "diff"):
         raise UsageError(f"which must be 'clean', 'corrupt' or 'diff', got {which!r}")
     t0 = time.perf_counter()
     want = _components(field, components)
     r = field.run(ds)
+    if tol is None:
+        tol = 5e-2 if r.clean.resid.dtype in (torch.float16, torch.bfloat16) else 1e-3
     runs = ["clean", "corrupt"] if which == "diff" else [which]
     parts = []
     for w in runs:
