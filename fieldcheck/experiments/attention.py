@@ -107,17 +107,19 @@ def patterns_hooked(model, tokens: torch.Tensor, layers: Sequence[int]) -> dict[
     return {l: cache[name] for name, l in names.items()}
 
 
-def _layer_patterns(field, ds, layers, which: str, engine: Optional[str]) -> tuple[dict, str]:
+def _layer_patterns(field, ds, layers, which: str, engine: Optional[str]):
+    """(iterator of (layer, patterns ``[batch, head, q_pos, k_pos]``), how). On the light-cone
+    engine the patterns are computed one layer at a time, so only one layer's are held."""
     engine = engine or ("lightcone" if field.fm is not None else "hooks")
     if engine not in ("lightcone", "hooks"):
         raise UsageError(f"engine must be 'lightcone' or 'hooks', got {engine!r}")
     if engine == "lightcone":
         r = field.run(ds)
         cache = r.clean if which == "clean" else r.corrupt
-        return {l: patterns_from_cache(field.fm, cache.resid[l], cache.k[l], l) for l in layers}, \
+        return ((l, patterns_from_cache(field.fm, cache.resid[l], cache.k[l], l)) for l in layers), \
             "cached runs (queries from the cached residual, cached keys)"
     toks = (ds.clean_tokens if which == "clean" else ds.corrupt_tokens).to(field.device)
-    return patterns_hooked(field.model, toks, layers), "one hooked forward (hook_pattern)"
+    return iter(patterns_hooked(field.model, toks, layers).items()), "one hooked forward (hook_pattern)"
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -367,11 +369,17 @@ def attention(field, ds, heads="all", query: Any = "END", key: Any = "IO", which
     layers = sorted({l for l, _ in hs})
     pats, how = _layer_patterns(field, ds, layers, which, engine)
     b = torch.arange(ds.n, device=field.device)
-    w = torch.stack([pats[l][b, h, qpos, kpos] for l, h in hs]).float().cpu().numpy()
     T = ds.seq_len
-    keep = None
-    if len(hs) * ds.n * T * T <= _MAX_PATTERN_ELEMENTS:
-        keep = torch.stack([pats[l][:, h] for l, h in hs]).float().cpu().numpy()
+    keep_patterns = len(hs) * ds.n * T * T <= _MAX_PATTERN_ELEMENTS
+    rows: dict[tuple[int, int], torch.Tensor] = {}
+    full: dict[tuple[int, int], torch.Tensor] = {}
+    for l, pat in pats:
+        for h in (h for ll, h in hs if ll == l):
+            rows[(l, h)] = pat[b, h, qpos, kpos].float().cpu()
+            if keep_patterns:
+                full[(l, h)] = pat[:, h].float().cpu()
+    w = torch.stack([rows[hd] for hd in hs]).numpy()
+    keep = torch.stack([full[hd] for hd in hs]).numpy() if keep_patterns else None
     return AttentionResult(hs, w, query=str(query), key=str(key), which=which, dataset=getattr(ds, "name", ""),
                            query_pos=qpos.cpu().numpy(), key_pos=kpos.cpu().numpy(), patterns=keep,
                            n_layers=field.n_layers, n_heads=field.n_heads, method=how,
@@ -433,23 +441,21 @@ def head_scores(field, n: int = 8, length: int = 20, seed: int = 0, kinds: Seque
     dev_toks = toks.to(field.device)
     if engine == "lightcone":
         cache = run_cache(field._need_fm(), dev_toks)
-        pats = {l: patterns_from_cache(field.fm, cache.resid[l], cache.k[l], l) for l in range(L)}
+        pats = ((l, patterns_from_cache(field.fm, cache.resid[l], cache.k[l], l)) for l in range(L))
         how = "one functional forward"
     else:
-        pats = patterns_hooked(field.model, dev_toks, range(L))
+        pats = iter(patterns_hooked(field.model, dev_toks, range(L)).items())
         how = "one hooked forward (hook_pattern)"
-    A = torch.stack([pats[l] for l in range(L)]).float().cpu()  # [layer, batch, head, q, k]
+    D = {k: torch.stack([detection_patterns(toks[b])[k] for b in range(n)]) for k in kinds}  # [batch, q, k]
     out = {k: np.zeros((L, H, n)) for k in kinds}
-    for b in range(n):
-        D = detection_patterns(toks[b])
+    for l, pat in pats:  # one layer at a time: [batch, head, q, k]
+        A = pat.float().cpu()
         for k in kinds:
-            d = D[k]
-            hit = (A[:, b] * d).sum((-1, -2))  # [layer, head]
+            hit = (A * D[k][:, None]).sum((-1, -2))  # [batch, head]
             if normalize == "targets":
-                rows = int((d.sum(-1) > 0).sum())
-                s = hit / max(rows, 1)
+                den = (D[k].sum(-1) > 0).sum(-1).clamp(min=1).float()[:, None]
             else:
-                s = hit / A[:, b].sum((-1, -2))
-            out[k][:, :, b] = s.double().numpy()
+                den = A.sum((-1, -2))
+            out[k][l] = (hit / den).double().numpy().T
     return HeadScores({k: out[k] for k in kinds}, toks.numpy(), length, normalize,
                       method=how, cost={"seconds": time.perf_counter() - t0, "tokens": int(toks.numel())})
