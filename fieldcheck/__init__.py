@@ -119,7 +119,7 @@ def __getattr__(name: str):
     if name in _SUBPACKAGES:
         return importlib.import_module(f"fieldcheck.{name}")
     # assertions and criteria statistics are re-exported at top level
-    for mod in ("fieldcheck.claim.assertions", "fieldcheck.claim.criteria"):
+    for mod in ("fieldcheck.claim.assertions", "fieldcheck.claim.attention_assertions", "fieldcheck.claim.criteria"):
         m = importlib.import_module(mod)
         if hasattr(m, name) and not name.startswith("_"):
             return getattr(m, name)

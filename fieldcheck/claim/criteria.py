@@ -41,6 +41,12 @@ STATISTICS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "cpr": ("circuit performance ratio, sum(circuit - empty) / sum(full - empty)", (), {}),
     "explained": ("fraction of a Green block's squared Frobenius norm captured by a rank-k slice "
                   "(randomized SVD; the rest estimated with Hutchinson probes)", (), {}),
+    "share": ("share of the logit difference that components carry directly, sum(terms) / "
+              "sum(total) over examples (direct logit attribution, ratio of means)", (), {}),
+    "rank": ("median rank of the answer among all tokens in the logit lens at a layer (0 = the "
+             "top token; layer -1 = the final residual)", ("layer",), {"layer": -1}),
+    "first_layer": ("mean over examples of the first layer of the logit lens from which the "
+                    "answer leads at every later layer", (), {}),
 }
 
 _OPS = {"__gt__": ">", "__ge__": ">=", "__lt__": "<", "__le__": "<="}
@@ -233,5 +239,8 @@ shift = Statistic("shift")
 gap_closed = Statistic("gap_closed")
 cpr = Statistic("cpr")
 explained = Statistic("explained")
+share = Statistic("share")
+rank = Statistic("rank")
+first_layer = Statistic("first_layer")
 
 __all__ = ["Statistic", "Criterion", "stat", "STATISTICS", *STATISTICS]

@@ -347,6 +347,23 @@ class Field:
                 "full_forward_token_layers": B * ds.seq_len * self.n_layers}
         return values, skipped, {k: (v[0], v[1]) for k, v in base.items()}, cost
 
+    # --- attention, direct logit attribution, logit lens (fieldcheck.experiments.attention, .lens) ---
+    def attention(self, ds, heads="all", query="END", key="IO", **kw):
+        from fieldcheck.experiments.attention import attention
+        return attention(self, ds, heads, query, key, **kw)
+
+    def head_scores(self, n=8, length=20, seed=0, **kw):
+        from fieldcheck.experiments.attention import head_scores
+        return head_scores(self, n, length, seed, **kw)
+
+    def dla(self, ds, components="all", **kw):
+        from fieldcheck.experiments.lens import dla
+        return dla(self, ds, components, **kw)
+
+    def logit_lens(self, ds, position="END", **kw):
+        from fieldcheck.experiments.lens import logit_lens
+        return logit_lens(self, ds, position, **kw)
+
 
 def _dedupe(sites: list[Site]) -> list[Site]:
     return list(dict.fromkeys(sites))
