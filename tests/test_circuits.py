@@ -264,3 +264,26 @@ def test_assertions_on_circuits():
     bad = NS(without=without[:, :-1], circuit=circuit, full=full, empty=empty)
     with pytest.raises(fc.AssertionInputError if hasattr(fc, "AssertionInputError") else Exception):
         fc.assert_minimal(bad, fc.min_cost > 0.01)
+
+
+def test_per_head_projections_match_the_models_own_qkv(setup, monkeypatch):
+    """The per-head fast path (GPT-2, Llama) gives the same attention outputs as projecting every
+    distinct input with the functional model's own qkv (the path any other family takes)."""
+    from fieldcheck.experiments import edges
+
+    f, ds = setup
+    fm = f.fm
+    r = f.run(ds)
+    H = fm.n_heads
+    x = torch.stack([r.clean.resid[1], r.corrupt.resid[1], r.clean.mid[0]])   # 3 distinct inputs
+    g = torch.Generator().manual_seed(0)
+    q_of, k_of, v_of = (torch.randint(0, 3, (H,), generator=g) for _ in range(3))
+    assert edges._per_head_qkv(fm, 1, x, q_of, k_of, v_of) is not None
+    fast = edges._heads_attend(fm, 1, x, x, x, q_of, k_of, v_of)
+    monkeypatch.setattr(edges, "_per_head_qkv", lambda *a: None)
+    slow = edges._heads_attend(fm, 1, x, x, x, q_of, k_of, v_of)
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-10)
+    for h in range(H):  # and each head's output is the model's own on the input its query reads
+        if q_of[h] == k_of[h] == v_of[h]:
+            qq, kk, vv = fm.qkv(1, x[q_of[h]], 0)
+            torch.testing.assert_close(fast[:, :, h], fm.attend(qq, kk, vv, 0)[:, :, h], rtol=1e-10, atol=1e-10)

@@ -251,25 +251,63 @@ def _mix(x: torch.Tensor, xa: torch.Tensor, D: torch.Tensor, K: torch.Tensor) ->
     return xa[None] + torch.einsum("sr,sbtd->rbtd", K[live_keep].to(x.dtype), D[live_keep])
 
 
+def _per_head_qkv(fm, l: int, inp: torch.Tensor, q_of, k_of, v_of):
+    """Queries, keys, values ``[B, H, T, dh]`` (keys and values per query head) computing only
+    the head slices each input feeds: about 3 / (1 + 2 kv_heads / heads) / heads of the work of
+    projecting every input for every head. For the families whose weights this module knows
+    (GPT-2, Llama/Mistral, checked against ``fm.qkv`` by the tests); None for others (the
+    caller then uses ``fm.qkv``)."""
+    kind = type(fm).__name__
+    if kind not in ("GPT2Functional", "LlamaFunctional"):
+        return None
+    from fieldcheck.field import arch
+    H, Hkv, dh = fm.n_heads, fm.n_kv_heads, fm.d_head
+    rep = H // Hkv
+    U, B, T, d = inp.shape
+    w = fm.blocks[l]
+    hs = torch.arange(H, device=inp.device)
+    if kind == "GPT2Functional":
+        n = fm._ln(inp, w["ln1"])                                    # [U, B, T, d]
+        W, b = w["qkv"]                                              # Conv1D: [d, 3d], [3d]
+        Wh = W.view(d, 3, H, dh).permute(1, 2, 0, 3)                 # [3, H, d, dh]
+        bh = b.view(3, H, dh)
+        proj = [torch.einsum("hbtd,hde->hbte", n[o], Wh[i]) + bh[i][:, None, None]
+                for i, o in enumerate((q_of, k_of, v_of))]
+        return tuple(p.transpose(0, 1) for p in proj)               # [B, H, T, dh]
+    n = arch._rms_norm(inp, w["ln1"], w["eps1"])
+    Wq = w["q"].view(H, dh, d)
+    Wk = w["k"].view(Hkv, dh, d)[hs // rep]
+    Wv = w["v"].view(Hkv, dh, d)[hs // rep]
+    q, k, v = (torch.einsum("hbtd,hed->hbte", n[o], Wx).transpose(0, 1)
+               for o, Wx in ((q_of, Wq), (k_of, Wk), (v_of, Wv)))
+    cos, sin = fm._cos_sin(0, T, inp)
+    q = q * cos + arch._rotate_half(q) * sin
+    k = k * cos + arch._rotate_half(k) * sin
+    return q, k, v
+
+
 def _heads_attend(fm, l: int, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
                   q_of: torch.Tensor, k_of: torch.Tensor, v_of: torch.Tensor) -> torch.Tensor:
     """z ``[B, T, H, dh]`` of block ``l`` when head h reads its query from ``q_in[q_of[h]]`` (and
     keys, values likewise); the inputs are ``[U, B, T, d]`` (U distinct receiver inputs)."""
     H, Hkv = fm.n_heads, fm.n_kv_heads
     rep = H // Hkv
-    inputs = torch.unique(torch.cat([q_of, k_of, v_of]))
-    if len(inputs) == 1 and q_in.shape[0] == 1:
+    if q_in.shape[0] == 1:
         q, k, v = fm.qkv(l, q_in[0], 0)
         return fm.attend(q, k, v, 0)
     U, B, T, d = q_in.shape
-    q, k, v = fm.qkv(l, q_in.reshape(U * B, T, d), 0)
-    q = q.view(U, B, H, T, -1)
-    k = k.view(U, B, Hkv, T, -1)
-    v = v.view(U, B, Hkv, T, -1)
-    hs = torch.arange(H, device=q.device)
-    qs = q[q_of, :, hs].transpose(0, 1)            # [B, H, T, dh]
-    ks = k[k_of, :, hs // rep].transpose(0, 1)     # [B, H, T, dh]: head h's own keys
-    vs = v[v_of, :, hs // rep].transpose(0, 1)
+    hs = torch.arange(H, device=q_in.device)
+    fast = _per_head_qkv(fm, l, q_in, q_of, k_of, v_of)
+    if fast is not None:
+        qs, ks, vs = fast
+    else:  # any family: every head's projections from every distinct input, then pick
+        q, k, v = fm.qkv(l, q_in.reshape(U * B, T, d), 0)
+        q = q.view(U, B, H, T, -1)
+        k = k.view(U, B, Hkv, T, -1)
+        v = v.view(U, B, Hkv, T, -1)
+        qs = q[q_of, :, hs].transpose(0, 1)            # [B, H, T, dh]
+        ks = k[k_of, :, hs // rep].transpose(0, 1)     # [B, H, T, dh]: head h's own keys
+        vs = v[v_of, :, hs // rep].transpose(0, 1)
     if rep == 1:
         return fm.attend(qs, ks, vs, 0)
     # fm.attend shares each key/value head between `rep` query heads; give each of the rep
