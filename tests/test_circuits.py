@@ -287,3 +287,18 @@ def test_per_head_projections_match_the_models_own_qkv(setup, monkeypatch):
         if q_of[h] == k_of[h] == v_of[h]:
             qq, kk, vv = fm.qkv(1, x[q_of[h]], 0)
             torch.testing.assert_close(fast[:, :, h], fm.attend(qq, kk, vv, 0)[:, :, h], rtol=1e-10, atol=1e-10)
+
+
+def test_curve_at_a_size_is_that_circuits_evaluation(setup):
+    f, ds = setup
+    es = f.edge_scores(ds, method="eap")
+    curve = f.faithfulness_curve(ds, es, sizes=[3, 12])
+    r = curve.at(12)
+    ref = f.evaluate_circuit(ds, es.top(12))
+    assert r.spec == es.top(12) and r.n_edges == 12 == ref.n_edges
+    np.testing.assert_allclose(r.circuit, ref.circuit, atol=1e-12)
+    assert r.cpr == pytest.approx(ref.cpr, abs=1e-12)
+    nodes = f.faithfulness_curve(ds, es, sizes=[2], level="node")
+    assert nodes.at(2).spec.level == "node" and nodes.at(2).n_edges > 2
+    with pytest.raises(UsageError, match="not measured"):
+        curve.at(5)

@@ -281,6 +281,7 @@ class FaithfulnessCurve:
     method: str = ""
     dataset: str = ""
     cost: dict = dc_field(default_factory=dict)
+    circuits: list = dc_field(default_factory=list, repr=False)
 
     @property
     def faithfulness(self) -> np.ndarray:
@@ -313,11 +314,14 @@ class FaithfulnessCurve:
 
     def at(self, size: int) -> CircuitResult:
         """The :class:`CircuitResult` of the measured size ``size`` (without its Circuit)."""
-        i = int(np.nonzero(self.sizes == size)[0][0]) if size in self.sizes else None
-        if i is None:
+        if size not in self.sizes:
             raise UsageError(f"size {size} was not measured; measured sizes: {self.sizes.tolist()}")
-        return CircuitResult(spec=Circuit(edges=[], name=f"top {size}"), circuit=self.circuit[i], full=self.full,
-                             empty=self.empty, ablation=self.ablation, metric=self.metric, dataset=self.dataset)
+        i = int(np.nonzero(self.sizes == size)[0][0])
+        spec = self.circuits[i] if i < len(self.circuits) else Circuit(**{f"{self.level}s": []}, name=f"top {size}")
+        return CircuitResult(spec=spec, circuit=self.circuit[i], full=self.full, empty=self.empty,
+                             ablation=self.ablation, metric=self.metric, n_edges=int(self.cost.get("edges", {}).get(
+                                 str(int(size)), 0)), n_edges_total=int(self.cost.get("n_edges_total", 0)),
+                             dataset=self.dataset)
 
     def summary(self) -> str:
         rows = ", ".join(f"{int(k)}: {f:.3f}" for k, f in zip(self.sizes, self.faithfulness))
@@ -372,13 +376,16 @@ def faithfulness_curve(field, ds, scores=None, sizes=None, level: str = "edge", 
         ks.append(k)
     ks = sorted(set(ks))
     ev = ds if eval_ds is None else eval_ds
-    masks = [scores.top(k, level).mask(scores.graph) for k in ks]
+    circuits = [scores.top(k, level) for k in ks]
+    masks = [c.mask(scores.graph) for c in circuits]
     vals = _masks_metric(field, ev, masks + [np.zeros_like(masks[0])], ablation, metric, seed)
     return FaithfulnessCurve(sizes=np.array(ks), fractions=np.array(ks, dtype=float) / total, circuit=vals[:-1],
                              full=_np(field.metric_values(ev, metric, "clean")), empty=vals[-1], level=level,
                              ablation=ablation, metric=as_metric(metric).name, method=scores.method,
-                             dataset=getattr(ev, "name", ""),
-                             cost={"edge_forwards": len(ks) + 1, "seconds": time.perf_counter() - t0})
+                             dataset=getattr(ev, "name", ""), circuits=circuits,
+                             cost={"edge_forwards": len(ks) + 1, "seconds": time.perf_counter() - t0,
+                                   "edges": {str(k): int(m.sum()) for k, m in zip(ks, masks)},
+                                   "n_edges_total": scores.graph.n_edges})
 
 
 # --- minimality ------------------------------------------------------------------------------------
