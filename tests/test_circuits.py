@@ -302,3 +302,25 @@ def test_curve_at_a_size_is_that_circuits_evaluation(setup):
     assert nodes.at(2).spec.level == "node" and nodes.at(2).n_edges > 2
     with pytest.raises(UsageError, match="not measured"):
         curve.at(5)
+
+
+@pytest.mark.pretrained
+def test_smollm2_identities_and_node_circuit(smollm2):
+    """On SmolLM2 (float32, grouped-query attention): every edge kept is the clean run and none
+    the corrupted run within 1e-5 (measured 0 and 1.3e-6 at n=16); a node circuit equals the
+    joint noising patch of the other nodes; one edge into a key input equals path patching."""
+    f = Field(smollm2)
+    ds = datasets.ioi(smollm2, n=4)
+    g = edge_graph(f)
+    res = f.evaluate_circuit(ds, Circuit(nodes=[n for n in g.senders[1:]]))
+    np.testing.assert_allclose(res.circuit, _metric(f, ds, "clean"), atol=1e-5)
+    np.testing.assert_allclose(res.empty, _metric(f, ds, "corrupt"), atol=1e-5)
+    kept = [f"L{l}.H{h}" for l in range(20, 30) for h in range(9)] + [f"MLP{l}" for l in range(30)]
+    res = f.evaluate_circuit(ds, Circuit(nodes=kept))
+    ref = f.patch(ds, attn_head(list(range(20)), "all", "all"), direction="noise", jointly=True)
+    np.testing.assert_allclose(res.circuit, ref.values[0], rtol=1e-4, atol=1e-4)
+    k = g.adjacency.copy()
+    k[g.edge_index("L22.H3->L27.H4.k")] = False
+    ours = _masks_metric(f, ds, [k], "corrupt", "logit_diff")[0]
+    ref = f.path_patch(ds, attn_head(22, 3, "all"), receiver_heads(27, 4, "k"), direction="noise").values[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
