@@ -324,3 +324,35 @@ def test_smollm2_identities_and_node_circuit(smollm2):
     ours = _masks_metric(f, ds, [k], "corrupt", "logit_diff")[0]
     ref = f.path_patch(ds, attn_head(22, 3, "all"), receiver_heads(27, 4, "k"), direction="noise").values[0]
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("ablation", ["corrupt", "mean"])
+def test_nodes_at_positions_equal_patching_their_other_positions(setup, ablation):
+    """A node kept at some positions only ("L1.H2@END", "MLP0@3") has its output ablated at the
+    other positions for every receiver: the joint noising patch of the other nodes everywhere and
+    of these nodes at their other positions."""
+    f, ds = setup
+    T = ds.seq_len
+    end = ds.position("END")
+    assert (end == end[0]).all()
+    end = int(end[0])
+    kept = ["L0.H1", "L0.H3", "MLP0@3", "MLP0@END", "L1.H2@END", "L1.H0"]
+    c = Circuit(nodes=kept)
+    assert c.positional and c.nodes == ("L0.H1", "L0.H3", "MLP0", "L1.H2", "L1.H0")
+    res = f.evaluate_circuit(ds, c, ablation=ablation)
+    sites = [attn_head(l, h, "all") for l in range(2) for h in range(f.n_heads)
+             if f"L{l}.H{h}" not in ("L0.H1", "L0.H3", "L1.H2", "L1.H0")] + [mlp_out(1, "all")]
+    sites += [mlp_out(0, [t for t in range(T) if t not in (3, end)]),
+              attn_head(1, 2, [t for t in range(T) if t != end])]
+    ss = sites[0]
+    for s in sites[1:]:
+        ss = ss + s
+    ref = f.patch(ds, ss, direction="noise", jointly=True, source="other" if ablation == "corrupt" else "mean")
+    np.testing.assert_allclose(res.circuit, ref.values[0], rtol=1e-8, atol=1e-8)
+    # the position-agnostic node differs: the positions matter
+    agn = f.evaluate_circuit(ds, Circuit(nodes=[k.split("@")[0] for k in kept]), ablation=ablation)
+    assert np.abs(agn.circuit - res.circuit).max() > 1e-4
+    mn = f.minimality(ds, c, ablation=ablation)
+    np.testing.assert_allclose(mn.circuit, res.circuit, atol=1e-12)
+    with pytest.raises(SiteError, match="position-agnostic"):
+        Circuit(edges=["L0.H1@END->logits"]).mask(edge_graph(f))

@@ -3,7 +3,9 @@
 A :class:`Circuit` is either a set of **edges** ``"sender->receiver"`` (``"L0.H1->L2.H3.q"``,
 ``"input->MLP0"``, ``"MLP1->logits"``; see :mod:`fieldcheck.experiments.edges` for the graph) or a
 set of **nodes** (heads ``"L3.H2"`` and MLPs ``"MLP3"``; the input and the logits always belong to
-it). Nodes and edges are position-agnostic.
+it). Edges are position-agnostic; a node is position-agnostic or kept only at some positions,
+``"L3.H2@END"`` or ``"MLP5@4"`` (a position name of the data set, resolved per example, or an
+int; repeat the node for several positions): its output elsewhere is ablated.
 
 ``evaluate_circuit(field, ds, circuit, ablation="corrupt")`` runs the clean prompts with every edge
 outside the circuit ablated (a node circuit ablates every edge out of a node outside it) and
@@ -56,7 +58,8 @@ class Circuit:
             self.level = "edge"
         else:
             parts = [str(n) for n in nodes]
-            bad = [p for p in parts if "->" in p or p.endswith((".q", ".k", ".v"))]
+            bad = [p for p in parts if "->" in p or p.split("@")[0].endswith((".q", ".k", ".v"))
+                   or p.startswith(("input@", "logits@"))]
             if bad:
                 raise SiteError(f"node {bad[0]!r}: nodes are heads 'L{{layer}}.H{{head}}' and MLPs 'MLP{{layer}}'; "
                                 "for edges use Circuit(edges=[...])")
@@ -80,7 +83,7 @@ class Circuit:
     def nodes(self) -> tuple[str, ...]:
         """The nodes of a node circuit; for an edge circuit the senders and receivers it touches."""
         if self.level == "node":
-            return self.parts
+            return tuple(dict.fromkeys(p.split("@")[0] for p in self.parts))
         out = []
         for e in self.parts:
             s, r = e.split("->", 1)
@@ -90,11 +93,40 @@ class Circuit:
     def mask(self, graph: EdgeGraph) -> np.ndarray:
         """Kept edges ``[n_senders, n_receivers]`` (SiteError for a part the graph does not have)."""
         if self.level == "node":
-            return graph.node_mask(self.parts)
+            return graph.node_mask(self.nodes)
         m = np.zeros(graph.adjacency.shape, dtype=bool)
         for e in self.parts:
+            if "@" in e:
+                raise SiteError(f"edge {e!r}: edges are position-agnostic; keep a node at a position with "
+                                "Circuit(nodes=['L3.H2@END', ...])")
             m[graph.edge_index(e)] = True
         return m
+
+    @property
+    def positional(self) -> bool:
+        """Whether some node is kept only at some positions."""
+        return self.level == "node" and any("@" in p for p in self.parts)
+
+    def position_mask(self, graph: EdgeGraph, ds) -> Optional[torch.Tensor]:
+        """``[n_senders, batch, pos]``: 1 where a sender's output is kept (None without positional
+        nodes). A node named both with and without a position is kept everywhere."""
+        if not self.positional:
+            return None
+        P = torch.ones(graph.n_senders, ds.n, ds.seq_len)
+        at: dict[str, list] = {}
+        for p in self.parts:
+            node, _, pos = p.partition("@")
+            at.setdefault(node, []).append(pos or None)
+        b = torch.arange(ds.n)
+        for node, poss in at.items():
+            if None in poss:
+                continue
+            s = graph.sender_index(node)
+            P[s] = 0
+            for pos in poss:
+                name = int(pos) if pos.lstrip("-").isdigit() else pos
+                P[s, b, ds.position(name).cpu()] = 1
+        return P
 
     def without(self, part: str) -> "Circuit":
         if part not in self.parts:
@@ -202,8 +234,10 @@ def _chunk_size(field, ds) -> int:
     return max(1, min(ds.n, int(field.memory_budget // 8 // max(per_ex, 1))))
 
 
-def _masks_metric(field, ds, masks: list, ablation: str, metric, seed: int = 0) -> np.ndarray:
-    """The metric ``[len(masks), batch]`` with each keep mask ``[n_senders, n_receivers]`` (None: all)."""
+def _masks_metric(field, ds, masks: list, ablation: str, metric, seed: int = 0,
+                  pos_masks: Optional[list] = None) -> np.ndarray:
+    """The metric ``[len(masks), batch]`` with each keep mask ``[n_senders, n_receivers]`` (None: all)
+    and, optionally, each sender position mask ``[n_senders, batch, pos]`` (None: every position)."""
     fm = field._need_fm()
     m = as_metric(metric)
     g = edge_graph(field)
@@ -218,7 +252,8 @@ def _masks_metric(field, ds, masks: list, ablation: str, metric, seed: int = 0) 
             x0 = r.clean.resid[0][idx]
             pos = r.metric_pos[idx]
             for i, k in enumerate(keeps):
-                xf = edge_forward(fm, g, x0, abl, k)
+                P = None if pos_masks is None or pos_masks[i] is None else pos_masks[i][:, idx.cpu()].to(dev)
+                xf = edge_forward(fm, g, x0, abl, k, pos_keep=P)
                 out[i, idx.cpu()] = field._metric(m, r, xf[torch.arange(len(idx), device=dev), pos], idx).double().cpu()
     return out.numpy()
 
@@ -236,7 +271,8 @@ def evaluate_circuit(field, ds, circuit: Union[Circuit, Sequence[str]], ablation
     g = edge_graph(field)
     t0 = time.perf_counter()
     mask = c.mask(g)
-    vals = _masks_metric(field, ds, [mask, np.zeros_like(mask)], ablation, metric, seed)
+    vals = _masks_metric(field, ds, [mask, np.zeros_like(mask)], ablation, metric, seed,
+                         pos_masks=[c.position_mask(g, ds), None])
     full = _np(field.metric_values(ds, metric, "clean"))
     return CircuitResult(spec=c, circuit=vals[0], full=full, empty=vals[1], ablation=ablation,
                          metric=as_metric(metric).name, n_edges=int(mask.sum()), n_edges_total=g.n_edges,
@@ -436,8 +472,10 @@ def minimality(field, ds, circuit, ablation: str = "corrupt", metric="logit_diff
     c = as_circuit(circuit)
     g = edge_graph(field)
     t0 = time.perf_counter()
-    masks = [c.mask(g)] + [c.without(p).mask(g) for p in c.parts] + [np.zeros(g.adjacency.shape, bool)]
-    vals = _masks_metric(field, ds, masks, ablation, metric, seed)
+    cs = [c] + [c.without(p) for p in c.parts]
+    masks = [x.mask(g) for x in cs] + [np.zeros(g.adjacency.shape, bool)]
+    vals = _masks_metric(field, ds, masks, ablation, metric, seed,
+                         pos_masks=[x.position_mask(g, ds) for x in cs] + [None])
     return Minimality(spec=c, parts=list(c.parts), without=vals[1:-1], circuit=vals[0],
                       full=_np(field.metric_values(ds, metric, "clean")), empty=vals[-1], ablation=ablation,
                       metric=as_metric(metric).name,

@@ -319,11 +319,13 @@ def _heads_attend(fm, l: int, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torc
 
 
 def edge_forward(fm, graph: EdgeGraph, x0: torch.Tensor, abl: torch.Tensor, keep: Optional[torch.Tensor],
-                 hooks: Optional[Callable] = None) -> torch.Tensor:
+                 hooks: Optional[Callable] = None, pos_keep: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The final residual ``[B, T, d_model]`` of the edge-ablated run from embeddings ``x0``.
 
     abl: ablated sender outputs ``[sender, B, T, d]``; keep: ``[sender, receiver]`` weights (1 keeps
-    an edge, 0 ablates it; None keeps all). ``hooks(kind, l, tensor)`` (gradient mode) is called
+    an edge, 0 ablates it; None keeps all). pos_keep: ``[sender, B, T]`` (optional; nodes at
+    positions): a sender's output at positions where it is 0 is ablated for every receiver (the
+    input sender is always kept). ``hooks(kind, l, tensor)`` (gradient mode) is called
     with every receiver input tensor (kind "heads" ``[3H, B, T, d]``, "mlp" ``[B, T, d]``,
     "logits" ``[B, T, d]``) before it is used, so that a caller can register gradient hooks;
     receiver inputs are then separate tensors even where they are equal.
@@ -362,11 +364,19 @@ def edge_forward(fm, graph: EdgeGraph, x0: torch.Tensor, abl: torch.Tensor, keep
             x = x_mid + fm.mlp(l, m_in)
             continue
         D[hs] = torch.einsum("bthe,hed->hbtd", z, _W_O(fm, l)) - abl[hs]
+        if pos_keep is not None:  # ablated at the positions outside the node's: for every receiver
+            P = pos_keep[hs, :, :, None].to(x.dtype)
+            x_mid = x_mid - ((1 - P) * D[hs]).sum(0)
+            D[hs] = D[hs] * P
         xa_mid = xa + abl[hs].sum(0) + _o_bias(fm, l, x)
         m_in = _mix(x_mid, xa_mid, D[:ms], keep[:ms, graph.mlp_receiver(l)][:, None])[0]
         m = fm.mlp(l, m_in)
         D[ms] = m - abl[ms]
         x = x_mid + m
+        if pos_keep is not None:
+            P = pos_keep[ms, :, :, None].to(x.dtype)
+            x = x - (1 - P) * D[ms]
+            D[ms] = D[ms] * P
         xa = xa_mid + abl[ms]
     if grad_mode:
         out = x.clone()
