@@ -356,3 +356,13 @@ def test_nodes_at_positions_equal_patching_their_other_positions(setup, ablation
     np.testing.assert_allclose(mn.circuit, res.circuit, atol=1e-12)
     with pytest.raises(SiteError, match="position-agnostic"):
         Circuit(edges=["L0.H1@END->logits"]).mask(edge_graph(f))
+
+
+def test_notebook_displays(setup):
+    f, ds = setup
+    res = f.evaluate_circuit(ds, Circuit(nodes=["L0.H1", "MLP1"]))
+    curve = f.faithfulness_curve(ds, sizes=[2, 10], method="eap")
+    for obj in (res, curve, f.minimality(ds, res.spec), f.edge_scores(ds, method="eap")):
+        html = obj._repr_html_()
+        assert type(obj).__name__ in html and "no picture" not in html
+    assert "<img" in res._repr_html_() and "<img" in curve._repr_html_()

@@ -209,6 +209,25 @@ class CircuitResult:
 
     __str__ = __repr__ = summary
 
+    def plot(self, ax=None):
+        """Per-example metric of the empty circuit, the circuit and the full model."""
+        from fieldcheck.display import pyplot
+        plt = pyplot()
+        fig, ax = (plt.subplots(figsize=(5, 3.5)) if ax is None else (ax.figure, ax))
+        for i in range(self.n):
+            ax.plot([0, 1, 2], [self.empty[i], self.circuit[i], self.full[i]], color="tab:gray", lw=0.6, alpha=0.6)
+        ax.plot([0, 1, 2], [self.empty.mean(), self.circuit.mean(), self.full.mean()], marker="o", color="tab:blue",
+                lw=2, label="mean")
+        ax.set_xticks([0, 1, 2], ["empty", f"circuit ({len(self.spec)} {self.spec.level}s)", "full"])
+        ax.set_ylabel(self.metric)
+        ax.set_title(f"{self.ablation} ablation: cpr {self.cpr:.3f}")
+        ax.legend(fontsize=8)
+        return ax
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+        return rich_html(self, self.plot)
+
     def to_dict(self) -> dict:
         return jsonable({"circuit_spec": self.spec.to_dict(), "circuit": self.circuit, "full": self.full,
                          "empty": self.empty, "cpr": self.cpr, "cmd": self.cmd, "ablation": self.ablation,
@@ -375,9 +394,15 @@ class FaithfulnessCurve:
                          "ablation": self.ablation, "metric": self.metric, "method": self.method,
                          "dataset": self.dataset, "cost": self.cost})
 
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+        return rich_html(self, self.plot)
+
     def plot(self, ax=None):
-        import matplotlib.pyplot as plt
-        ax = ax or plt.gca()
+        """Faithfulness against the share of parts kept (log scale)."""
+        from fieldcheck.display import pyplot
+        plt = pyplot()
+        fig, ax = (plt.subplots(figsize=(5.5, 3.5)) if ax is None else (ax.figure, ax))
         ax.plot(self.fractions, self.faithfulness, marker="o")
         ax.set_xscale("log")
         ax.axhline(1.0, color="gray", lw=0.5)
@@ -458,6 +483,10 @@ class Minimality:
                 f"n={self.n})\n  smallest costs of removing one part: {worst}")
 
     __str__ = __repr__ = summary
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+        return rich_html(self)
 
     def to_dict(self) -> dict:
         return jsonable({"circuit_spec": self.spec.to_dict(), "parts": list(self.parts), "cost": self.cost,

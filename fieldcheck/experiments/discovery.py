@@ -88,6 +88,10 @@ class EdgeScores:
 
     __str__ = __repr__ = summary
 
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+        return rich_html(self)
+
     def to_dict(self) -> dict:
         return jsonable({"method": self.method, "ablation": self.ablation, "metric": self.metric,
                          "steps": self.steps, "dataset": self.dataset, "n_edges": self.graph.n_edges,
