@@ -44,6 +44,8 @@ _LAZY = {
     "receiver_heads": "fieldcheck.experiments.paths",
     "receiver_mlps": "fieldcheck.experiments.paths",
     "downstream": "fieldcheck.experiments.paths",
+    # circuits
+    "Circuit": "fieldcheck.experiments.circuits",
     # claims
     "ClaimResult": "fieldcheck.claim.result",
     "ClaimFailed": "fieldcheck.claim.result",
@@ -119,7 +121,8 @@ def __getattr__(name: str):
     if name in _SUBPACKAGES:
         return importlib.import_module(f"fieldcheck.{name}")
     # assertions and criteria statistics are re-exported at top level
-    for mod in ("fieldcheck.claim.assertions", "fieldcheck.claim.attention_assertions", "fieldcheck.claim.criteria"):
+    for mod in ("fieldcheck.claim.assertions", "fieldcheck.claim.attention_assertions", "fieldcheck.claim.criteria",
+                "fieldcheck.claim.circuit_assertions"):
         m = importlib.import_module(mod)
         if hasattr(m, name) and not name.startswith("_"):
             return getattr(m, name)

@@ -755,7 +755,9 @@ def assert_faithful(circuit_result: Any, *criteria: Criterion, alpha: Optional[f
                     n_boot: Optional[int] = None,
                     method: Optional[str] = None) -> list[ClaimResult]:
     """A circuit is faithful: ``cpr >= 0.9``, the MIB-style circuit performance ratio
-    sum(circuit - empty) / sum(full - empty) over examples (ratio of means), bootstrap."""
+    sum(circuit - empty) / sum(full - empty) over examples (ratio of means), or ``cmd < 0.1``,
+    the circuit-model difference |1 - cpr|; bootstrap. ``circuit_result``: anything with
+    per-example ``.circuit``, ``.full``, ``.empty`` (``field.evaluate_circuit(ds, circuit)``)."""
     name = "assert_faithful"
     s = _settings(alpha, level, decide, n_boot, method)
 
@@ -779,14 +781,17 @@ def assert_faithful(circuit_result: Any, *criteria: Criterion, alpha: Optional[f
             res.message = (f"cpr is undefined: the full model and the empty circuit score the "
                            f"same on average (mean gap {den.mean():.3g})")
             return res
-        est = bootstrap(_ratio_stat(d["circuit"] - d["empty"], den, n), n, alpha=s.alpha,
+        stat = _ratio_stat(d["circuit"] - d["empty"], den, n)
+        if c.name == "cmd":
+            stat = (lambda r: lambda idx: np.abs(1 - r(idx)))(stat)
+        est = bootstrap(stat, n, alpha=s.alpha,
                         n_boot=s.n_boot, method=s.method, rng=rng, op=c.op, bar=c.bar)
         plot = {"kind": "bars", "labels": ["empty", "circuit", "full"],
                 "y": [float(d["empty"].mean()), float(d["circuit"].mean()),
                       float(d["full"].mean())]}
         return _result(name, c, est, s, plot=plot)
 
-    return _run(name, criteria, ("cpr",), s, prepare, one)
+    return _run(name, criteria, ("cpr", "cmd"), s, prepare, one)
 
 
 def assert_prefers(values: Any, *criteria: Criterion, alpha: Optional[float] = None,

@@ -244,3 +244,17 @@ rank = Statistic("rank")
 first_layer = Statistic("first_layer")
 
 __all__ = ["Statistic", "Criterion", "stat", "STATISTICS", *STATISTICS]
+
+# --- circuits (fieldcheck.claim.circuit_assertions) ------------------------------------------------
+STATISTICS.update({
+    "cmd": ("circuit-model difference: |1 - faithfulness| of one circuit, or for a faithfulness "
+            "curve the area under |1 - faithfulness| over the share of edges (MIB's CMD)", (), {}),
+    "area": ("area under a faithfulness curve over the share of edges kept, from 0 to the largest "
+             "size measured (MIB's CPR score)", (), {}),
+    "min_cost": ("smallest share of the full model's effect, sum(circuit - without part) / "
+                 "sum(full - empty), lost by removing any one part of a circuit", (), {}),
+})
+cmd = Statistic("cmd")
+area = Statistic("area")
+min_cost = Statistic("min_cost")
+__all__ += ["cmd", "area", "min_cost"]

@@ -364,6 +364,27 @@ class Field:
         from fieldcheck.experiments.lens import logit_lens
         return logit_lens(self, ds, position, **kw)
 
+    # --- circuits (fieldcheck.experiments.circuits, fieldcheck.experiments.discovery) -------------
+    def evaluate_circuit(self, ds, circuit, **kw):
+        from fieldcheck.experiments.circuits import evaluate_circuit
+        return evaluate_circuit(self, ds, circuit, **kw)
+
+    def faithfulness_curve(self, ds, scores=None, sizes=None, **kw):
+        from fieldcheck.experiments.circuits import faithfulness_curve
+        return faithfulness_curve(self, ds, scores, sizes, **kw)
+
+    def minimality(self, ds, circuit, **kw):
+        from fieldcheck.experiments.circuits import minimality
+        return minimality(self, ds, circuit, **kw)
+
+    def edge_scores(self, ds, **kw):
+        from fieldcheck.experiments.discovery import edge_scores
+        return edge_scores(self, ds, **kw)
+
+    def discover_circuit(self, ds, k, level="edge", **kw):
+        from fieldcheck.experiments.discovery import discover_circuit
+        return discover_circuit(self, ds, k, level, **kw)
+
 
 def _dedupe(sites: list[Site]) -> list[Site]:
     return list(dict.fromkeys(sites))

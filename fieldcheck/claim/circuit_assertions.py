@@ -1,0 +1,140 @@
+"""Assertions on circuits beyond one circuit's faithfulness (``assert_faithful`` lives in
+:mod:`fieldcheck.claim.assertions` and takes ``field.evaluate_circuit``'s result).
+
+- :func:`assert_faithfulness_curve`: the faithfulness curve of a ranking over circuit sizes
+  (``field.faithfulness_curve``): ``area > 0.5`` (MIB's CPR score) or ``cmd < 0.3`` (the area
+  under |1 - faithfulness|, MIB's CMD score);
+- :func:`assert_minimal`: removing any one part of a circuit costs at least a share of the full
+  model's effect (``field.minimality``): ``min_cost > 0.01``.
+
+Every statistic is a function of the per-example metrics (ratio of means over the examples), and
+is decided with a bootstrap over the examples (the whole curve or every part resampled together).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+from fieldcheck.claim.assertions import (AssertionInputError, _attr, _check_n, _finite, _result, _run,
+                                         _settings, _table, _vector)
+from fieldcheck.claim.criteria import Criterion
+from fieldcheck.claim.result import ClaimResult
+from fieldcheck.claim.statistics import Estimate, bootstrap, resample_weights
+
+__all__ = ["assert_faithfulness_curve", "assert_minimal"]
+
+
+def _trapezoid(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Area under y [..., k] over x [k] (trapezoids), along the last axis."""
+    return ((x[1:] - x[:-1]) * (y[..., 1:] + y[..., :-1]) / 2).sum(-1)
+
+
+def _undefined(name: str, c: Criterion, s, n: int, gap: float) -> ClaimResult:
+    res = _result(name, c, Estimate(math.nan, math.nan, math.nan, n, "not computed"), s)
+    res.passed = False
+    res.message = (f"{c.statistic} is undefined: the full model and the empty circuit score the same on "
+                   f"average (mean gap {gap:.3g})")
+    return res
+
+
+def _gap_ok(den: np.ndarray, full: np.ndarray, empty: np.ndarray) -> bool:
+    return abs(den.mean()) > 1e-9 * ((np.abs(full).mean() + np.abs(empty).mean()) or 1)
+
+
+def assert_faithfulness_curve(curve: Any, *criteria: Criterion, alpha: Optional[float] = None,
+                              level: Optional[float] = None, decide: Optional[str] = None,
+                              n_boot: Optional[int] = None, method: Optional[str] = None) -> list[ClaimResult]:
+    """The top-k circuits of a ranking are faithful over sizes: ``area > 0.5`` (area under
+    faithfulness over the share of edges, from 0 to the largest size measured) or ``cmd < 0.3``
+    (area under |1 - faithfulness|). ``curve``: a FaithfulnessCurve (``.fractions [k]``,
+    ``.circuit [k, batch]``, ``.full``, ``.empty [batch]``); bootstrap over the examples."""
+    name = "assert_faithfulness_curve"
+    s = _settings(alpha, level, decide, n_boot, method)
+
+    def prepare():
+        fr = _finite(np.asarray(_attr(curve, "fractions", name, "a FaithfulnessCurve"), dtype=float).ravel(),
+                     "the fractions")
+        circ = _finite(_table(_attr(curve, "circuit", name, "a FaithfulnessCurve"), "circuit", name),
+                       "the circuit metrics")
+        full = _finite(_vector(_attr(curve, "full", name, "a FaithfulnessCurve"), "full", name, circ.shape[1]),
+                       "the full metric")
+        empty = _finite(_vector(_attr(curve, "empty", name, "a FaithfulnessCurve"), "empty", name, circ.shape[1]),
+                        "the empty metric")
+        if circ.shape[0] != fr.size or (fr.size > 1 and np.any(np.diff(fr) <= 0)) or fr.min() <= 0:
+            raise AssertionInputError(f"{name}: fractions must be increasing, > 0, one per row of circuit "
+                                      f"(got {fr.size} fractions, {circ.shape[0]} rows)")
+        return fr, circ, full, empty
+
+    def one(c: Criterion, d, rng) -> ClaimResult:
+        fr, circ, full, empty = d
+        n = full.size
+        _check_n("bootstrap", n, c, s)
+        den = full - empty
+        if not _gap_ok(den, full, empty):
+            return _undefined(name, c, s, n, float(den.mean()))
+        num = (circ - empty[None]).T            # [batch, k]
+        x = np.concatenate([[0.0], fr])
+
+        def stat(idx):
+            W = resample_weights(idx, n)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f = (W @ num) / (W @ den)[..., None]
+            f = np.concatenate([np.zeros(f.shape[:-1] + (1,)), f], -1)
+            return _trapezoid(x, f if c.name == "area" else np.abs(1 - f))
+
+        est = bootstrap(stat, n, alpha=s.alpha, n_boot=s.n_boot, method=s.method, rng=rng, op=c.op, bar=c.bar)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f_hat = num.sum(0) / den.sum()
+        est.details.update({"fractions": fr.tolist(), "faithfulness": f_hat.tolist()})
+        plot = {"kind": "line", "x": fr.tolist(), "y": f_hat.tolist(), "xlabel": "share of edges",
+                "ylabel": "faithfulness"}
+        return _result(name, c, est, s, plot=plot)
+
+    return _run(name, criteria, ("area", "cmd"), s, prepare, one)
+
+
+def assert_minimal(minimality: Any, *criteria: Criterion, alpha: Optional[float] = None,
+                   level: Optional[float] = None, decide: Optional[str] = None,
+                   n_boot: Optional[int] = None, method: Optional[str] = None) -> list[ClaimResult]:
+    """Every part of a circuit matters: ``min_cost > 0.01``, the smallest over parts of
+    sum(circuit - circuit without the part) / sum(full - empty). ``minimality``: a Minimality
+    (``.without [parts, batch]``, ``.circuit``, ``.full``, ``.empty [batch]``,
+    ``.parts``); bootstrap over the examples (every part resampled together, the minimum taken
+    in each resample)."""
+    name = "assert_minimal"
+    s = _settings(alpha, level, decide, n_boot, method)
+
+    def prepare():
+        wo = _finite(_table(_attr(minimality, "without", name, "a Minimality (field.minimality)"), "without", name),
+                     "the metric without a part")
+        n = wo.shape[1]
+        got = {"without": wo}
+        for attr in ("circuit", "full", "empty"):
+            got[attr] = _finite(_vector(_attr(minimality, attr, name, "a Minimality"), attr, name, n),
+                                f"the {attr} metric")
+        got["parts"] = [str(p) for p in getattr(minimality, "parts", range(wo.shape[0]))]
+        return got
+
+    def one(c: Criterion, d, rng) -> ClaimResult:
+        n = d["full"].size
+        _check_n("bootstrap", n, c, s)
+        den = d["full"] - d["empty"]
+        if not _gap_ok(den, d["full"], d["empty"]):
+            return _undefined(name, c, s, n, float(den.mean()))
+        num = (d["circuit"][None] - d["without"]).T      # [batch, parts]
+
+        def stat(idx):
+            W = resample_weights(idx, n)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return ((W @ num) / (W @ den)[..., None]).min(-1)
+
+        est = bootstrap(stat, n, alpha=s.alpha, n_boot=s.n_boot, method=s.method, rng=rng, op=c.op, bar=c.bar)
+        cost = num.sum(0) / den.sum()
+        order = np.argsort(cost)
+        est.details.update({"cheapest_parts": [(d["parts"][i], float(cost[i])) for i in order[:10]],
+                            "n_parts": int(len(cost))})
+        return _result(name, c, est, s)
+
+    return _run(name, criteria, ("min_cost",), s, prepare, one)

@@ -1,0 +1,511 @@
+"""Circuits: a set of edges (or nodes) of the model's edge graph, evaluated by ablating the rest.
+
+A :class:`Circuit` is either a set of **edges** ``"sender->receiver"`` (``"L0.H1->L2.H3.q"``,
+``"input->MLP0"``, ``"MLP1->logits"``; see :mod:`fieldcheck.experiments.edges` for the graph) or a
+set of **nodes** (heads ``"L3.H2"`` and MLPs ``"MLP3"``; the input and the logits always belong to
+it). Edges are position-agnostic; a node is position-agnostic or kept only at some positions,
+``"L3.H2@END"`` or ``"MLP5@4"`` (a position name of the data set, resolved per example, or an
+int; repeat the node for several positions): its output elsewhere is ablated.
+
+``evaluate_circuit(field, ds, circuit, ablation="corrupt")`` runs the clean prompts with every edge
+outside the circuit ablated (a node circuit ablates every edge out of a node outside it) and
+returns per-example metrics for the circuit, the full model (the clean run) and the empty
+circuit (every edge ablated: the ablation run itself), with MIB's faithfulness
+``(m(C) - m(empty)) / (m(full) - m(empty))`` (ratio of means over examples: the circuit
+performance ratio, ``cpr``). Ablations: ``"corrupt"`` (the corrupted run's values, as MIB),
+``"mean"`` (mean over the examples of the clean run), ``"zero"``, ``"resample"`` (another
+example's clean run).
+
+Engine: the edge-ablated forward of :func:`fieldcheck.experiments.edges.edge_forward`, built on
+the light-cone engine's functional model (not TransformerBridge hooks) but over all positions:
+an edge ablation changes every position, so there is no light cone to save. One evaluation
+costs about one forward in which each layer's q/k/v projections run once per distinct set of
+incoming edges among the layer's head inputs (at most 3 x heads).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field as dc_field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from fieldcheck.errors import SiteError, UsageError
+from fieldcheck.experiments.edges import ABLATIONS, EdgeGraph, ablation_values, edge_forward, edge_graph
+from fieldcheck.field.metrics import as_metric
+from fieldcheck.jsonable import jsonable
+
+__all__ = ["Circuit", "CircuitResult", "FaithfulnessCurve", "Minimality", "evaluate_circuit",
+           "faithfulness_curve", "minimality"]
+
+
+class Circuit:
+    """A circuit of ``edges`` (labels ``"sender->receiver"`` or (sender, receiver) pairs) or of
+    ``nodes`` (``"L3.H2"``, ``"MLP3"``). Give exactly one. ``scores`` (optional) holds the
+    attribution score of each part, in the order given (discovery fills it).
+
+    ``len(c)`` is the number of parts; ``c.without(part)`` the circuit without one part;
+    ``c.mask(graph)`` the kept edges as ``[n_senders, n_receivers]`` booleans."""
+
+    def __init__(self, edges: Optional[Sequence] = None, nodes: Optional[Sequence[str]] = None,
+                 scores: Optional[Sequence[float]] = None, name: str = ""):
+        if (edges is None) == (nodes is None):
+            raise UsageError("a Circuit takes edges=[...] or nodes=[...] (exactly one of them)")
+        if edges is not None:
+            parts = [e if isinstance(e, str) else f"{e[0]}->{e[1]}" for e in edges]
+            self.level = "edge"
+        else:
+            parts = [str(n) for n in nodes]
+            bad = [p for p in parts if "->" in p or p.split("@")[0].endswith((".q", ".k", ".v"))
+                   or p.startswith(("input@", "logits@"))]
+            if bad:
+                raise SiteError(f"node {bad[0]!r}: nodes are heads 'L{{layer}}.H{{head}}' and MLPs 'MLP{{layer}}'; "
+                                "for edges use Circuit(edges=[...])")
+            self.level = "node"
+        self.parts = tuple(dict.fromkeys(p.replace(" ", "") for p in parts))
+        self.scores = None if scores is None else tuple(float(s) for s in scores)
+        if self.scores is not None and len(self.scores) != len(self.parts):
+            raise UsageError(f"a Circuit got {len(self.scores)} scores for {len(self.parts)} parts")
+        self.name = name
+
+    @classmethod
+    def all_edges(cls, graph: EdgeGraph) -> "Circuit":
+        """Every edge of ``graph`` (the full model)."""
+        return cls(edges=[graph.edge_label(s, r) for s, r in graph.edges()], name="all edges")
+
+    @property
+    def edges(self) -> tuple[str, ...]:
+        return self.parts if self.level == "edge" else ()
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The nodes of a node circuit; for an edge circuit the senders and receivers it touches."""
+        if self.level == "node":
+            return tuple(dict.fromkeys(p.split("@")[0] for p in self.parts))
+        out = []
+        for e in self.parts:
+            s, r = e.split("->", 1)
+            out += [s, r.rsplit(".", 1)[0] if r.endswith((".q", ".k", ".v")) else r]
+        return tuple(dict.fromkeys(out))
+
+    def mask(self, graph: EdgeGraph) -> np.ndarray:
+        """Kept edges ``[n_senders, n_receivers]`` (SiteError for a part the graph does not have)."""
+        if self.level == "node":
+            return graph.node_mask(self.nodes)
+        m = np.zeros(graph.adjacency.shape, dtype=bool)
+        for e in self.parts:
+            if "@" in e:
+                raise SiteError(f"edge {e!r}: edges are position-agnostic; keep a node at a position with "
+                                "Circuit(nodes=['L3.H2@END', ...])")
+            m[graph.edge_index(e)] = True
+        return m
+
+    @property
+    def positional(self) -> bool:
+        """Whether some node is kept only at some positions."""
+        return self.level == "node" and any("@" in p for p in self.parts)
+
+    def position_mask(self, graph: EdgeGraph, ds) -> Optional[torch.Tensor]:
+        """``[n_senders, batch, pos]``: 1 where a sender's output is kept (None without positional
+        nodes). A node named both with and without a position is kept everywhere."""
+        if not self.positional:
+            return None
+        P = torch.ones(graph.n_senders, ds.n, ds.seq_len)
+        at: dict[str, list] = {}
+        for p in self.parts:
+            node, _, pos = p.partition("@")
+            at.setdefault(node, []).append(pos or None)
+        b = torch.arange(ds.n)
+        for node, poss in at.items():
+            if None in poss:
+                continue
+            s = graph.sender_index(node)
+            P[s] = 0
+            for pos in poss:
+                name = int(pos) if pos.lstrip("-").isdigit() else pos
+                P[s, b, ds.position(name).cpu()] = 1
+        return P
+
+    def without(self, part: str) -> "Circuit":
+        if part not in self.parts:
+            raise SiteError(f"{part!r} is not part of this circuit")
+        keep = [p for p in self.parts if p != part]
+        return Circuit(**{("edges" if self.level == "edge" else "nodes"): keep}, name=self.name)
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def __iter__(self):
+        return iter(self.parts)
+
+    def __contains__(self, part) -> bool:
+        return part in self.parts
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Circuit) and self.level == other.level and set(self.parts) == set(other.parts)
+
+    def __hash__(self):
+        return hash((self.level, frozenset(self.parts)))
+
+    def __str__(self) -> str:
+        shown = ", ".join(self.parts[:8]) + (", ..." if len(self.parts) > 8 else "")
+        name = f" {self.name!r}" if self.name else ""
+        return f"Circuit{name}({len(self.parts)} {self.level}s: {shown})"
+
+    __repr__ = __str__
+
+    def to_dict(self) -> dict:
+        return {"level": self.level, "parts": list(self.parts), "name": self.name,
+                "scores": None if self.scores is None else list(self.scores)}
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().double().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=float)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> float:
+    d = float(np.sum(den))
+    return float(np.sum(num)) / d if d != 0 else math.nan
+
+
+@dataclass
+class CircuitResult:
+    """Per-example metrics ``[batch]`` of a circuit, the full model and the empty circuit.
+
+    ``cpr``: sum(circuit - empty) / sum(full - empty) (MIB's faithfulness of one circuit, ratio
+    of means); ``cmd``: |1 - cpr|. ``fc.assert_faithful(result, cpr > 0.8)`` decides it with a
+    bootstrap over the examples."""
+
+    spec: Circuit
+    circuit: np.ndarray
+    full: np.ndarray
+    empty: np.ndarray
+    ablation: str = "corrupt"
+    metric: str = "logit_diff"
+    n_edges: int = 0
+    n_edges_total: int = 0
+    dataset: str = ""
+    cost: dict = dc_field(default_factory=dict)
+
+    @property
+    def cpr(self) -> float:
+        return _ratio(self.circuit - self.empty, self.full - self.empty)
+
+    @property
+    def cmd(self) -> float:
+        return abs(1.0 - self.cpr)
+
+    @property
+    def n(self) -> int:
+        return int(self.full.size)
+
+    def summary(self) -> str:
+        return (f"CircuitResult({self.spec.level} circuit of {len(self.spec)} parts = {self.n_edges} of "
+                f"{self.n_edges_total} edges, {self.ablation} ablation, n={self.n}, {self.metric})\n"
+                f"  mean metric: empty {self.empty.mean():.4g}, circuit {self.circuit.mean():.4g}, "
+                f"full {self.full.mean():.4g}; cpr {self.cpr:.3f}, cmd {self.cmd:.3f}")
+
+    __str__ = __repr__ = summary
+
+    def plot(self, ax=None):
+        """Per-example metric of the empty circuit, the circuit and the full model."""
+        from fieldcheck.display import pyplot
+        plt = pyplot()
+        fig, ax = (plt.subplots(figsize=(5, 3.5)) if ax is None else (ax.figure, ax))
+        for i in range(self.n):
+            ax.plot([0, 1, 2], [self.empty[i], self.circuit[i], self.full[i]], color="tab:gray", lw=0.6, alpha=0.6)
+        ax.plot([0, 1, 2], [self.empty.mean(), self.circuit.mean(), self.full.mean()], marker="o", color="tab:blue",
+                lw=2, label="mean")
+        ax.set_xticks([0, 1, 2], ["empty", f"circuit ({len(self.spec)} {self.spec.level}s)", "full"])
+        ax.set_ylabel(self.metric)
+        ax.set_title(f"{self.ablation} ablation: cpr {self.cpr:.3f}")
+        ax.legend(fontsize=8)
+        return ax
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+        return rich_html(self, self.plot)
+
+    def to_dict(self) -> dict:
+        return jsonable({"circuit_spec": self.spec.to_dict(), "circuit": self.circuit, "full": self.full,
+                         "empty": self.empty, "cpr": self.cpr, "cmd": self.cmd, "ablation": self.ablation,
+                         "metric": self.metric, "n_edges": self.n_edges, "n_edges_total": self.n_edges_total,
+                         "dataset": self.dataset, "cost": self.cost})
+
+
+def _check(field, ablation: str) -> None:
+    field._need_fm()
+    if ablation not in ABLATIONS:
+        raise UsageError(f"unknown ablation {ablation!r}; use one of {', '.join(ABLATIONS)}")
+
+
+def _chunks(n: int, size: int):
+    for c in range(0, n, size):
+        yield torch.arange(c, min(n, c + size))
+
+
+def _chunk_size(field, ds) -> int:
+    """Examples per edge forward: the deltas and ablated values of every sender, ~256 MiB each."""
+    fm = field.fm
+    per_ex = (1 + fm.n_layers * (fm.n_heads + 1)) * ds.seq_len * fm.d_model * 4
+    return max(1, min(ds.n, int(field.memory_budget // 8 // max(per_ex, 1))))
+
+
+def _masks_metric(field, ds, masks: list, ablation: str, metric, seed: int = 0,
+                  pos_masks: Optional[list] = None) -> np.ndarray:
+    """The metric ``[len(masks), batch]`` with each keep mask ``[n_senders, n_receivers]`` (None: all)
+    and, optionally, each sender position mask ``[n_senders, batch, pos]`` (None: every position)."""
+    fm = field._need_fm()
+    m = as_metric(metric)
+    g = edge_graph(field)
+    r = field.run(ds)
+    dev = field.device
+    out = torch.empty(len(masks), ds.n, dtype=torch.float64)
+    with torch.no_grad():
+        keeps = [None if k is None else torch.as_tensor(k, device=dev) for k in masks]
+        for idx in _chunks(ds.n, _chunk_size(field, ds)):
+            idx = idx.to(dev)
+            abl = ablation_values(field, r, ablation, idx, seed)
+            x0 = r.clean.resid[0][idx]
+            pos = r.metric_pos[idx]
+            for i, k in enumerate(keeps):
+                P = None if pos_masks is None or pos_masks[i] is None else pos_masks[i][:, idx.cpu()].to(dev)
+                xf = edge_forward(fm, g, x0, abl, k, pos_keep=P)
+                out[i, idx.cpu()] = field._metric(m, r, xf[torch.arange(len(idx), device=dev), pos], idx).double().cpu()
+    return out.numpy()
+
+
+def evaluate_circuit(field, ds, circuit: Union[Circuit, Sequence[str]], ablation: str = "corrupt",
+                     metric="logit_diff", seed: int = 0) -> CircuitResult:
+    """Run the clean prompts with every edge outside ``circuit`` ablated (see the module doc).
+
+    circuit: a :class:`Circuit` (a list of labels is read as edges when they contain ``->``,
+    else as nodes). ablation: "corrupt" (default), "mean", "zero" or "resample" (``seed`` picks
+    the other example). Returns a :class:`CircuitResult` with ``circuit``, ``full`` and
+    ``empty`` metrics ``[batch]``."""
+    _check(field, ablation)
+    c = as_circuit(circuit)
+    g = edge_graph(field)
+    t0 = time.perf_counter()
+    mask = c.mask(g)
+    vals = _masks_metric(field, ds, [mask, np.zeros_like(mask)], ablation, metric, seed,
+                         pos_masks=[c.position_mask(g, ds), None])
+    full = _np(field.metric_values(ds, metric, "clean"))
+    return CircuitResult(spec=c, circuit=vals[0], full=full, empty=vals[1], ablation=ablation,
+                         metric=as_metric(metric).name, n_edges=int(mask.sum()), n_edges_total=g.n_edges,
+                         dataset=getattr(ds, "name", ""),
+                         cost={"edge_forwards": 2, "seconds": time.perf_counter() - t0})
+
+
+def as_circuit(x) -> Circuit:
+    if isinstance(x, Circuit):
+        return x
+    if isinstance(x, (list, tuple)):
+        if x and all(isinstance(p, str) and "->" not in p for p in x):
+            return Circuit(nodes=list(x))
+        return Circuit(edges=list(x))
+    raise UsageError(f"{type(x).__name__} is not a circuit: give fieldcheck.Circuit(edges=[...]) or "
+                     "Circuit(nodes=[...]), or field.discover_circuit(ds, k=...)")
+
+
+# --- faithfulness over circuit sizes -----------------------------------------------------------------
+DEFAULT_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+@dataclass
+class FaithfulnessCurve:
+    """Faithfulness of the top-k circuits of a ranking, for each size k.
+
+    ``sizes [n_sizes]`` (parts: edges or nodes), ``fractions [n_sizes]`` (share of all edges or
+    nodes), per-example metrics ``circuit [n_sizes, batch]``, ``full``/``empty [batch]``.
+    ``faithfulness`` per size is the ratio of means (MIB); ``area`` the area under faithfulness
+    over the fraction axis from 0 (faithfulness 0) to the largest fraction measured (trapezoids,
+    MIB's CPR score), ``cmd_area`` the area under |1 - faithfulness| (MIB's CMD score).
+    ``smallest(0.8)`` is the smallest size whose faithfulness is at least 0.8."""
+
+    sizes: np.ndarray
+    fractions: np.ndarray
+    circuit: np.ndarray
+    full: np.ndarray
+    empty: np.ndarray
+    level: str = "edge"
+    ablation: str = "corrupt"
+    metric: str = "logit_diff"
+    method: str = ""
+    dataset: str = ""
+    cost: dict = dc_field(default_factory=dict)
+    circuits: list = dc_field(default_factory=list, repr=False)
+
+    @property
+    def faithfulness(self) -> np.ndarray:
+        den = float(np.sum(self.full - self.empty))
+        return (self.circuit - self.empty[None]).sum(1) / den if den != 0 else np.full(len(self.sizes), np.nan)
+
+    @property
+    def n(self) -> int:
+        return int(self.full.size)
+
+    @staticmethod
+    def _areas(fr: np.ndarray, f: np.ndarray) -> tuple[float, float]:
+        x = np.concatenate([[0.0], fr])
+        y = np.concatenate([[0.0], f])
+        trap = lambda v: float(np.sum((x[1:] - x[:-1]) * (v[1:] + v[:-1]) / 2))
+        return trap(y), trap(np.abs(1 - y))
+
+    @property
+    def area(self) -> float:
+        return self._areas(self.fractions, self.faithfulness)[0]
+
+    @property
+    def cmd_area(self) -> float:
+        return self._areas(self.fractions, self.faithfulness)[1]
+
+    def smallest(self, bar: float = 0.8) -> Optional[int]:
+        """The smallest measured size with faithfulness >= bar (None if none reaches it)."""
+        ok = np.nonzero(self.faithfulness >= bar)[0]
+        return int(self.sizes[ok[0]]) if len(ok) else None
+
+    def at(self, size: int) -> CircuitResult:
+        """The :class:`CircuitResult` of the measured size ``size`` (without its Circuit)."""
+        if size not in self.sizes:
+            raise UsageError(f"size {size} was not measured; measured sizes: {self.sizes.tolist()}")
+        i = int(np.nonzero(self.sizes == size)[0][0])
+        spec = self.circuits[i] if i < len(self.circuits) else Circuit(**{f"{self.level}s": []}, name=f"top {size}")
+        return CircuitResult(spec=spec, circuit=self.circuit[i], full=self.full, empty=self.empty,
+                             ablation=self.ablation, metric=self.metric, n_edges=int(self.cost.get("edges", {}).get(
+                                 str(int(size)), 0)), n_edges_total=int(self.cost.get("n_edges_total", 0)),
+                             dataset=self.dataset)
+
+    def summary(self) -> str:
+        rows = ", ".join(f"{int(k)}: {f:.3f}" for k, f in zip(self.sizes, self.faithfulness))
+        s8 = self.smallest(0.8)
+        return (f"FaithfulnessCurve({self.level}s ranked by {self.method or 'scores'}, {self.ablation} ablation, "
+                f"n={self.n})\n  faithfulness by size: {rows}\n  area {self.area:.3f}, cmd area {self.cmd_area:.3f}, "
+                f"smallest size with faithfulness >= 0.8: {s8}")
+
+    __str__ = __repr__ = summary
+
+    def to_dict(self) -> dict:
+        return jsonable({"sizes": self.sizes, "fractions": self.fractions, "faithfulness": self.faithfulness,
+                         "area": self.area, "cmd_area": self.cmd_area, "smallest_0.8": self.smallest(0.8),
+                         "circuit": self.circuit, "full": self.full, "empty": self.empty, "level": self.level,
+                         "ablation": self.ablation, "metric": self.metric, "method": self.method,
+                         "dataset": self.dataset, "cost": self.cost})
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+        return rich_html(self, self.plot)
+
+    def plot(self, ax=None):
+        """Faithfulness against the share of parts kept (log scale)."""
+        from fieldcheck.display import pyplot
+        plt = pyplot()
+        fig, ax = (plt.subplots(figsize=(5.5, 3.5)) if ax is None else (ax.figure, ax))
+        ax.plot(self.fractions, self.faithfulness, marker="o")
+        ax.set_xscale("log")
+        ax.axhline(1.0, color="gray", lw=0.5)
+        ax.set_xlabel(f"share of {self.level}s in the circuit")
+        ax.set_ylabel("faithfulness (circuit - empty) / (full - empty)")
+        return ax
+
+
+def faithfulness_curve(field, ds, scores=None, sizes=None, level: str = "edge", ablation: str = "corrupt",
+                       metric="logit_diff", method: str = "eap-ig", steps: int = 5, seed: int = 0,
+                       eval_ds=None) -> FaithfulnessCurve:
+    """Faithfulness of the top-k parts of a ranking for each k in ``sizes``.
+
+    scores: an :class:`~fieldcheck.experiments.discovery.EdgeScores` (default: computed on ``ds``
+    with ``method``/``steps``/``ablation``). sizes: counts of parts, or fractions in (0, 1] of all
+    parts (default MIB's 0.1%, 0.2%, 0.5%, 1%, 2%, 5%, 10%, 20%, 50%, 100%). level: "edge" or
+    "node". eval_ds: evaluate on another data set than the one the scores were computed on."""
+    from fieldcheck.experiments.discovery import edge_scores
+    _check(field, ablation)
+    if level not in ("edge", "node"):
+        raise UsageError(f"level must be 'edge' or 'node', got {level!r}")
+    t0 = time.perf_counter()
+    if scores is None:
+        scores = edge_scores(field, ds, method=method, steps=steps, ablation=ablation, metric=metric)
+    total = scores.graph.n_edges if level == "edge" else scores.graph.n_senders - 1
+    sizes = DEFAULT_FRACTIONS if sizes is None else sizes
+    ks = []
+    for s in sizes:
+        k = int(math.ceil(float(s) * total)) if isinstance(s, float) and 0 < s <= 1 else int(s)
+        if not 1 <= k <= total:
+            raise UsageError(f"circuit size {s!r} is outside 1..{total} {level}s (or a fraction in (0, 1])")
+        ks.append(k)
+    ks = sorted(set(ks))
+    ev = ds if eval_ds is None else eval_ds
+    circuits = [scores.top(k, level) for k in ks]
+    masks = [c.mask(scores.graph) for c in circuits]
+    vals = _masks_metric(field, ev, masks + [np.zeros_like(masks[0])], ablation, metric, seed)
+    return FaithfulnessCurve(sizes=np.array(ks), fractions=np.array(ks, dtype=float) / total, circuit=vals[:-1],
+                             full=_np(field.metric_values(ev, metric, "clean")), empty=vals[-1], level=level,
+                             ablation=ablation, metric=as_metric(metric).name, method=scores.method,
+                             dataset=getattr(ev, "name", ""), circuits=circuits,
+                             cost={"edge_forwards": len(ks) + 1, "seconds": time.perf_counter() - t0,
+                                   "edges": {str(k): int(m.sum()) for k, m in zip(ks, masks)},
+                                   "n_edges_total": scores.graph.n_edges})
+
+
+# --- minimality ------------------------------------------------------------------------------------
+@dataclass
+class Minimality:
+    """What removing each part of a circuit costs: ``without [n_parts, batch]`` is the metric of
+    the circuit without that part, ``circuit``/``full``/``empty [batch]`` as in
+    :class:`CircuitResult`. ``cost [n_parts]`` = sum(circuit - without) / sum(full - empty) (the
+    share of the full model's effect lost). ``fc.assert_minimal(m, min_cost > 0.01)``."""
+
+    spec: Circuit
+    parts: list
+    without: np.ndarray
+    circuit: np.ndarray
+    full: np.ndarray
+    empty: np.ndarray
+    ablation: str = "corrupt"
+    metric: str = "logit_diff"
+    cost_info: dict = dc_field(default_factory=dict)
+
+    @property
+    def cost(self) -> np.ndarray:
+        den = float(np.sum(self.full - self.empty))
+        return (self.circuit[None] - self.without).sum(1) / den if den != 0 else np.full(len(self.parts), np.nan)
+
+    @property
+    def n(self) -> int:
+        return int(self.full.size)
+
+    def summary(self) -> str:
+        order = np.argsort(self.cost)
+        worst = ", ".join(f"{self.parts[i]} ({self.cost[i]:.3g})" for i in order[:5])
+        return (f"Minimality({len(self.parts)} parts of a {self.spec.level} circuit, {self.ablation} ablation, "
+                f"n={self.n})\n  smallest costs of removing one part: {worst}")
+
+    __str__ = __repr__ = summary
+
+    def _repr_html_(self) -> str:
+        from fieldcheck.display import rich_html
+        return rich_html(self)
+
+    def to_dict(self) -> dict:
+        return jsonable({"circuit_spec": self.spec.to_dict(), "parts": list(self.parts), "cost": self.cost,
+                         "without": self.without, "circuit": self.circuit, "full": self.full,
+                         "empty": self.empty, "ablation": self.ablation, "metric": self.metric,
+                         "cost_info": self.cost_info})
+
+
+def minimality(field, ds, circuit, ablation: str = "corrupt", metric="logit_diff", seed: int = 0) -> Minimality:
+    """Evaluate ``circuit`` without each one of its parts (one edge forward per part)."""
+    _check(field, ablation)
+    c = as_circuit(circuit)
+    g = edge_graph(field)
+    t0 = time.perf_counter()
+    cs = [c] + [c.without(p) for p in c.parts]
+    masks = [x.mask(g) for x in cs] + [np.zeros(g.adjacency.shape, bool)]
+    vals = _masks_metric(field, ds, masks, ablation, metric, seed,
+                         pos_masks=[x.position_mask(g, ds) for x in cs] + [None])
+    return Minimality(spec=c, parts=list(c.parts), without=vals[1:-1], circuit=vals[0],
+                      full=_np(field.metric_values(ds, metric, "clean")), empty=vals[-1], ablation=ablation,
+                      metric=as_metric(metric).name,
+                      cost_info={"edge_forwards": len(masks), "seconds": time.perf_counter() - t0})
