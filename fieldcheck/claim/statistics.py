@@ -551,7 +551,7 @@ def binomial_rate(successes: np.ndarray, *, alpha: float, op: Optional[str] = No
 _ADJUST = {"holm": "holm", "bh": "fdr_bh", "fdr_bh": "fdr_bh", "bonferroni": "bonferroni"}
 
 
-def adjust_pvalues(pvals: Sequence[Optional[float]], method: str = "holm") -> list[Optional[float]]:
+def adjust_pvalues(pvals: Sequence[Optional[float]], method: str = "bonferroni") -> list[Optional[float]]:
     """Adjusted p-values (statsmodels ``multipletests``): ``"holm"`` (family-wise error),
     ``"bh"`` (Benjamini-Hochberg false discovery rate), ``"bonferroni"`` or ``"none"``.
     None and NaN entries are left out of the family and come back unchanged."""

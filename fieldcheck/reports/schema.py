@@ -24,7 +24,12 @@ from typing import Any, Iterable, Optional
 SCHEMA_VERSION = 1
 
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
-CORRECTIONS = ("holm", "bh", "none")
+CORRECTIONS = ("bonferroni", "holm", "bh", "none")
+#: the default correction and family (docs/statistics.md, "Many claims"): Bonferroni over the
+#: whole session, so a claim's verdict depends only on its own p-value and the family size
+DEFAULT_CORRECTION = "bonferroni"
+FAMILIES = ("session", "file", "claim")
+DEFAULT_FAMILY = "session"
 
 
 # --- atomic writes --------------------------------------------------------------------------
@@ -106,6 +111,8 @@ def _adjust_fallback(pvals: list[float], method: str) -> list[float]:
         return list(pvals)
     order = sorted(range(m), key=lambda i: pvals[i])
     adj = [0.0] * m
+    if method == "bonferroni":
+        return [min(1.0, m * p) for p in pvals]
     if method == "holm":
         running = 0.0
         for rank, i in enumerate(order):
@@ -122,7 +129,7 @@ def _adjust_fallback(pvals: list[float], method: str) -> list[float]:
     return adj
 
 
-def adjust_pvalues(pvals: list[float], method: str = "holm") -> list[float]:
+def adjust_pvalues(pvals: list[float], method: str = DEFAULT_CORRECTION) -> list[float]:
     """Use :func:`fieldcheck.claim.statistics.adjust_pvalues` when present, else the same formulas here."""
     if method not in CORRECTIONS:
         raise ValueError(f"unknown correction {method!r}: use one of {', '.join(CORRECTIONS)}")
@@ -142,23 +149,45 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def apply_correction(claims: list[dict], method: str = "holm", alpha: float = 0.05) -> list[str]:
-    """Fill ``p_adjusted`` and ``passed_corrected`` on every result of ``claims`` (in place).
+def family_of(claim_id: str, family: str = DEFAULT_FAMILY) -> str:
+    """The family a claim's p-values are corrected in: ``"session"`` (all claims of the run),
+    ``"file"`` (the claims of one test file: the node id before ``::``) or ``"claim"`` (the
+    results of one test function, parametrized cases apart)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown correction family {family!r}: use one of {', '.join(FAMILIES)}")
+    if family == "session":
+        return ""
+    if family == "file":
+        return claim_id.split("::", 1)[0]
+    return claim_id
 
-    All results that carry a finite p-value are corrected together. A result decided by its
-    confidence bound (``decide == "bound"``) that passed on its own but whose adjusted p-value
-    exceeds ``alpha`` gets ``passed_corrected = False``. Results decided by their point
-    estimate keep their decision (the adjusted p is reported only). Returns the ids of
-    claims that passed but fail after correction.
+
+def apply_correction(claims: list[dict], method: str = DEFAULT_CORRECTION, alpha: float = 0.05,
+                     family: str = DEFAULT_FAMILY) -> list[str]:
+    """Fill ``p_adjusted``, ``family_size`` and ``passed_corrected`` on every result of
+    ``claims`` (in place).
+
+    The results that carry a finite p-value are corrected together within their family
+    (:func:`family_of`). With ``"bonferroni"`` (the default) a result passes the correction
+    when ``p <= alpha / m``, m the number of p-values in its family: its verdict depends on its
+    own evidence and m only. ``"holm"`` and ``"bh"`` make each adjusted p depend on the other
+    p-values of the family too. A result decided by its confidence bound (``decide ==
+    "bound"``) that passed on its own but whose adjusted p-value exceeds ``alpha`` gets
+    ``passed_corrected = False``. Results decided by their point estimate keep their decision
+    (the adjusted p is reported only). Returns the ids of claims that passed but fail after
+    correction.
     """
-    slots = []
+    groups: dict[str, list[dict]] = {}
     for c in claims:
+        key = family_of(str(c.get("id", "")), family)
         for r in c.get("results", []):
             if _finite(r.get("p_value")):
-                slots.append(r)
-    adj = adjust_pvalues([float(r["p_value"]) for r in slots], method)
-    for r, a in zip(slots, adj):
-        r["p_adjusted"] = a
+                groups.setdefault(key, []).append(r)
+    for slots in groups.values():
+        adj = adjust_pvalues([float(r["p_value"]) for r in slots], method)
+        for r, a in zip(slots, adj):
+            r["p_adjusted"] = a
+            r["family_size"] = len(slots)
     newly_failed = []
     for c in claims:
         flipped = False
@@ -180,8 +209,8 @@ def apply_correction(claims: list[dict], method: str = "holm", alpha: float = 0.
 
 # --- the report -----------------------------------------------------------------------------
 def build_report(claims: Iterable[dict], run: dict, *, timing: Optional[dict] = None,
-                 correction: str = "holm", alpha: float = 0.05,
-                 comparison: Optional[dict] = None) -> dict:
+                 correction: str = DEFAULT_CORRECTION, alpha: float = 0.05,
+                 comparison: Optional[dict] = None, family: str = DEFAULT_FAMILY) -> dict:
     """Assemble a report. ``claims``: dicts with at least ``id``, ``outcome``, ``results``.
 
     Claims are sorted by id; the correction is applied; counts are summarized.
@@ -198,7 +227,7 @@ def build_report(claims: Iterable[dict], run: dict, *, timing: Optional[dict] = 
             r["claim_id"] = c["id"]
         cl.append(c)
     cl.sort(key=lambda c: c["id"])
-    after = apply_correction(cl, correction, alpha)
+    after = apply_correction(cl, correction, alpha, family)
     counts = {k: 0 for k in OUTCOMES}
     for c in cl:
         counts[c["outcome"]] = counts.get(c["outcome"], 0) + 1
