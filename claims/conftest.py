@@ -13,7 +13,7 @@ import fieldcheck as fc
 
 
 @pytest.fixture(scope="session")
-def ioi(fc_model, fc_fc_session_seed):
+def ioi(fc_model, fc_session_seed):
     """16 IOI pairs, third-name corruption at S2 (one template family of equal token length)."""
     return fc.datasets.ioi(fc_model, n=16, seed=fc_session_seed)
 
@@ -38,4 +38,4 @@ def facts_large(fc_model, fc_session_seed):
 @pytest.fixture(scope="session")
 def induction(fc_model, fc_session_seed):
     """Repeated random word sequences; the corruption breaks the repetition."""
-    return fc.datasets.induction(fc_model, n=16, seed=session_seed, length=6)
+    return fc.datasets.induction(fc_model, n=16, seed=fc_session_seed, length=6)
