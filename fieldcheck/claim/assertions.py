@@ -464,7 +464,7 @@ def _per_site_effect(assertion: str, result: Any, criteria: tuple, direction: Op
         pick = int(np.argmin(key)) if require == "all" else int(np.argmax(key))
         chosen = ests[pick]
         agg = Estimate(chosen.estimate, chosen.low, chosen.high, n, chosen.method,
-                       level=chosen.level)
+                       level=chosen.level, details=dict(chosen.details))
         if S > 1:
             finite_p = [x for x in p if x is not None]
             agg.p_value = (max(finite_p) if require == "all" else min(1.0, S * min(finite_p))) \
