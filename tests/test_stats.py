@@ -413,3 +413,13 @@ def test_bound_at_other_levels_matches_p(method):
                         rng=np.random.default_rng(5), op=">", bar=0.0)
     assert e.at(0.05) == (e.low, e.high)
     assert e.at(e.p_value * 1.01)[0] > 0.0 > e.at(e.p_value * 0.99)[0]
+
+
+def test_bootstrap_t_is_close_to_the_t_interval_for_normal_data_and_wider_on_the_long_side():
+    x = np.random.default_rng(8).normal(1.0, 2.0, 60)
+    e = stats.bootstrap_t_mean(x, alpha=0.05, n_boot=4000, rng=np.random.default_rng(0))
+    lo, hi = sst.t.interval(0.90, 59, x.mean(), sst.sem(x))
+    assert e.low == pytest.approx(lo, abs=0.1) and e.high == pytest.approx(hi, abs=0.1)
+    y = np.random.default_rng(9).exponential(1.0, 30)   # long right tail: the upper side longer
+    e = stats.bootstrap_t_mean(y, alpha=0.05, n_boot=4000, rng=np.random.default_rng(0))
+    assert e.high - y.mean() > y.mean() - e.low

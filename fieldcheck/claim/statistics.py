@@ -189,7 +189,7 @@ class _LowerSide:
     float rounding at equality."""
 
     def __init__(self, xs: np.ndarray, z0: float, acc: float, se: float, discrete: bool,
-                 scale: _Scale):
+                 scale: _Scale, trim: float = 0.0):
         from scipy.special import ndtri
         B = xs.size
         self.scale, self.discrete, self.se = scale, discrete, se
@@ -202,6 +202,10 @@ class _LowerSide:
             return
         xu, first, counts = np.unique(xs, return_index=True, return_counts=True)
         pos = (first + (counts - 1) / 2.0 + 0.5) / B
+        if trim > 0:   # knots only inside [trim, 1 - trim]; the normal tails continue from there
+            keep = (pos >= trim) & (pos <= 1.0 - trim)
+            if keep.sum() >= 2:
+                xu, pos = xu[keep], pos[keep]
         v = ndtri(pos) - z0
         den = 1.0 + acc * v
         if np.any(den <= 0):
@@ -469,6 +473,122 @@ def signflip_mean(x: np.ndarray, *, alpha: float, n_boot: int, rng: np.random.Ge
     return Estimate(float(x.mean()), lo, hi, n, how, p, 1.0 - 2.0 * alpha, at=at)
 
 
+#: the bootstrap-t's resamples set its confidence distribution between these tail levels; beyond
+#: them a normal tail with the pivots' interquartile scale takes over (at n = 16 a few resamples
+#: with a tiny standard error give pivots of 10 or more, which would hold p near 1e-4 for a mean
+#: 7 standard errors from its bar)
+BOOT_T_TRIM = 0.005
+
+
+def bootstrap_t_mean(x: np.ndarray, *, alpha: float, n_boot: int, rng: np.random.Generator,
+                     op: Optional[str] = None, bar: Optional[float] = None) -> Estimate:
+    """Mean with the studentized (bootstrap-t) interval: each resample gives the pivot
+    ``t* = (mean* - mean) / se*``; the bound at level ``1 - a`` is ``mean - t*_(1-a) se`` and the
+    p-value of ``mean > c`` is the share of pivots ``t* >= (mean - c) / se``. Both are read off
+    one distribution, ``v = mean - t* se`` (see :class:`_LowerSide`, percentile method), with a
+    normal tail beyond the last resample, and the small-sample expansion of every bootstrap
+    here (it brings the false-pass rate with an exponential tail toward the bar at n = 32 from
+    0.061 to about 0.05). Second-order accurate for skewed values, where the sign-flip test alone
+    is not. Resamples whose standard error is 0 are dropped and counted."""
+    x = np.asarray(x, dtype=float).ravel()
+    n = x.size
+    if n < 2:
+        raise InsufficientData(f"a bootstrap needs at least 2 examples, got {n}")
+    xbar = float(x.mean())
+    se = float(x.std(ddof=1)) / math.sqrt(n)
+    level = 1.0 - 2.0 * alpha
+    if not se > 0:
+        return Estimate(xbar, xbar, xbar, n, "bootstrap-t (all values equal)",
+                        None if op is None or bar is None else
+                        (0.0 if clears(xbar, op, float(bar)) else 1.0), level,
+                        at=lambda a: (xbar, xbar))
+    idx = rng.integers(0, n, size=(n_boot, n))
+    W = resample_weights(idx, n)
+    m1 = W @ x / n
+    m2 = W @ (x - xbar) ** 2 / n - (m1 - xbar) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tstar = (m1 - xbar) / np.sqrt(np.maximum(m2, 0.0) * n / (n - 1) / n)
+    v = xbar - tstar * se
+    finite = v[np.isfinite(v)]
+    n_bad = v.size - finite.size
+    used = "bootstrap-t, expanded" + (f" ({n_bad} of {v.size} resamples with se 0, dropped)"
+                                      if n_bad else "")
+    if finite.size < 2:
+        return Estimate(xbar, math.nan, math.nan, n, used + ": no resample defined", None, level)
+    scale = _Scale(n, expand=True)
+    q1, q3 = np.quantile(finite, [0.25, 0.75])
+    sd = float(q3 - q1) / 1.349 or float(finite.std(ddof=1))
+    lo_side = _LowerSide(finite, 0.0, 0.0, sd, False, scale, trim=BOOT_T_TRIM)
+    hi_side = _LowerSide(-finite, 0.0, 0.0, sd, False, scale, trim=BOOT_T_TRIM)
+
+    def at(a: float) -> tuple[float, float]:
+        z = float(scale.z(a))
+        return lo_side.lower(z), -hi_side.lower(z)
+
+    lo, hi = at(alpha)
+    p = None
+    if op is not None and bar is not None:
+        g = (lo_side.G(float(bar), strict=(op == ">")) if op in (">", ">=")
+             else hi_side.G(-float(bar), strict=(op == "<")))
+        p = float(scale.p(g))
+    return Estimate(xbar, lo, hi, n, used, p, level, details={"se": se}, at=at)
+
+
+def hall_t_mean(x: np.ndarray, *, alpha: float, op: Optional[str] = None,
+                bar: Optional[float] = None) -> Estimate:
+    """Mean with Hall's (1992) skewness-corrected t test: for the shift ``c``,
+    ``t = (mean - c) / se`` is transformed by ``h(t) = t + A t^2 + A^2 t^3 / 3 + B`` with
+    ``A = g / (3 sqrt(n))``, ``B = g / (6 sqrt(n))`` and ``g`` the sample skewness, and ``h(t)``
+    is referred to Student's t with n - 1 degrees of freedom. ``h`` is monotone
+    (``h(t) = ((1 + A t)^3 - 1) / (3 A) + B``), so the bound at level ``1 - a`` is
+    ``mean - h^{-1}(t_{n-1, 1-a}) se`` in closed form and agrees exactly with the p-value.
+    Analytic: no resampling and no floor on p; the skew correction keeps a long tail toward
+    the bar from passing too often (0.053 instead of 0.10 for the sign-flip test alone with an
+    exponential tail at n = 32)."""
+    from scipy.special import stdtr, stdtrit
+
+    x = np.asarray(x, dtype=float).ravel()
+    n = x.size
+    if n < 3:
+        raise InsufficientData(f"a skewness-corrected t test needs at least 3 examples, got {n}")
+    xbar = float(x.mean())
+    sd = float(x.std(ddof=1))
+    se = sd / math.sqrt(n)
+    level = 1.0 - 2.0 * alpha
+    g = float(np.mean((x - xbar) ** 3) / sd ** 3) if sd > 0 else 0.0
+    A, B = g / (3.0 * math.sqrt(n)), g / (6.0 * math.sqrt(n))
+    df = n - 1
+
+    def h(t: float) -> float:
+        if abs(A) < 1e-12:
+            return t + B
+        return ((1.0 + A * t) ** 3 - 1.0) / (3.0 * A) + B
+
+    def hinv(T: float) -> float:
+        if abs(A) < 1e-12:
+            return T - B
+        return (np.cbrt(3.0 * A * (T - B) + 1.0) - 1.0) / A
+
+    def at(a: float) -> tuple[float, float]:
+        if not se > 0:
+            return xbar, xbar
+        q = float(stdtrit(df, 1.0 - a))
+        # mean > c at level 1 - a: the largest c with h(t(c)) >= q; mean < c: h(t(c)) <= -q
+        return xbar - hinv(q) * se, xbar - hinv(-q) * se
+
+    lo, hi = at(alpha)
+    p = None
+    if op is not None and bar is not None:
+        c = float(bar)
+        if not se > 0:
+            p = 0.0 if clears(xbar, op, c) else 1.0
+        else:
+            T = h((xbar - c) / se)
+            p = float(stdtr(df, -T)) if op in (">", ">=") else float(stdtr(df, T))
+    return Estimate(xbar, lo, hi, n, "skewness-corrected t test (Hall)", p, level,
+                    details={"skewness": g, "se": se}, at=at)
+
+
 def mean_test(x: np.ndarray, *, alpha: float, n_boot: int, method: str,
               rng: np.random.Generator, op: Optional[str] = None,
               bar: Optional[float] = None) -> Estimate:
@@ -484,8 +604,7 @@ def mean_test(x: np.ndarray, *, alpha: float, n_boot: int, method: str,
     f = signflip_mean(x, alpha=alpha, n_boot=n_boot, rng=rng, op=op, bar=bar)
     if x.size < MIN_BOOTSTRAP_N:
         return f
-    b = bootstrap(lambda idx: x[idx].mean(-1), x.size, alpha=alpha, n_boot=n_boot,
-                  method=method, rng=rng, op=op, bar=bar)
+    b = bootstrap_t_mean(x, alpha=alpha, n_boot=n_boot, rng=rng, op=op, bar=bar)
     lows = [v for v in (f.low, b.low) if not math.isnan(v)]
     highs = [v for v in (f.high, b.high) if not math.isnan(v)]
     p = None if f.p_value is None or b.p_value is None else max(f.p_value, b.p_value)
