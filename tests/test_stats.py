@@ -355,6 +355,8 @@ def test_signflip_and_mean_test_bound_clears_exactly_when_p_le_a(seed, n, op, a,
         m = stats.mean_test(x, alpha=a, n_boot=300, method="bca",
                             rng=np.random.default_rng(seed), op=op, bar=bar)
         _dual(m, op, bar, a)
+        _dual(stats.bootstrap_t_mean(x, alpha=a, n_boot=300, rng=np.random.default_rng(seed),
+                                     op=op, bar=bar), op, bar, a)
 
 
 @_HYP

@@ -7,13 +7,15 @@ Conventions (see ``docs/statistics.md``):
   criterion does not hold" (``stat <= bar``). Its confidence bound at level ``1 - alpha`` is
   the lower end of the two-sided, equal-tailed ``1 - 2 alpha`` interval, so every function
   here returns that two-sided interval; its ends are the one-sided bounds.
-* ``p_value`` is the one-sided p-value of that null, obtained by inverting the same interval
-  construction (so ``bound clears bar`` and ``p < alpha`` agree up to resampling ties).
+* ``p_value`` is the one-sided p-value of that null, read off the same confidence
+  distribution as the bound, so the bound at level ``1 - a`` clears the bar exactly when
+  ``p <= a`` (for every ``a``; ``Estimate.at(a)`` gives the bounds at another level), and
+  with no floor at ``1 / n_boot``: beyond the last resample a normal tail takes over.
 * Bootstrap draws resample *examples*. A statistic is given as a function of example
   indices (``stat(idx)`` with ``idx`` an int array ``[..., m]``, returning ``[...]``), which
   makes cluster bootstraps (a site x example table resampled by columns, see
   :func:`resample_weights`) and ratios of sums natural, and lets ``scipy.stats.bootstrap``
-  do the resampling and the intervals.
+  do the resampling.
 * Seeds come from :func:`derive_seed` (SHA-256 of the session seed, the claim id and the
   criterion text), never from Python's ``hash()`` or from execution order.
 """
@@ -534,61 +536,6 @@ def bootstrap_t_mean(x: np.ndarray, *, alpha: float, n_boot: int, rng: np.random
     return Estimate(xbar, lo, hi, n, used, p, level, details={"se": se}, at=at)
 
 
-def hall_t_mean(x: np.ndarray, *, alpha: float, op: Optional[str] = None,
-                bar: Optional[float] = None) -> Estimate:
-    """Mean with Hall's (1992) skewness-corrected t test: for the shift ``c``,
-    ``t = (mean - c) / se`` is transformed by ``h(t) = t + A t^2 + A^2 t^3 / 3 + B`` with
-    ``A = g / (3 sqrt(n))``, ``B = g / (6 sqrt(n))`` and ``g`` the sample skewness, and ``h(t)``
-    is referred to Student's t with n - 1 degrees of freedom. ``h`` is monotone
-    (``h(t) = ((1 + A t)^3 - 1) / (3 A) + B``), so the bound at level ``1 - a`` is
-    ``mean - h^{-1}(t_{n-1, 1-a}) se`` in closed form and agrees exactly with the p-value.
-    Analytic: no resampling and no floor on p; the skew correction keeps a long tail toward
-    the bar from passing too often (0.053 instead of 0.10 for the sign-flip test alone with an
-    exponential tail at n = 32)."""
-    from scipy.special import stdtr, stdtrit
-
-    x = np.asarray(x, dtype=float).ravel()
-    n = x.size
-    if n < 3:
-        raise InsufficientData(f"a skewness-corrected t test needs at least 3 examples, got {n}")
-    xbar = float(x.mean())
-    sd = float(x.std(ddof=1))
-    se = sd / math.sqrt(n)
-    level = 1.0 - 2.0 * alpha
-    g = float(np.mean((x - xbar) ** 3) / sd ** 3) if sd > 0 else 0.0
-    A, B = g / (3.0 * math.sqrt(n)), g / (6.0 * math.sqrt(n))
-    df = n - 1
-
-    def h(t: float) -> float:
-        if abs(A) < 1e-12:
-            return t + B
-        return ((1.0 + A * t) ** 3 - 1.0) / (3.0 * A) + B
-
-    def hinv(T: float) -> float:
-        if abs(A) < 1e-12:
-            return T - B
-        return (np.cbrt(3.0 * A * (T - B) + 1.0) - 1.0) / A
-
-    def at(a: float) -> tuple[float, float]:
-        if not se > 0:
-            return xbar, xbar
-        q = float(stdtrit(df, 1.0 - a))
-        # mean > c at level 1 - a: the largest c with h(t(c)) >= q; mean < c: h(t(c)) <= -q
-        return xbar - hinv(q) * se, xbar - hinv(-q) * se
-
-    lo, hi = at(alpha)
-    p = None
-    if op is not None and bar is not None:
-        c = float(bar)
-        if not se > 0:
-            p = 0.0 if clears(xbar, op, c) else 1.0
-        else:
-            T = h((xbar - c) / se)
-            p = float(stdtr(df, -T)) if op in (">", ">=") else float(stdtr(df, T))
-    return Estimate(xbar, lo, hi, n, "skewness-corrected t test (Hall)", p, level,
-                    details={"skewness": g, "se": se}, at=at)
-
-
 def mean_test(x: np.ndarray, *, alpha: float, n_boot: int, method: str,
               rng: np.random.Generator, op: Optional[str] = None,
               bar: Optional[float] = None) -> Estimate:
@@ -596,10 +543,12 @@ def mean_test(x: np.ndarray, *, alpha: float, n_boot: int, method: str,
 
     The sign-flip permutation test (:func:`signflip_mean`) is exact when the values are
     symmetric about the bar but lets skewed data through too often (about 10% instead of 5%
-    at n=32 with exponential-like tails toward the bar); the BCa bootstrap corrects for skew
-    but is only approximate. The interval is the hull of both intervals and the p-value the
-    larger of the two, so a claim passes only when both tests reject. Below
-    ``MIN_BOOTSTRAP_N`` examples only the sign-flip test is used."""
+    at n=32 with exponential-like tails toward the bar); the studentized bootstrap
+    (:func:`bootstrap_t_mean`) corrects for skew (0.053 there) but is only approximate. The
+    interval is the hull of both intervals and the p-value the larger of the two, so a claim
+    passes only when both tests reject (``method`` is kept for the signature; the means use
+    the bootstrap-t whatever it says). Below ``MIN_BOOTSTRAP_N`` examples only the sign-flip
+    test is used."""
     x = np.asarray(x, dtype=float).ravel()
     f = signflip_mean(x, alpha=alpha, n_boot=n_boot, rng=rng, op=op, bar=bar)
     if x.size < MIN_BOOTSTRAP_N:
