@@ -57,8 +57,12 @@ def test_build_report_sorted_corrected_and_summarized():
     assert rep["schema_version"] == reports.SCHEMA_VERSION
     assert [c["id"] for c in rep["claims"]] == ["c.py::a", "c.py::b", "c.py::c", "c.py::d", "c.py::e"]
     b = rep["claims"][1]
-    # 5 p-values, holm: 0.03 is 3rd smallest -> 0.03 * 3 = 0.09 > 0.05
-    assert b["results"][0]["p_adjusted"] == pytest.approx(0.09)
+    # 5 p-values, bonferroni (the default): 0.03 * 5 = 0.15 > 0.05
+    assert b["results"][0]["p_adjusted"] == pytest.approx(0.15)
+    assert b["results"][0]["family_size"] == 5
+    # holm: 0.03 is 3rd smallest -> 0.03 * 3 = 0.09 > 0.05
+    holm = _report(correction="holm")["claims"][1]["results"][0]
+    assert holm["p_adjusted"] == pytest.approx(0.09)
     assert b["failed_after_correction"] is True
     assert rep["summary"]["failed_after_correction"] == ["c.py::b"]
     # decide="point" keeps its decision; only the adjusted p is reported
@@ -76,7 +80,7 @@ def test_strip_volatile_only_removes_timing():
     assert a != b and reports.strip_volatile(a) == reports.strip_volatile(b)
 
 
-@pytest.mark.parametrize("method", ["holm", "bh", "none"])
+@pytest.mark.parametrize("method", ["bonferroni", "holm", "bh", "none"])
 def test_fallback_adjustment_matches_stats(method):
     from fieldcheck.claim import statistics as stats
 
