@@ -164,6 +164,7 @@ def test_ini_options_and_command_line_override(pytester):
     (["--fc-compare", "other.json"], "not a fieldcheck report"),
     (["--fc-alpha", "2"], "--fc-alpha '2'"),
     (["--fc-correction", "sidak"], "--fc-correction 'sidak' is unknown"),
+    (["--fc-correction-family", "module"], "--fc-correction-family 'module' is unknown"),
     (["--fc-decide", "maybe"], "--fc-decide 'maybe'"),
     (["--fc-device", "tpu"], "--fc-device 'tpu' is unknown"),
     (["--fc-save", "a/b"], "--fc-save 'a/b' is not a usable baseline name"),
