@@ -132,11 +132,25 @@ def test_bonferroni_verdict_depends_only_on_own_p_and_family_size():
 
 def test_families_session_file_claim():
     ps = {"a.py::x": 0.02, "a.py::y": 0.5, "b.py::z": 0.3, "b.py::w": 0.4}
-    assert _verdict(ps, "a.py::x") == (False, pytest.approx(0.08))
-    assert _verdict(ps, "a.py::x", family="file") == (True, pytest.approx(0.04))
+    assert _verdict(ps, "a.py::x") == (True, pytest.approx(0.04))           # file: the default
+    assert _verdict(ps, "a.py::x", family="session") == (False, pytest.approx(0.08))
     assert _verdict(ps, "a.py::x", family="claim") == (True, pytest.approx(0.02))
     with pytest.raises(ValueError, match="family"):
         _verdict(ps, "a.py::x", family="module")
+
+
+def test_a_claim_counts_once_and_expected_failures_stay_out():
+    """A claim with several criteria is one hypothesis (all must hold: its p is the largest);
+    an xfailed or skipped claim asserts nothing and does not enlarge the family."""
+    cl = _claims({"f.py::a": 0.01, "f.py::b": 0.001})
+    cl[1]["results"].append(dict(cl[1]["results"][0], p_value=0.002))
+    cl.append({"id": "f.py::x", "outcome": "xfailed",
+               "results": [{"p_value": 0.9, "passed": False, "decide": "bound"}]})
+    schema.apply_correction(cl)
+    assert [r["family_size"] for c in cl for r in c["results"]] == [2, 2, 2, None]
+    assert [r["p_adjusted"] for r in cl[1]["results"]] == [pytest.approx(0.002),
+                                                           pytest.approx(0.004)]
+    assert cl[0]["results"][0]["p_adjusted"] == pytest.approx(0.02)
 
 
 STABLE = '''

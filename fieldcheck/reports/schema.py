@@ -26,10 +26,11 @@ SCHEMA_VERSION = 1
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 CORRECTIONS = ("bonferroni", "holm", "bh", "none")
 #: the default correction and family (docs/statistics.md, "Many claims"): Bonferroni over the
-#: whole session, so a claim's verdict depends only on its own p-value and the family size
+#: claims of each test file, so a claim's verdict depends only on its own p-value and the
+#: number of claims in its file
 DEFAULT_CORRECTION = "bonferroni"
 FAMILIES = ("session", "file", "claim")
-DEFAULT_FAMILY = "session"
+DEFAULT_FAMILY = "file"
 
 
 # --- atomic writes --------------------------------------------------------------------------
@@ -150,9 +151,9 @@ def _finite(x: Any) -> bool:
 
 
 def family_of(claim_id: str, family: str = DEFAULT_FAMILY) -> str:
-    """The family a claim's p-values are corrected in: ``"session"`` (all claims of the run),
-    ``"file"`` (the claims of one test file: the node id before ``::``) or ``"claim"`` (the
-    results of one test function, parametrized cases apart)."""
+    """The family a claim's p-values are corrected in: ``"file"`` (the default: the claims of
+    one test file, the node id before ``::``), ``"session"`` (all claims of the run) or
+    ``"claim"`` (each claim alone: its criteria are already an intersection-union test)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown correction family {family!r}: use one of {', '.join(FAMILIES)}")
     if family == "session":
@@ -162,32 +163,49 @@ def family_of(claim_id: str, family: str = DEFAULT_FAMILY) -> str:
     return claim_id
 
 
+#: outcomes whose claims assert nothing and stay out of the family (an expected failure, a skip)
+NOT_ASSERTED = ("xfailed", "skipped")
+
+
 def apply_correction(claims: list[dict], method: str = DEFAULT_CORRECTION, alpha: float = 0.05,
                      family: str = DEFAULT_FAMILY) -> list[str]:
     """Fill ``p_adjusted``, ``family_size`` and ``passed_corrected`` on every result of
     ``claims`` (in place).
 
-    The results that carry a finite p-value are corrected together within their family
-    (:func:`family_of`). With ``"bonferroni"`` (the default) a result passes the correction
-    when ``p <= alpha / m``, m the number of p-values in its family: its verdict depends on its
-    own evidence and m only. ``"holm"`` and ``"bh"`` make each adjusted p depend on the other
-    p-values of the family too. A result decided by its confidence bound (``decide ==
-    "bound"``) that passed on its own but whose adjusted p-value exceeds ``alpha`` gets
-    ``passed_corrected = False``. Results decided by their point estimate keep their decision
-    (the adjusted p is reported only). Returns the ids of claims that passed but fail after
-    correction.
+    The hypotheses corrected are *claims* (test functions, each parametrized case apart): a
+    claim holds only if every one of its criteria holds (an intersection-union test), so its
+    p-value is the largest of its results' and the family counts claims, not results. Claims
+    that assert nothing (outcome ``xfailed`` or ``skipped``) are left out of the family. The
+    family is the session, a file or a claim (:func:`family_of`). A result's ``p_adjusted`` is
+    its p-value adjusted as if it stood for its claim: with ``"bonferroni"`` (the default)
+    ``min(1, m p)``, m the number of claims in the family, so a verdict depends on its own
+    evidence and m only; ``"holm"`` and ``"bh"`` make it depend on the other claims' p-values
+    too. A result decided by its confidence bound (``decide == "bound"``) that passed on its own
+    but whose adjusted p-value exceeds ``alpha`` gets ``passed_corrected = False``. Results
+    decided by their point estimate keep their decision (the adjusted p is reported only).
+    Returns the ids of claims that passed but fail after correction.
     """
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[tuple[dict, list[dict]]]] = {}
     for c in claims:
-        key = family_of(str(c.get("id", "")), family)
+        with_p = [r for r in c.get("results", []) if _finite(r.get("p_value"))]
         for r in c.get("results", []):
-            if _finite(r.get("p_value")):
-                groups.setdefault(key, []).append(r)
-    for slots in groups.values():
-        adj = adjust_pvalues([float(r["p_value"]) for r in slots], method)
-        for r, a in zip(slots, adj):
-            r["p_adjusted"] = a
-            r["family_size"] = len(slots)
+            r["p_adjusted"] = None
+            r["family_size"] = None
+        if with_p and c.get("outcome") not in NOT_ASSERTED:
+            groups.setdefault(family_of(str(c.get("id", "")), family), []).append((c, with_p))
+    for members in groups.values():
+        claim_p = [max(float(r["p_value"]) for r in rs) for _, rs in members]
+        m = len(members)
+        for i, (_, rs) in enumerate(members):
+            for r in rs:
+                if method == "bonferroni" or method == "none" or m == 1:
+                    factor = 1 if method == "none" else m
+                    r["p_adjusted"] = min(1.0, factor * float(r["p_value"]))
+                else:
+                    vals = list(claim_p)
+                    vals[i] = float(r["p_value"])
+                    r["p_adjusted"] = float(adjust_pvalues(vals, method)[i])
+                r["family_size"] = m
     newly_failed = []
     for c in claims:
         flipped = False

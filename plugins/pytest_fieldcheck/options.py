@@ -23,8 +23,8 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "fc_correction": ("multiple-comparison correction of the claims' p-values: bonferroni "
                       "(default: a verdict depends only on its own p and the family size), "
                       "holm, bh or none", "bonferroni", "string"),
-    "fc_correction_family": ("which claims are corrected together: session (default), file "
-                             "or claim", "session", "string"),
+    "fc_correction_family": ("which claims are corrected together: file (default: the claims "
+                             "of one test file), session or claim", "file", "string"),
     "fc_decide": ("bound: the one-sided confidence bound must clear the bar; point: the estimate",
                   "bound", "string"),
     "fc_report_json": ("write the JSON report to this path", None, "string"),
@@ -83,7 +83,7 @@ class Options:
     seed: int = 0
     alpha: float = 0.05
     correction: str = "bonferroni"
-    correction_family: str = "session"
+    correction_family: str = "file"
     decide: str = "bound"
     report_json: Optional[str] = None
     report_html: Optional[str] = None

@@ -17,10 +17,11 @@ def write_summary(terminalreporter, state: FieldcheckPlugin) -> None:
                       f"model={o.model}")
     after = rep["summary"]["failed_after_correction"]
     if after:
-        fam = getattr(state.opts, "correction_family", "session")
+        fam = getattr(state.opts, "correction_family", "file")
         tr.write_line(f"fieldcheck: {len(after)} claim(s) passed on their own but FAIL after the "
                       f"{state.opts.correction} correction over {_n_p(rep)} p-values "
-                      f"(alpha={state.opts.alpha}, family: {fam}):", red=True, bold=True)
+                      f"(alpha={state.opts.alpha}, family: {fam}, {_families(rep)}):",
+                      red=True, bold=True)
         for cid in after:
             tr.write_line(f"  {cid}", red=True)
         _recount(tr, after)
@@ -56,6 +57,15 @@ def _recount(tr, after: list) -> None:
     if not tr.stats["passed"]:
         del tr.stats["passed"]
     tr.stats.setdefault(AFTER_CORRECTION, []).extend(moved)
+
+
+def _families(rep: dict) -> str:
+    """``m = 3`` or ``m = 3-7``: the family sizes (claims per family) of the run."""
+    sizes = sorted({r["family_size"] for c in rep["claims"] for r in c["results"]
+                    if isinstance(r.get("family_size"), int)})
+    if not sizes:
+        return "m = 0"
+    return f"m = {sizes[0]}" if len(sizes) == 1 else f"m = {sizes[0]}-{sizes[-1]}"
 
 
 def _n_p(rep: dict) -> int:
