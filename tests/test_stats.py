@@ -425,3 +425,16 @@ def test_bootstrap_t_is_close_to_the_t_interval_for_normal_data_and_wider_on_the
     y = np.random.default_rng(9).exponential(1.0, 30)   # long right tail: the upper side longer
     e = stats.bootstrap_t_mean(y, alpha=0.05, n_boot=4000, rng=np.random.default_rng(0))
     assert e.high - y.mean() > y.mean() - e.low
+
+
+@pytest.mark.parametrize("method,sm", [("holm", "holm"), ("bh", "fdr_bh"),
+                                       ("bonferroni", "bonferroni")])
+def test_adjust_pvalues_matches_multipletests_on_random_families(method, sm):
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(0)
+    for m in (2, 3, 10, 57):
+        p = list(rng.uniform(0, 0.2, m) ** 2)
+        p[1] = p[0]   # ties
+        assert stats.adjust_pvalues(p, method) == pytest.approx(
+            list(multipletests(p, method=sm)[1]), rel=1e-12)
