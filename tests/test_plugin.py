@@ -22,7 +22,11 @@ except ImportError:  # pragma: no cover
 
 import fieldcheck.claim.statistics  # noqa: F401
 
-fieldcheck.claim.statistics.adjust_pvalues([0.01, 0.02], "holm")  # imports the statsmodels/scipy stack
+# the scipy/statsmodels stack (C extensions cannot be imported twice, and an in-process pytester
+# run drops the modules first imported inside it): import it out here
+import scipy.special  # noqa: E402,F401
+import scipy.stats  # noqa: E402,F401
+import statsmodels.stats.multitest  # noqa: E402,F401
 from fieldcheck.reports.schema import strip_volatile
 
 pytest_plugins = "pytester"
