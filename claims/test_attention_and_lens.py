@@ -41,8 +41,8 @@ def lens(field, ioi_large):
 
 
 @pytest.fixture(scope="module")
-def head_scores(field, session_seed):
-    return field.head_scores(n=48, length=20, seed=session_seed, kinds=["induction"])
+def head_scores(field, fc_session_seed):
+    return field.head_scores(n=48, length=20, seed=fc_session_seed, kinds=["induction"])
 
 
 def test_name_movers_attend_from_end_to_the_indirect_object(end_to_io):

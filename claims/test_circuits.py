@@ -21,8 +21,8 @@ def ioi_scores(field, ioi):
 
 
 @pytest.fixture(scope="module")
-def ioi_heldout(fc_model, session_seed):
-    return fc.datasets.ioi(fc_model, n=16, seed=session_seed + 2)
+def ioi_heldout(fc_model, fc_session_seed):
+    return fc.datasets.ioi(fc_model, n=16, seed=fc_session_seed + 2)
 
 
 @pytest.fixture(scope="module")

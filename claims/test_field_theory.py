@@ -22,9 +22,9 @@ ALPHAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
 
 
 @pytest.fixture(scope="module")
-def ioi_48(field, session_seed):
+def ioi_48(field, fc_session_seed):
     """48 IOI pairs for the cheap experiments (sweeps at one site, Green functions, transfer)."""
-    return fc.datasets.ioi(field.model, n=48, seed=session_seed + 2)
+    return fc.datasets.ioi(field.model, n=48, seed=fc_session_seed + 2)
 
 
 @pytest.fixture(scope="module")

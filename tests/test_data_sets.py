@@ -68,9 +68,15 @@ def test_no_bos_when_model_does_not_prepend():
     assert d.seq_len == 14 and int(d.clean_tokens[0, 0]) == ids(m, "When")[0]
 
 
-def test_identical_prompts_first_diff_is_seq_len(model):
-    d = ContrastiveSet.from_pairs(model, CLEAN[:1], CLEAN[:1], [" Mary"], [" John"])
-    assert d.first_diff.tolist() == [d.seq_len]
+def test_identical_prompts_are_refused_or_named(model):
+    """All corrupted prompts identical to the clean ones: DatasetError; some: a warning naming
+    them (their first_diff is seq_len)."""
+    with pytest.raises(DatasetError, match="identical to its clean prompt"):
+        ContrastiveSet.from_pairs(model, CLEAN[:1], CLEAN[:1], [" Mary"], [" John"])
+    with pytest.warns(UserWarning, match=r"1 of 2 examples .* example 1 \('When"):
+        d = ContrastiveSet.from_pairs(model, CLEAN[:2], [CORRUPT[0], CLEAN[1]], [" Mary"] * 2,
+                                      [" John"] * 2)
+    assert d.first_diff.tolist()[1] == d.seq_len and d.first_diff.tolist()[0] < d.seq_len
 
 
 # ------------------------------------------------------------------------------- derived sets

@@ -245,7 +245,7 @@ from fieldcheck.sites import resid_pre
 
 def test_claim(field):
     ds = fc.datasets.ioi(field.model, n=8, seed=0)
-    fc.assert_effect(field.patch(ds, resid_pre(1, "S2")), fc.recovered > -100)
+    fc.assert_effect(field.patch(ds, resid_pre(1, "S2")), fc.effect > -100)
 '''
 
 
@@ -312,7 +312,8 @@ def test_b_inf_only_at_the_output(field, fc_model):
 
 def test_c_after_the_poison(field):
     ds = fc.datasets.ioi(field.model, n=8, seed=0)
-    fc.assert_effect(field.patch(ds, resid_pre(1, "S2")), fc.recovered > -100)
+    # effect, not recovered: a random tiny model's clean-corrupt gap is not clearly away from 0
+    fc.assert_effect(field.patch(ds, resid_pre(1, "S2")), fc.effect > -100)
 '''
 
 
@@ -338,7 +339,7 @@ def test_nan_model_outputs_make_the_claim_an_error_never_a_pass(pytester):
 DET_CLAIMS = '''
 import pytest
 import fieldcheck as fc
-from fieldcheck import effect, recovered
+from fieldcheck import effect
 from fieldcheck.sites import resid_pre
 
 
@@ -347,7 +348,9 @@ def _ds(field, seed):
 
 
 def test_s2_layer1(field, fc_seed):
-    fc.assert_effect(field.patch(_ds(field, fc_seed), resid_pre(1, "S2")), recovered > 0.05, effect > 0)
+    # effect criteria only: a random tiny model's clean-corrupt gap is not clearly away from 0,
+    # so recovered is refused there (InsufficientData)
+    fc.assert_effect(field.patch(_ds(field, fc_seed), resid_pre(1, "S2")), effect > 0, effect > -1)
 
 
 def test_end_per_layer(field, fc_seed):
@@ -357,7 +360,7 @@ def test_end_per_layer(field, fc_seed):
 @pytest.mark.fieldcheck(seed=7)
 def test_pinned_seed(field, fc_seed):
     fc.assert_effect(field.patch(_ds(field, fc_seed), resid_pre(1, ["IO", "S2"]), jointly=True),
-                     recovered > 0.5, effect > 0)
+                     effect > 0.5, effect > 0)
 '''
 
 

@@ -57,8 +57,13 @@ def test_build_report_sorted_corrected_and_summarized():
     assert rep["schema_version"] == reports.SCHEMA_VERSION
     assert [c["id"] for c in rep["claims"]] == ["c.py::a", "c.py::b", "c.py::c", "c.py::d", "c.py::e"]
     b = rep["claims"][1]
-    # 5 p-values, holm: 0.03 is 3rd smallest -> 0.03 * 3 = 0.09 > 0.05
-    assert b["results"][0]["p_adjusted"] == pytest.approx(0.09)
+    # 4 claims with p-values in c.py (a's two results count once: a claim is one hypothesis),
+    # bonferroni (the default): 0.03 * 4 = 0.12 > 0.05
+    assert b["results"][0]["p_adjusted"] == pytest.approx(0.12)
+    assert b["results"][0]["family_size"] == 4
+    # holm over the claims' p (a: max 0.002, b 0.03, c 0.9, e 0.2): b 2nd -> 0.03 * 3 = 0.09
+    holm = _report(correction="holm")["claims"][1]["results"][0]
+    assert holm["p_adjusted"] == pytest.approx(0.09)
     assert b["failed_after_correction"] is True
     assert rep["summary"]["failed_after_correction"] == ["c.py::b"]
     # decide="point" keeps its decision; only the adjusted p is reported
@@ -76,7 +81,7 @@ def test_strip_volatile_only_removes_timing():
     assert a != b and reports.strip_volatile(a) == reports.strip_volatile(b)
 
 
-@pytest.mark.parametrize("method", ["holm", "bh", "none"])
+@pytest.mark.parametrize("method", ["bonferroni", "holm", "bh", "none"])
 def test_fallback_adjustment_matches_stats(method):
     from fieldcheck.claim import statistics as stats
 

@@ -17,17 +17,25 @@ def _mean_stat(x):
 
 
 @pytest.mark.parametrize("method", ["bca", "percentile"])
-def test_bootstrap_matches_scipy_exactly_without_expansion(method):
+def test_bootstrap_matches_scipy_within_one_resample_without_expansion(method):
+    """Same resamples as scipy.stats.bootstrap (same seed); our quantiles use Hazen plotting
+    positions (k + 1/2) / B instead of numpy's linear k / (B - 1), so each bound lies within
+    one order statistic of scipy's."""
     x = np.random.default_rng(1).gamma(2.0, 1.0, 40)
     ours = stats.bootstrap(_mean_stat(x), x.size, alpha=0.05, n_boot=2000, method=method,
                            rng=np.random.default_rng(7), expand=False)
     ref = sst.bootstrap((x,), np.mean, n_resamples=2000, confidence_level=0.90,
                         method="BCa" if method == "bca" else "percentile",
                         rng=np.random.default_rng(7))
-    assert ours.low == pytest.approx(ref.confidence_interval.low, rel=1e-12)
-    assert ours.high == pytest.approx(ref.confidence_interval.high, rel=1e-12)
+    d = np.sort(ref.bootstrap_distribution)
+    for mine, theirs in ((ours.low, ref.confidence_interval.low),
+                         (ours.high, ref.confidence_interval.high)):
+        k = np.searchsorted(d, theirs)
+        assert d[max(k - 2, 0)] <= mine <= d[min(k + 1, d.size - 1)]
     assert ours.estimate == pytest.approx(x.mean())
     assert ours.level == pytest.approx(0.90)
+    if method == "bca":
+        assert ours.details["z0"] != 0 and ours.details["acceleration"] != 0
 
 
 def test_expanded_interval_is_wider_and_contains_scipys():
@@ -266,3 +274,167 @@ def test_config_set_and_reset():
     finally:
         config.reset()
     assert config.get() == config.Settings()
+
+
+# --- p-values and bounds agree, with no resampling floor --------------------------------------
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_HYP = settings(max_examples=40, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+def _dual(est, op, bar, a):
+    """The one-sided bound at level 1 - a clears the bar exactly when p <= a (ties at
+    p == a up to float rounding are a convention and skipped)."""
+    if abs(est.p_value - a) <= 1e-9 * a:
+        return
+    assert stats.clears(est.bound(op), op, bar) == (est.p_value <= a), (
+        est.bound(op), op, bar, est.p_value, a, est.method)
+
+
+def _data(seed, n, kind):
+    rng = np.random.default_rng(seed)
+    if kind == "skewed":
+        return rng.exponential(1.0, n) * rng.choice([-1, 1])
+    if kind == "ties":
+        return rng.integers(0, 4, n).astype(float)
+    return rng.normal(rng.normal(), rng.uniform(0.1, 3), n)
+
+
+_OPS = st.sampled_from([">", ">=", "<", "<="])
+_A = st.floats(1e-9, 0.45)
+
+
+@_HYP
+@given(seed=st.integers(0, 10 ** 6), n=st.integers(8, 40), op=_OPS, a=_A,
+       z=st.floats(-30, 30), method=st.sampled_from(["bca", "percentile"]),
+       kind=st.sampled_from(["normal", "skewed", "ties"]), expand=st.booleans(),
+       what=st.sampled_from(["mean", "ratio", "corr"]))
+def test_bootstrap_bound_clears_exactly_when_p_le_a(seed, n, op, a, z, method, kind, expand,
+                                                     what):
+    x = _data(seed, n, kind)
+    y = x + np.random.default_rng(seed + 1).normal(0, 1, n) + 3
+    if what == "mean":
+        stat = _mean_stat(x)
+    elif what == "ratio":
+        stat = lambda idx: x[idx].sum(-1) / y[idx].sum(-1)  # noqa: E731
+    else:
+        stat = lambda idx: np.array([np.corrcoef(x[i], y[i])[0, 1] for i in  # noqa: E731
+                                     np.atleast_2d(idx)]).reshape(np.shape(idx)[:-1])
+    sd = float(np.std(stat(np.random.default_rng(0).integers(0, n, (200, n)))) or 1.0)
+    bar = float(stat(np.arange(n))) + z * sd
+    est = stats.bootstrap(stat, n, alpha=a, n_boot=300, method=method,
+                          rng=np.random.default_rng(seed), op=op, bar=bar, expand=expand)
+    _dual(est, op, bar, a)
+
+
+@_HYP
+@given(seed=st.integers(0, 10 ** 6), n=st.integers(8, 30), op=_OPS, a=_A,
+       step=st.sampled_from([0.1, 0.25, 1 / 3]), off=st.integers(-6, 6),
+       jitter=st.sampled_from([0.0, 0.05, -0.05]))
+def test_discrete_bootstrap_bound_clears_exactly_when_p_le_a(seed, n, op, a, step, off, jitter):
+    """Bars on the grid (ties with resamples) and off it."""
+    x = np.random.default_rng(seed).integers(0, 4, n).astype(float)
+    stat = lambda idx: np.round(x[idx].mean(-1) / 3 / step) * step  # noqa: E731
+    bar = float(stat(np.arange(n))) + off * step + jitter * step
+    est = stats.bootstrap(stat, n, alpha=a, n_boot=300, method="bca",
+                          rng=np.random.default_rng(seed), op=op, bar=bar, discrete=True)
+    _dual(est, op, bar, a)
+
+
+@_HYP
+@given(seed=st.integers(0, 10 ** 6), n=st.sampled_from([5, 9, 16, 18, 19, 30]), op=_OPS,
+       a=_A, z=st.floats(-40, 40), kind=st.sampled_from(["normal", "skewed", "ties"]))
+def test_signflip_and_mean_test_bound_clears_exactly_when_p_le_a(seed, n, op, a, z, kind):
+    x = _data(seed, n, kind)
+    bar = float(x.mean() + z * (x.std() + 1e-3) / math.sqrt(n))
+    f = stats.signflip_mean(x, alpha=a, n_boot=500, rng=np.random.default_rng(seed), op=op,
+                            bar=bar)
+    _dual(f, op, bar, a)
+    if n >= stats.MIN_BOOTSTRAP_N:
+        m = stats.mean_test(x, alpha=a, n_boot=300, method="bca",
+                            rng=np.random.default_rng(seed), op=op, bar=bar)
+        _dual(m, op, bar, a)
+        _dual(stats.bootstrap_t_mean(x, alpha=a, n_boot=300, rng=np.random.default_rng(seed),
+                                     op=op, bar=bar), op, bar, a)
+
+
+@_HYP
+@given(n=st.integers(1, 200), frac=st.floats(0, 1), op=_OPS, a=_A, bar=st.floats(-0.1, 1.1))
+def test_rate_bound_clears_exactly_when_p_le_a(n, frac, op, a, bar):
+    k = round(frac * n)
+    est = stats.binomial_rate(np.arange(n) < k, alpha=a, op=op, bar=bar)
+    _dual(est, op, bar, a)
+
+
+def test_bootstrap_p_value_has_no_resampling_floor():
+    """A ratio far above its bar (the issue's `recovered = 0.902 [0.875, 0.928] (n=16),
+    needs > 0.5`): p is far below 1/n_boot and does not depend on n_boot."""
+    rng = np.random.default_rng(0)
+    gap = rng.gamma(4, 0.5, 16)
+    num = 0.9 * gap + rng.normal(0, 0.05, 16)
+    stat = lambda idx: num[idx].sum(-1) / gap[idx].sum(-1)  # noqa: E731
+    ps = [stats.bootstrap(stat, 16, alpha=0.05, n_boot=B, method="bca",
+                          rng=np.random.default_rng(1), op=">", bar=0.5).p_value
+          for B in (2000, 20000)]
+    assert max(ps) < 1e-10
+    assert ps[0] == pytest.approx(ps[1], rel=0.5, abs=0)
+    # and agrees with a t tail at the bootstrap's standard error to within a few units of z
+    e = stats.bootstrap(stat, 16, alpha=0.05, n_boot=2000, method="bca",
+                        rng=np.random.default_rng(1), op=">", bar=0.5)
+    t = (e.estimate - 0.5) / e.details["bootstrap_se"]
+    ref = sst.t.sf(t / math.sqrt(16 / 15), 15)
+    assert abs(math.log10(e.p_value) - math.log10(ref)) < 3
+
+
+def test_exact_signflip_reaches_two_to_the_minus_n():
+    x = np.random.default_rng(0).normal(5.0, 1.0, 16)
+    e = stats.signflip_mean(x, alpha=0.05, n_boot=2000, rng=np.random.default_rng(0),
+                            op=">", bar=0.0)
+    assert "exact" in e.method and e.p_value == pytest.approx(2.0 ** -16)
+
+
+def test_random_signflip_hoeffding_tail_bounds_the_exact_p():
+    """Beyond every random flip the Hoeffding tail takes over: below 1/(B+1), and never below
+    the exact p-value of all 2**n flips (checked at n = 20 by enumeration)."""
+    x = np.random.default_rng(3).normal(1.0, 1.0, 20)
+    sx, ss = stats._flip_sums(x + 1.0)
+    exact = float(np.mean(sx >= sx[0] - 1e-12))
+    e = stats.signflip_mean(x, alpha=0.05, n_boot=200, rng=np.random.default_rng(0),
+                            op=">", bar=-1.0)
+    assert "random" in e.method and "Hoeffding" in e.method
+    assert exact <= e.p_value < 1 / 201
+
+
+@pytest.mark.parametrize("method", ["bca", "percentile"])
+def test_bound_at_other_levels_matches_p(method):
+    """Estimate.at(a) gives the bounds at another level from the same resamples: the p-value
+    is the level at which the bound reaches the bar."""
+    x = np.random.default_rng(4).normal(0.5, 1.0, 30)
+    e = stats.bootstrap(_mean_stat(x), 30, alpha=0.05, n_boot=1000, method=method,
+                        rng=np.random.default_rng(5), op=">", bar=0.0)
+    assert e.at(0.05) == (e.low, e.high)
+    assert e.at(e.p_value * 1.01)[0] > 0.0 > e.at(e.p_value * 0.99)[0]
+
+
+def test_bootstrap_t_is_close_to_the_t_interval_for_normal_data_and_wider_on_the_long_side():
+    x = np.random.default_rng(8).normal(1.0, 2.0, 60)
+    e = stats.bootstrap_t_mean(x, alpha=0.05, n_boot=4000, rng=np.random.default_rng(0))
+    lo, hi = sst.t.interval(0.90, 59, x.mean(), sst.sem(x))
+    assert e.low == pytest.approx(lo, abs=0.1) and e.high == pytest.approx(hi, abs=0.1)
+    y = np.random.default_rng(9).exponential(1.0, 30)   # long right tail: the upper side longer
+    e = stats.bootstrap_t_mean(y, alpha=0.05, n_boot=4000, rng=np.random.default_rng(0))
+    assert e.high - y.mean() > y.mean() - e.low
+
+
+@pytest.mark.parametrize("method,sm", [("holm", "holm"), ("bh", "fdr_bh"),
+                                       ("bonferroni", "bonferroni")])
+def test_adjust_pvalues_matches_multipletests_on_random_families(method, sm):
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(0)
+    for m in (2, 3, 10, 57):
+        p = list(rng.uniform(0, 0.2, m) ** 2)
+        p[1] = p[0]   # ties
+        assert stats.adjust_pvalues(p, method) == pytest.approx(
+            list(multipletests(p, method=sm)[1]), rel=1e-12)

@@ -357,6 +357,31 @@ def _patch_arrays(result: Any, assertion: str):
     return values, eff_raw, clean, corrupt, labels
 
 
+#: a ratio's denominator (the clean-corrupt gap) must be at least this many standard deviations
+#: of its per-example values away from 0 on average (besides its interval excluding 0)
+GAP_MIN_SPREAD = 0.25
+
+
+def _check_gap(assertion: str, crit: Criterion, den: np.ndarray, s: config.Settings,
+               what: str, fix: str) -> None:
+    """Refuse a ratio statistic whose denominator is not clearly away from zero: the mean
+    per-example gap's t interval at ``1 - 2 alpha`` includes 0, or the mean is smaller than
+    GAP_MIN_SPREAD of the gaps' standard deviation. A ratio of sums over such a gap is
+    undefined or swings between large positive and negative values (Fieller)."""
+    from scipy.stats import t as tdist
+
+    n = den.size
+    mean = float(den.mean())
+    sd = float(den.std(ddof=1)) if n > 1 else 0.0
+    half = float(tdist.ppf(1 - s.alpha, n - 1)) * sd / math.sqrt(n) if n > 1 else math.inf
+    lo, hi = mean - half, mean + half
+    if (lo <= 0.0 <= hi) or abs(mean) < GAP_MIN_SPREAD * sd or mean == 0.0:
+        raise InsufficientData(
+            f"{assertion}: `{crit}` is not defined here: {what} is {_num(mean)} "
+            f"[{_num(lo)}, {_num(hi)}] ({round((1 - 2 * s.alpha) * 100)}% CI, n={n}, sd "
+            f"{_num(sd)}), not clearly away from 0, and {crit.statistic} divides by it; {fix}")
+
+
 def _ratio_stat(num: np.ndarray, den: np.ndarray, n: int) -> Callable:
     def stat(idx):
         W = resample_weights(idx, n)
@@ -371,7 +396,8 @@ def _per_site_effect(assertion: str, result: Any, criteria: tuple, direction: Op
     valid = ("recovered", "effect")
     if require not in ("all", "any"):
         raise CriterionError(f"{assertion}: require={require!r}; use 'all' (every site must "
-                             "meet the criterion) or 'any' (at least one site, Holm-corrected)")
+                             "meet the criterion) or 'any' (at least one site, each at "
+                             "alpha / n_sites)")
     if direction is not None:
         if direction not in ("denoise", "noise"):
             raise CriterionError(f"{assertion}: direction={direction!r}; use 'denoise' or 'noise'")
@@ -403,17 +429,9 @@ def _per_site_effect(assertion: str, result: Any, criteria: tuple, direction: Op
         kind = "signflip" if c.name == "effect" else "bootstrap"
         _check_n(kind, n, c, s)
         if c.name == "recovered":
-            den = clean - corrupt
-            gap = float(den.mean())
-            scale = float(np.abs(clean).mean() + np.abs(corrupt).mean()) or 1.0
-            if not abs(gap) > 1e-9 * scale:
-                res = _result(assertion, c, Estimate(math.nan, math.nan, math.nan, n,
-                                                     "not computed", None, 1 - 2 * s.alpha), s)
-                res.passed = False
-                res.message = (f"{c.statistic} is undefined: the clean and corrupted baselines "
-                               f"do not differ on average (mean gap {gap:.3g}); a data set "
-                               f"whose corruption changes the metric is needed")
-                return res
+            _check_gap(assertion, c, clean - corrupt, s, "the clean-corrupt gap (clean - "
+                       "corrupted metric)", "use `effect` (the patch effect in metric units) "
+                       "or a corruption that moves the metric more")
         ests = []
         for i in range(S):
             if c.name == "recovered":
@@ -427,13 +445,18 @@ def _per_site_effect(assertion: str, result: Any, criteria: tuple, direction: Op
         p = [e.p_value for e in ests]
         p_holm = adjust_pvalues(p, "holm")
         decide_bound = s.decide == "bound"
+        any_many = require == "any" and S > 1
+        if any_many:
+            # at least one of S sites: each site at alpha / S (Bonferroni; for "any" the same
+            # decision as Holm), so each site's bound is taken at level 1 - alpha / S
+            for e in ests:
+                if e.at is not None:
+                    e.low, e.high = e.at(s.alpha / S)
+                    e.level = 1.0 - 2.0 * s.alpha / S
         site_pass = []
-        for e, ph in zip(ests, p_holm):
-            if require == "any" and S > 1 and decide_bound:
-                site_pass.append(ph is not None and ph < s.alpha)
-            else:
-                v = e.bound(c.op) if decide_bound else e.estimate
-                site_pass.append(clears(v, c.op, c.bar))
+        for e in ests:
+            v = e.bound(c.op) if decide_bound else e.estimate
+            site_pass.append(clears(v, c.op, c.bar))
         # the site that decides: the worst (all) or the best (any) by its deciding value
         sign = 1.0 if c.op in (">", ">=") else -1.0
         key = [sign * (e.bound(c.op) if decide_bound else e.estimate) for e in ests]
@@ -441,10 +464,11 @@ def _per_site_effect(assertion: str, result: Any, criteria: tuple, direction: Op
         pick = int(np.argmin(key)) if require == "all" else int(np.argmax(key))
         chosen = ests[pick]
         agg = Estimate(chosen.estimate, chosen.low, chosen.high, n, chosen.method,
-                       level=chosen.level)
+                       level=chosen.level, details=dict(chosen.details))
         if S > 1:
-            finite_p = [x for x in (p if require == "all" else p_holm) if x is not None]
-            agg.p_value = (max(finite_p) if require == "all" else min(finite_p)) if finite_p else None
+            finite_p = [x for x in p if x is not None]
+            agg.p_value = (max(finite_p) if require == "all" else min(1.0, S * min(finite_p))) \
+                if finite_p else None
         else:
             agg.p_value = chosen.p_value
         res = _result(assertion, c, agg, s)
@@ -461,7 +485,7 @@ def _per_site_effect(assertion: str, result: Any, criteria: tuple, direction: Op
         if S > 1:
             res.method += (f"; per site, {'every' if require == 'all' else 'any'} of {S} sites "
                            + ("(intersection-union: each at alpha)" if require == "all"
-                              else "(Holm-corrected)"))
+                              else "(Bonferroni: each at alpha / " + str(S) + ")"))
             res.plot = {"kind": "bar", "labels": [labels[i] for i in range(min(S, _MAX_PLOT))],
                         "y": [e.estimate for e in ests[:_MAX_PLOT]],
                         "low": [e.low for e in ests[:_MAX_PLOT]],
@@ -496,7 +520,8 @@ def assert_effect(result: Any, *criteria: Criterion, direction: Optional[str] = 
     (default): every site must meet the criterion; each is tested at ``alpha`` (an
     intersection-union test needs no correction: the claim can only pass if every site's
     test passes) and the result shows the worst site, with its p-value the largest. With
-    ``require="any"``: at least one site, deciding with Holm-adjusted p-values. Per-site rows
+    ``require="any"``: at least one site, each site tested at ``alpha / n_sites`` (Bonferroni,
+    the same decision as Holm for "any"; bounds at level ``1 - alpha / n_sites``). Per-site rows
     (estimate, interval, raw and Holm-adjusted p) are in ``details["sites"]``.
     ``direction``: the result must have been measured this way ('denoise' or 'noise').
     """
@@ -775,12 +800,8 @@ def assert_faithful(circuit_result: Any, *criteria: Criterion, alpha: Optional[f
         n = d["full"].size
         _check_n("bootstrap", n, c, s)
         den = d["full"] - d["empty"]
-        if not abs(den.mean()) > 1e-9 * (np.abs(d["full"]).mean() + np.abs(d["empty"]).mean() or 1):
-            res = _result(name, c, Estimate(math.nan, math.nan, math.nan, n, "not computed"), s)
-            res.passed = False
-            res.message = (f"cpr is undefined: the full model and the empty circuit score the "
-                           f"same on average (mean gap {den.mean():.3g})")
-            return res
+        _check_gap(name, c, den, s, "the full - empty gap", "compare the circuit's metric "
+                   "directly (assert_prefers) or use an empty baseline that scores lower")
         stat = _ratio_stat(d["circuit"] - d["empty"], den, n)
         if c.name == "cmd":
             stat = (lambda r: lambda idx: np.abs(1 - r(idx)))(stat)

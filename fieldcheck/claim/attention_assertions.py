@@ -31,7 +31,8 @@ __all__ = ["assert_attends", "assert_direct_effect", "assert_readable"]
 def _per_row_means(assertion: str, table: np.ndarray, labels: list[str], c: Criterion, s: config.Settings,
                    rng: np.random.Generator, require: str, plot: Optional[dict]) -> ClaimResult:
     """``mean`` criterion decided for every row of ``table [row, batch]``: all rows (each at
-    alpha, intersection-union) or any row (Holm), as ``assert_effect`` does for sites."""
+    alpha, intersection-union) or any of S rows (each at alpha / S, bounds at 1 - alpha / S),
+    as ``assert_effect`` does for sites."""
     S, n = table.shape
     _check_n("signflip", n, c, s)
     ests = [mean_test(table[i], alpha=s.alpha, n_boot=s.n_boot, method=s.method, rng=rng, op=c.op, bar=c.bar)
@@ -39,20 +40,21 @@ def _per_row_means(assertion: str, table: np.ndarray, labels: list[str], c: Crit
     p = [e.p_value for e in ests]
     p_holm = adjust_pvalues(p, "holm")
     bound = s.decide == "bound"
-    row_pass = []
-    for e, ph in zip(ests, p_holm):
-        if require == "any" and S > 1 and bound:
-            row_pass.append(ph is not None and ph < s.alpha)
-        else:
-            row_pass.append(clears(e.bound(c.op) if bound else e.estimate, c.op, c.bar))
+    if require == "any" and S > 1:   # Bonferroni over the rows: the bounds at 1 - alpha / S
+        for e in ests:
+            if e.at is not None:
+                e.low, e.high = e.at(s.alpha / S)
+                e.level = 1.0 - 2.0 * s.alpha / S
+    row_pass = [clears(e.bound(c.op) if bound else e.estimate, c.op, c.bar) for e in ests]
     sign = 1.0 if c.op in (">", ">=") else -1.0
     key = [sign * (e.bound(c.op) if bound else e.estimate) for e in ests]
     key = [k if math.isfinite(k) else -math.inf for k in key]
     pick = int(np.argmin(key)) if require == "all" else int(np.argmax(key))
     chosen = ests[pick]
     agg = Estimate(chosen.estimate, chosen.low, chosen.high, n, chosen.method, level=chosen.level)
-    finite_p = [x for x in (p if require == "all" else p_holm) if x is not None]
-    agg.p_value = (max(finite_p) if require == "all" else min(finite_p)) if (S > 1 and finite_p) else chosen.p_value
+    finite_p = [x for x in p if x is not None]
+    agg.p_value = ((max(finite_p) if require == "all" else min(1.0, S * min(finite_p)))
+                   if (S > 1 and finite_p) else chosen.p_value)
     res = _result(assertion, c, agg, s)
     res.passed = bool(all(row_pass) if require == "all" else any(row_pass))
     order = np.argsort(key, kind="stable")
@@ -62,7 +64,8 @@ def _per_row_means(assertion: str, table: np.ndarray, labels: list[str], c: Crit
                                   "passed": row_pass[i]} for i in order[:_MAX_SITES]]})
     if S > 1:
         res.method += (f"; per row, {'every' if require == 'all' else 'any'} of {S} "
-                       + ("(intersection-union: each at alpha)" if require == "all" else "(Holm-corrected)"))
+                       + ("(intersection-union: each at alpha)" if require == "all"
+                          else f"(Bonferroni: each at alpha / {S})"))
     res.plot = plot if (plot is not None and S > 1) else {
         "kind": "hist", "values": table[pick][:_MAX_PLOT].tolist(), "bar": c.bar, "estimate": chosen.estimate,
         "title": f"{labels[pick]}: per-example values"}
@@ -77,7 +80,7 @@ def _per_row_means(assertion: str, table: np.ndarray, labels: list[str], c: Crit
 def _check_require(assertion: str, require: str) -> None:
     if require not in ("all", "any"):
         raise CriterionError(f"{assertion}: require={require!r}; use 'all' (every row must meet the "
-                             "criterion) or 'any' (at least one, Holm-corrected)")
+                             "criterion) or 'any' (at least one, each at alpha / n_rows)")
 
 
 def _plot_of(obj: Any) -> Optional[dict]:
@@ -96,7 +99,7 @@ def assert_attends(att: Any, *criteria: Criterion, require: str = "all", alpha: 
     """Heads attend from the query to the key: ``mean > 0.5``, the mean weight over examples of
     each head (``att.weights [head, batch]`` from ``field.attention``, or head scores from
     ``field.head_scores(...).of(kind, heads)``), decided per head like ``assert_effect``:
-    ``require="all"`` (each head at alpha) or ``"any"`` (Holm). The report draws the
+    ``require="all"`` (each head at alpha) or ``"any"`` (each at alpha / n_heads). The report draws the
     layer x head heatmap of mean weights and the deciding head's per-example weights."""
     name = "assert_attends"
     s = _settings(alpha, level, decide, n_boot, method)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import random
+import warnings
 import weakref
 from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
@@ -263,6 +264,7 @@ class ContrastiveSet:
         self.example_meta: list[dict[str, Any]] = [dict(e) for e in em]
         diff = clean_tokens != corrupt_tokens
         any_diff = diff.any(dim=1)
+        _check_corrupted(any_diff, self.clean_prompts)
         self.first_diff = torch.where(any_diff, diff.int().argmax(dim=1),
                                       torch.full((n,), T)).long()
 
@@ -606,6 +608,27 @@ class ContrastiveSet:
 # --------------------------------------------------------------------------------------------
 # validation helpers
 # --------------------------------------------------------------------------------------------
+
+def _check_corrupted(any_diff: torch.Tensor, clean_prompts: Sequence[str]) -> None:
+    """A corrupted prompt identical to its clean prompt measures nothing (every patch effect
+    and the clean-corrupt gap are exactly 0): a DatasetError when every example is, a warning
+    naming the examples when some are."""
+    same = [int(i) for i in torch.nonzero(~any_diff).reshape(-1)]
+    if not same:
+        return
+    n = any_diff.numel()
+    shown = ", ".join(f"{i} ({_short(clean_prompts[i], 40)!r})" for i in same[:3])
+    more = f" and {len(same) - 3} more" if len(same) > 3 else ""
+    if len(same) == n:
+        raise DatasetError(f"every example's corrupted prompt is identical to its clean prompt "
+                           f"(e.g. example {shown}): the corruption changes nothing, so no patch "
+                           f"can have an effect; corrupt the key feature (e.g. swap the subject "
+                           f"or a name) in each corrupted prompt")
+    warnings.warn(f"{len(same)} of {n} examples have a corrupted prompt identical to the clean "
+                  f"one: example {shown}{more}; they add nothing but noise to every claim "
+                  f"(their clean-corrupt gap is 0): fix or drop them "
+                  f"(set.subset(...) keeps the others)", UserWarning, stacklevel=3)
+
 
 _REQUIRED = ("clean", "corrupt", "answer", "wrong")
 

@@ -24,7 +24,13 @@ from typing import Any, Iterable, Optional
 SCHEMA_VERSION = 1
 
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
-CORRECTIONS = ("holm", "bh", "none")
+CORRECTIONS = ("bonferroni", "holm", "bh", "none")
+#: the default correction and family (docs/statistics.md, "Many claims"): Bonferroni over the
+#: claims of each test file, so a claim's verdict depends only on its own p-value and the
+#: number of claims in its file
+DEFAULT_CORRECTION = "bonferroni"
+FAMILIES = ("session", "file", "claim")
+DEFAULT_FAMILY = "file"
 
 
 # --- atomic writes --------------------------------------------------------------------------
@@ -106,6 +112,8 @@ def _adjust_fallback(pvals: list[float], method: str) -> list[float]:
         return list(pvals)
     order = sorted(range(m), key=lambda i: pvals[i])
     adj = [0.0] * m
+    if method == "bonferroni":
+        return [min(1.0, m * p) for p in pvals]
     if method == "holm":
         running = 0.0
         for rank, i in enumerate(order):
@@ -122,7 +130,7 @@ def _adjust_fallback(pvals: list[float], method: str) -> list[float]:
     return adj
 
 
-def adjust_pvalues(pvals: list[float], method: str = "holm") -> list[float]:
+def adjust_pvalues(pvals: list[float], method: str = DEFAULT_CORRECTION) -> list[float]:
     """Use :func:`fieldcheck.claim.statistics.adjust_pvalues` when present, else the same formulas here."""
     if method not in CORRECTIONS:
         raise ValueError(f"unknown correction {method!r}: use one of {', '.join(CORRECTIONS)}")
@@ -142,23 +150,62 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def apply_correction(claims: list[dict], method: str = "holm", alpha: float = 0.05) -> list[str]:
-    """Fill ``p_adjusted`` and ``passed_corrected`` on every result of ``claims`` (in place).
+def family_of(claim_id: str, family: str = DEFAULT_FAMILY) -> str:
+    """The family a claim's p-values are corrected in: ``"file"`` (the default: the claims of
+    one test file, the node id before ``::``), ``"session"`` (all claims of the run) or
+    ``"claim"`` (each claim alone: its criteria are already an intersection-union test)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown correction family {family!r}: use one of {', '.join(FAMILIES)}")
+    if family == "session":
+        return ""
+    if family == "file":
+        return claim_id.split("::", 1)[0]
+    return claim_id
 
-    All results that carry a finite p-value are corrected together. A result decided by its
-    confidence bound (``decide == "bound"``) that passed on its own but whose adjusted p-value
-    exceeds ``alpha`` gets ``passed_corrected = False``. Results decided by their point
-    estimate keep their decision (the adjusted p is reported only). Returns the ids of
-    claims that passed but fail after correction.
+
+#: outcomes whose claims assert nothing and stay out of the family (an expected failure, a skip)
+NOT_ASSERTED = ("xfailed", "skipped")
+
+
+def apply_correction(claims: list[dict], method: str = DEFAULT_CORRECTION, alpha: float = 0.05,
+                     family: str = DEFAULT_FAMILY) -> list[str]:
+    """Fill ``p_adjusted``, ``family_size`` and ``passed_corrected`` on every result of
+    ``claims`` (in place).
+
+    The hypotheses corrected are *claims* (test functions, each parametrized case apart): a
+    claim holds only if every one of its criteria holds (an intersection-union test), so its
+    p-value is the largest of its results' and the family counts claims, not results. Claims
+    that assert nothing (outcome ``xfailed`` or ``skipped``) are left out of the family. The
+    family is the session, a file or a claim (:func:`family_of`). A result's ``p_adjusted`` is
+    its p-value adjusted as if it stood for its claim: with ``"bonferroni"`` (the default)
+    ``min(1, m p)``, m the number of claims in the family, so a verdict depends on its own
+    evidence and m only; ``"holm"`` and ``"bh"`` make it depend on the other claims' p-values
+    too. A result decided by its confidence bound (``decide == "bound"``) that passed on its own
+    but whose adjusted p-value exceeds ``alpha`` gets ``passed_corrected = False``. Results
+    decided by their point estimate keep their decision (the adjusted p is reported only).
+    Returns the ids of claims that passed but fail after correction.
     """
-    slots = []
+    groups: dict[str, list[tuple[dict, list[dict]]]] = {}
     for c in claims:
+        with_p = [r for r in c.get("results", []) if _finite(r.get("p_value"))]
         for r in c.get("results", []):
-            if _finite(r.get("p_value")):
-                slots.append(r)
-    adj = adjust_pvalues([float(r["p_value"]) for r in slots], method)
-    for r, a in zip(slots, adj):
-        r["p_adjusted"] = a
+            r["p_adjusted"] = None
+            r["family_size"] = None
+        if with_p and c.get("outcome") not in NOT_ASSERTED:
+            groups.setdefault(family_of(str(c.get("id", "")), family), []).append((c, with_p))
+    for members in groups.values():
+        claim_p = [max(float(r["p_value"]) for r in rs) for _, rs in members]
+        m = len(members)
+        for i, (_, rs) in enumerate(members):
+            for r in rs:
+                if method == "bonferroni" or method == "none" or m == 1:
+                    factor = 1 if method == "none" else m
+                    r["p_adjusted"] = min(1.0, factor * float(r["p_value"]))
+                else:
+                    vals = list(claim_p)
+                    vals[i] = float(r["p_value"])
+                    r["p_adjusted"] = float(adjust_pvalues(vals, method)[i])
+                r["family_size"] = m
     newly_failed = []
     for c in claims:
         flipped = False
@@ -180,8 +227,8 @@ def apply_correction(claims: list[dict], method: str = "holm", alpha: float = 0.
 
 # --- the report -----------------------------------------------------------------------------
 def build_report(claims: Iterable[dict], run: dict, *, timing: Optional[dict] = None,
-                 correction: str = "holm", alpha: float = 0.05,
-                 comparison: Optional[dict] = None) -> dict:
+                 correction: str = DEFAULT_CORRECTION, alpha: float = 0.05,
+                 comparison: Optional[dict] = None, family: str = DEFAULT_FAMILY) -> dict:
     """Assemble a report. ``claims``: dicts with at least ``id``, ``outcome``, ``results``.
 
     Claims are sorted by id; the correction is applied; counts are summarized.
@@ -198,7 +245,7 @@ def build_report(claims: Iterable[dict], run: dict, *, timing: Optional[dict] = 
             r["claim_id"] = c["id"]
         cl.append(c)
     cl.sort(key=lambda c: c["id"])
-    after = apply_correction(cl, correction, alpha)
+    after = apply_correction(cl, correction, alpha, family)
     counts = {k: 0 for k in OUTCOMES}
     for c in cl:
         counts[c["outcome"]] = counts.get(c["outcome"], 0) + 1

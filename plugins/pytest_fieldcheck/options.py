@@ -20,8 +20,11 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "fc_dtype": ("dtype of the model: float32, float16, bfloat16 (default: float32)", None, "string"),
     "fc_seed": ("session seed; every claim's draws are seeded by it and the claim id", 0, "string"),
     "fc_alpha": ("error rate of each claim's decision (default 0.05)", 0.05, "string"),
-    "fc_correction": ("multiple-comparison correction over all claims of the run: holm, bh or none",
-                      "holm", "string"),
+    "fc_correction": ("multiple-comparison correction of the claims' p-values: bonferroni "
+                      "(default: a verdict depends only on its own p and the family size), "
+                      "holm, bh or none", "bonferroni", "string"),
+    "fc_correction_family": ("which claims are corrected together: file (default: the claims "
+                             "of one test file), session or claim", "file", "string"),
     "fc_decide": ("bound: the one-sided confidence bound must clear the bar; point: the estimate",
                   "bound", "string"),
     "fc_report_json": ("write the JSON report to this path", None, "string"),
@@ -79,7 +82,8 @@ class Options:
     dtype: Optional[str] = None
     seed: int = 0
     alpha: float = 0.05
-    correction: str = "holm"
+    correction: str = "bonferroni"
+    correction_family: str = "file"
     decide: str = "bound"
     report_json: Optional[str] = None
     report_html: Optional[str] = None
@@ -116,8 +120,13 @@ def read_options(config: pytest.Config) -> Options:
     if not (0.0 < o.alpha < 0.5):
         raise _usage(f"--fc-alpha {raw_alpha!r} must be a number in (0, 0.5), e.g. --fc-alpha 0.05")
     o.correction = str(_opt(config, "fc_correction")).lower()
-    if o.correction not in ("holm", "bh", "none"):
-        raise _usage(f"--fc-correction {o.correction!r} is unknown: use holm, bh or none")
+    if o.correction not in ("bonferroni", "holm", "bh", "none"):
+        raise _usage(f"--fc-correction {o.correction!r} is unknown: use bonferroni, holm, bh "
+                     f"or none")
+    o.correction_family = str(_opt(config, "fc_correction_family")).lower()
+    if o.correction_family not in ("session", "file", "claim"):
+        raise _usage(f"--fc-correction-family {o.correction_family!r} is unknown: use session, "
+                     f"file or claim")
     o.decide = str(_opt(config, "fc_decide")).lower()
     if o.decide not in ("bound", "point"):
         raise _usage(f"--fc-decide {o.decide!r} is unknown: use bound or point")

@@ -20,7 +20,7 @@ def build(state: FieldcheckPlugin) -> dict:
                                other_models=others or None, device=o.device,
                                dtype=o.dtype or model.get("dtype") or "float32",
                                seed=o.seed, alpha=o.alpha, correction=o.correction,
-                               decide=o.decide)
+                               correction_family=o.correction_family, decide=o.decide)
     now = time.time()
     timing = {
         "started": datetime.fromtimestamp(state.started, timezone.utc).isoformat(timespec="seconds"),
@@ -30,7 +30,8 @@ def build(state: FieldcheckPlugin) -> dict:
         "models": {k: v for k, v in sorted(state.load_times.items())},
     }
     report = reports.build_report(state.claims.values(), run, timing=timing,
-                                  correction=o.correction, alpha=o.alpha)
+                                  correction=o.correction, alpha=o.alpha,
+                                  family=o.correction_family)
     if state.baseline is not None:
         report["comparison"] = baselines.compare(report, state.baseline, state.rules,
                                                  path=str(state.baseline_path))

@@ -17,11 +17,14 @@ def write_summary(terminalreporter, state: FieldcheckPlugin) -> None:
                       f"model={o.model}")
     after = rep["summary"]["failed_after_correction"]
     if after:
+        fam = getattr(state.opts, "correction_family", "file")
         tr.write_line(f"fieldcheck: {len(after)} claim(s) passed on their own but FAIL after the "
                       f"{state.opts.correction} correction over {_n_p(rep)} p-values "
-                      f"(alpha={state.opts.alpha}):", red=True, bold=True)
+                      f"(alpha={state.opts.alpha}, family: {fam}, {_families(rep)}):",
+                      red=True, bold=True)
         for cid in after:
             tr.write_line(f"  {cid}", red=True)
+        _recount(tr, after)
     comp = rep.get("comparison")
     if comp:
         tr.write_line(f"compared with baseline {comp['baseline']['path']}"
@@ -35,6 +38,34 @@ def write_summary(terminalreporter, state: FieldcheckPlugin) -> None:
         tr.write_line(f"fieldcheck {w}")
     for e in state.write_errors:
         tr.write_line(f"fieldcheck: {e}", red=True, bold=True)
+
+
+AFTER_CORRECTION = "failed after correction"
+
+
+def _recount(tr, after: list) -> None:
+    """Move the call reports of claims that fail after the correction from "passed" to
+    "failed after correction" in the terminal's counts, so that pytest's last line reads
+    e.g. ``26 passed, 6 failed after correction`` (the exit code is already 1)."""
+    ids = set(after)
+    passed = tr.stats.get("passed", [])
+    moved = [r for r in passed if getattr(r, "nodeid", None) in ids and
+             getattr(r, "when", "call") == "call"]
+    if not moved:
+        return
+    tr.stats["passed"] = [r for r in passed if r not in moved]
+    if not tr.stats["passed"]:
+        del tr.stats["passed"]
+    tr.stats.setdefault(AFTER_CORRECTION, []).extend(moved)
+
+
+def _families(rep: dict) -> str:
+    """``m = 3`` or ``m = 3-7``: the family sizes (claims per family) of the run."""
+    sizes = sorted({r["family_size"] for c in rep["claims"] for r in c["results"]
+                    if isinstance(r.get("family_size"), int)})
+    if not sizes:
+        return "m = 0"
+    return f"m = {sizes[0]}" if len(sizes) == 1 else f"m = {sizes[0]}-{sizes[-1]}"
 
 
 def _n_p(rep: dict) -> int:
