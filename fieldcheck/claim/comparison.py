@@ -23,7 +23,6 @@ The change is ``candidate - baseline``. Its interval is two-sided at ``1 - 2 alp
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -121,8 +120,8 @@ class PairedChange:
     """A statistic's change from the baseline to the candidate over the same examples.
 
     estimate: candidate - baseline; (low, high): two-sided interval at ``level``; p_value:
-    one-sided p of "no change against the claim's direction" (small: it got worse);
-    p_better: the same for a change toward the direction (small: it got better)."""
+    one-sided p of "no change against the claim's direction" (small: it got worse).
+    ``worse``/``better``: the interval lies wholly on that side of 0 (not corrected)."""
 
     statistic: str
     kind: str
@@ -136,12 +135,19 @@ class PairedChange:
     method: str
     against: str                      # the sign of a change against the direction: "-" or "+"
     p_value: Optional[float] = None
-    p_better: Optional[float] = None
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def interval(self) -> tuple[float, float]:
         return (self.low, self.high)
+
+    @property
+    def worse(self) -> bool:
+        return self.high < 0 if self.against == "-" else self.low > 0
+
+    @property
+    def better(self) -> bool:
+        return self.low > 0 if self.against == "-" else self.high < 0
 
     def summary(self) -> str:
         sgn = "+" if self.estimate > 0 else ""
@@ -157,7 +163,8 @@ class PairedChange:
 
         d = {k: getattr(self, k) for k in ("statistic", "kind", "candidate", "baseline",
                                            "estimate", "low", "high", "level", "n", "method",
-                                           "against", "p_value", "p_better", "details")}
+                                           "against", "p_value", "details")}
+        d["worse"], d["better"] = self.worse, self.better
         d["interval"] = [self.low, self.high]
         return jsonable(d)
 
@@ -178,7 +185,6 @@ def paired_change(candidate: dict, baseline: dict, *, op: str, alpha: float = 0.
     rng = rng if rng is not None else np.random.default_rng(0)
     n = int(candidate["n"])
     worse_op = "<" if op in (">", ">=") else ">"   # the change against the direction
-    better_op = ">" if worse_op == "<" else "<"
     c_val, b_val = value_of(candidate), value_of(baseline)
     simple_mean = candidate["kind"] == "mean" and "agg" not in candidate
     seed = int(rng.integers(2 ** 62))
@@ -186,31 +192,22 @@ def paired_change(candidate: dict, baseline: dict, *, op: str, alpha: float = 0.
         d = np.asarray(candidate["columns"]["x"], float) - np.asarray(baseline["columns"]["x"], float)
         if n < 2:
             raise ValueError("a paired test needs at least 2 examples")
-        worse = mean_test(d, alpha=alpha, n_boot=n_boot, method=method,
-                          rng=np.random.default_rng(seed), op=worse_op, bar=0.0)
-        better = mean_test(d, alpha=alpha, n_boot=n_boot, method=method,
-                           rng=np.random.default_rng(seed), op=better_op, bar=0.0)
-        est = worse
-        how = "paired: " + worse.method + " on per-example differences"
+        est = mean_test(d, alpha=alpha, n_boot=n_boot, method=method,
+                        rng=np.random.default_rng(seed), op=worse_op, bar=0.0)
+        how = "paired: " + est.method + " on per-example differences"
     else:
         if n < MIN_BOOTSTRAP_N:
             raise ValueError(f"a paired bootstrap needs at least {MIN_BOOTSTRAP_N} examples, got {n}")
 
         def diff(idx):
             return _stat(candidate, idx) - _stat(baseline, idx)
-        worse = bootstrap(diff, n, alpha=alpha, n_boot=n_boot, method=method,
-                          rng=np.random.default_rng(seed), op=worse_op, bar=0.0)
-        better = bootstrap(diff, n, alpha=alpha, n_boot=n_boot, method=method,
-                           rng=np.random.default_rng(seed), op=better_op, bar=0.0)
-        est = worse
-        how = "paired " + worse.method + " of the difference (same resampled examples)"
+        est = bootstrap(diff, n, alpha=alpha, n_boot=n_boot, method=method,
+                        rng=np.random.default_rng(seed), op=worse_op, bar=0.0)
+        how = "paired " + est.method + " of the difference (same resampled examples)"
     return PairedChange(statistic=statistic or candidate["kind"], kind=candidate["kind"],
                         candidate=c_val, baseline=b_val, estimate=float(est.estimate),
                         low=float(est.low), high=float(est.high), level=float(est.level), n=n,
                         method=how, against="-" if worse_op == "<" else "+",
-                        p_value=worse.p_value, p_better=better.p_value,
+                        p_value=est.p_value,
                         details={"dataset": candidate.get("dataset")})
 
-
-def is_nan(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
