@@ -100,6 +100,15 @@ class FieldcheckPlugin:
         self.released.append(spec)
         import gc
 
+        # pytest keeps the last failure for post-mortem debugging; its frames hold the claim's
+        # locals (the field, hence the model): drop it, the report has been written already
+        for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+            if hasattr(sys, name):
+                try:
+                    delattr(sys, name)
+                except AttributeError:
+                    pass
+
         gc.collect()
         torch = sys.modules.get("torch")
         if torch is not None and getattr(torch, "cuda", None) is not None:
