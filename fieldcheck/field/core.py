@@ -138,8 +138,10 @@ class Field:
         """The metric on the unpatched clean or corrupted run, ``[batch]``."""
         r = self.run(ds)
         cache = r.clean if which == "clean" else r.corrupt
-        return self._metric(as_metric(metric), r, cache.resid[-1][torch.arange(ds.n), r.metric_pos],
-                            torch.arange(ds.n, device=self.device))
+        out = self._metric(as_metric(metric), r, cache.resid[-1][torch.arange(ds.n), r.metric_pos],
+                           torch.arange(ds.n, device=self.device))
+        out.dataset_hash = dataset_hash_of(ds)  # names the examples (assertions pair results by it)
+        return out
 
     def _metric(self, m: Metric, r: FieldRun, x_final: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
         ref = None

@@ -37,6 +37,8 @@ def build(state: FieldcheckPlugin) -> dict:
     report = reports.build_report(state.claims.values(), run, timing=timing,
                                   correction=o.correction, alpha=o.alpha,
                                   family=o.correction_family)
+    if state.specs:
+        _correct_per_model(report, o)
     if state.baseline is not None:
         report["comparison"] = baselines.compare(report, state.baseline, state.rules,
                                                  path=str(state.baseline_path), alpha=o.alpha,
@@ -53,6 +55,24 @@ def build(state: FieldcheckPlugin) -> dict:
         report["models"] = build_grid(report["claims"], state.specs, state.labels, roles=roles,
                                       alpha=o.alpha, seed=o.seed, changes=changes)
     return report
+
+
+def _correct_per_model(report: dict, o) -> None:
+    """In a multi-model run each model's results are their own family for the multiple-comparison
+    correction (as in a run on that model alone): running a claim on a second model must not
+    change the first model's verdicts."""
+    from fieldcheck.reports.schema import apply_correction
+
+    groups: dict = {}
+    for c in report["claims"]:
+        groups.setdefault(c.get("model"), []).append(c)
+    after = []
+    for group in groups.values():
+        after += apply_correction(group, o.correction, o.alpha, family=o.correction_family)
+    summ = report["summary"]
+    summ["failed_after_correction"] = sorted(after)
+    counts = summ["outcomes"]
+    summ["ok"] = not after and counts.get("failed", 0) == 0 and counts.get("error", 0) == 0
 
 
 def _compare_models(state: FieldcheckPlugin, report: dict) -> dict:
