@@ -364,9 +364,11 @@ def ioi(fc_model):
     return fc.datasets.ioi(fc_model, n=16, seed=0)
 
 
-def test_late_attention_recovers(field, ioi):
-    """Denoising the final position's residual entering layer 24 (before the scaled attention)."""
-    fc.assert_effect(field.patch(ioi, resid_pre(24, "END")), recovered > 0.2)
+def test_joint_s2_end_recovers(field, ioi):
+    """Denoising S2 and END together at layer 22 (measured on SmolLM2: 0.95; on the copy with
+    attention outputs of layers 24-27 scaled by 0.3: 0.925, paired change -0.025)."""
+    fc.assert_effect(field.patch(ioi, resid_pre(22, ["S2", "END"]), jointly=True),
+                     recovered > 0.85)
 
 
 def test_early_residual(field, ioi):
@@ -399,7 +401,8 @@ def test_smollm2_perturbed_copy(pytester, monkeypatch, smollm2, tmp_path):
                                         "--fc-report-json", "r.json")
     rep = json.loads((pytester.path / "r.json").read_text())
     rows = {r["claim_id"].split("::")[-1]: r for r in rep["comparison"]["rows"]}
-    late, early = rows["test_late_attention_recovers"], rows["test_early_residual"]
-    assert late["regressed"] and late["paired"]["worse"], res.stdout.str()
+    late, early = rows["test_joint_s2_end_recovers"], rows["test_early_residual"]
+    assert late["regressed"] == ["significant"] and late["paired"]["worse"], res.stdout.str()
+    assert late["passed"] and late["baseline_passed"]        # it moved, and still passes
     assert early["regressed"] == [] and abs(early["paired"]["estimate"]) < 1e-6
     assert res.ret == 1
