@@ -119,7 +119,9 @@ def fc_config(request: pytest.FixtureRequest) -> FcConfig:
     state = get_state(request.config)
     mk = marker_kwargs(request.node)
     o = state.opts
-    return FcConfig(model=mk.get("model") or o.model, device=state.device, dtype=o.dtype,
+    cs = getattr(request.node, "callspec", None)
+    running = (getattr(cs, "params", None) or {}).get("fc_model")  # a multi-model run's model
+    return FcConfig(model=mk.get("model") or running or o.model, device=state.device, dtype=o.dtype,
                     seed=int(mk["seed"]) if mk.get("seed") is not None else o.seed,
                     alpha=o.alpha, correction=o.correction, decide=o.decide,
                     n=int(mk["n"]) if mk.get("n") is not None else None,
