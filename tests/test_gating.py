@@ -303,6 +303,33 @@ def test_sweep_with_xdist_renders_the_grid(pytester, monkeypatch, folders):
     assert html.count('class="trend"') == 3 and "Claims x models" in html
 
 
+def _sweep_report():
+    claims = []
+    for spec, lab, shift in (("m1", "step1", 0.0), ("m2", "step2", 0.5), ("m3", "step3", 1.0)):
+        c = _claim(f"t.py::test_a[{lab}]", np.linspace(0, 1, 12) + shift, bar=0.8)
+        c.update(model=spec, base_id="t.py::test_a")
+        claims.append(c)
+    rep = _report(claims)
+    rep["models"] = reports.build_grid(rep["claims"], ["m1", "m2", "m3"],
+                                       {"m1": "step1", "m2": "step2", "m3": "step3"}, n_boot=500)
+    return rep
+
+
+def test_grid_rows_changes_and_trend_plots():
+    rep = _sweep_report()
+    g = rep["models"]
+    (row,) = g["rows"]
+    assert row["claim"] == "t.py::test_a" and [c["verdict"] for c in row["cells"]] == ["FAIL", "PASS", "PASS"]
+    assert row["changes"][0] is None
+    assert [ch["estimate"] for ch in row["changes"][1:]] == pytest.approx([0.5, 1.0])
+    assert row["changes"][2]["better"] and not row["changes"][2]["worse"]
+    text = reports.format_grid(rep)
+    assert text.splitlines()[0].split()[-3:] == ["step1", "step2", "step3"]
+    assert "1.5 PASS (+1 [1, 1])" in text
+    page = reports.render_html(rep)
+    assert page.count('class="trend"') == 1 and "Claims x models" in page
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -315,14 +342,7 @@ def test_html_grid_in_headless_chromium(tmp_path):
 
     from PIL import Image, ImageStat
 
-    claims = []
-    for spec, lab, shift in (("m1", "step1", 0.0), ("m2", "step2", 0.5), ("m3", "step3", 1.0)):
-        c = _claim(f"t.py::test_a[{lab}]", np.linspace(0, 1, 12) + shift, bar=0.8)
-        c.update(model=spec, base_id="t.py::test_a")
-        claims.append(c)
-    rep = _report(claims)
-    rep["models"] = reports.build_grid(rep["claims"], ["m1", "m2", "m3"],
-                                       {"m1": "step1", "m2": "step2", "m3": "step3"}, n_boot=500)
+    rep = _sweep_report()
     page = reports.write_html(tmp_path / "grid.html", rep)
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
              "--no-first-run", "--disable-background-networking", "--disable-component-update",
