@@ -165,13 +165,19 @@ def test_significant_rule_flags_only_real_moves_and_corrects_across_results():
 
 
 def test_crossing_the_bar_and_unpaired_results_are_said_plainly():
-    x = np.full(12, 1.0) + np.linspace(0, 0.01, 12)
-    base = _report([_claim("a", x, bar=0.9), _claim("b", x, dataset="b" * 64)])
-    wiggle = 0.01 * np.tile([1.0, -1.0], 6)      # no change on average: only the verdict moved
-    cur = _report([_claim("a", x + wiggle, bar=0.9, passed=False), _claim("b", x - 5)])
+    x = np.full(12, 0.905) + np.linspace(0, 0.01, 12)
+    wiggle = 0.02 * np.tile([1.0, -1.0], 6) - 0.011  # mean 0.899: crossed, no significant move
+    base = _report([_claim("a", x, bar=0.9), _claim("b", x, dataset="b" * 64),
+                    _claim("c", x, bar=0.9)])
+    cur = _report([_claim("a", x + wiggle, bar=0.9), _claim("b", x - 5),
+                   _claim("c", x + 0.02 * np.tile([1.0, -1.0], 6), bar=0.9, passed=False)])
     comp = baselines.compare(cur, base, [baselines.parse_rule("significant")], n_boot=500)
     rows = {r["claim_id"]: r for r in comp["rows"]}
     assert rows["a"]["regressed"] == ["significant: crossed the bar"]
+    assert rows["a"]["p_change_adjusted"] > 0.05
+    # c's verdict flipped but its estimate stayed above the bar and did not move: no regression
+    assert rows["c"]["regressed"] == [] and not rows["c"]["passed"]
+    assert baselines.compare(cur, base, [baselines.parse_rule("passed")])["regressions"]
     assert rows["b"]["paired"] is None and "different data sets" in rows["b"]["unpaired_reason"]
     assert list(comp["paired"]["unpaired"]) == [rows["b"]["unpaired_reason"]]
 

@@ -9,8 +9,8 @@ The same comparison serves ``--fc-baseline-model`` (two models in one run: the c
 model, matched by the claim id without the model's label). Results that store per-example values
 over the same data set (equal content hashes) get a *paired* test of their change
 (:mod:`fieldcheck.claim.comparison`); the rule ``significant`` flags a change against the claim's
-direction whose paired p-value, corrected across all paired results, is below alpha, or a result
-that passed in the baseline and fails now (a crossing of the bar).
+direction whose paired p-value, corrected across all paired results, is below alpha, or an
+estimate that cleared the bar in the baseline and does not now (a crossing of the bar).
 """
 from __future__ import annotations
 
@@ -261,8 +261,10 @@ def _pair(row: dict, cur: dict, base: dict, *, alpha: float, seed: int,
 
 def _significant(rows: list[dict], expr: str, alpha: float, correction: str) -> None:
     """The ``significant`` rule: paired p-values of a change against the direction, corrected
-    together (:func:`fieldcheck.claim.statistics.adjust_pvalues`), below alpha; or a result
-    that passed in the baseline and fails now."""
+    together (:func:`fieldcheck.claim.statistics.adjust_pvalues`), below alpha; or an estimate
+    that cleared the bar in the baseline and does not now (a crossing of the bar). A verdict
+    that flips while the estimate stays on the same side of the bar (its confidence bound, or
+    the correction, moved) is not a regression by itself: the ``passed`` rule catches those."""
     from fieldcheck.claim.statistics import adjust_pvalues
 
     slots = [row for row in rows if row.get("paired") and _num(row["paired"].get("p_value")) is not None]
@@ -272,8 +274,14 @@ def _significant(rows: list[dict], expr: str, alpha: float, correction: str) -> 
         row["changed"] = "worse" if a is not None and a < alpha else "no significant change"
         if row["changed"] == "worse":
             row["regressed"].append(expr)
-    for row in rows:
-        if row["baseline_passed"] and not row["passed"] and expr not in row["regressed"]:
+    from fieldcheck.claim.statistics import clears
+
+    for row in rows:   # the estimate itself crossed the bar (not a verdict that flipped with noise)
+        best, est, bar = _num(row["baseline_estimate"]), _num(row["estimate"]), _num(row["bar"])
+        if best is None or bar is None or row["op"] not in HIGHER_IS_BETTER + LOWER_IS_BETTER:
+            continue
+        if clears(best, row["op"], bar) and not clears(est if est is not None else math.nan,
+                                                       row["op"], bar) and expr not in row["regressed"]:
             row["regressed"].append(f"{expr}: crossed the bar")
 
 
