@@ -203,7 +203,7 @@ def model_labels(specs: list[str], baseline: Optional[str] = None) -> dict[str, 
     out: dict[str, str] = {}
     for i, spec in enumerate(specs):
         base = Path(spec.rstrip("/\\")).name or spec
-        base = "".join(ch if ch.isalnum() or ch in "._:=+" else "_" for ch in base) or f"model{i}"
+        base = "".join(ch if ch.isalnum() or ch in "._:=+-" else "_" for ch in base) or f"model{i}"
         out[spec] = base if base not in out.values() else f"{base}#{i}"
     return out
 
