@@ -182,6 +182,7 @@ class PatchResult:
 
         return rich_html(self, None if self.jointly or len(self.labels) < 2 else self.heatmap)
 
+
 def dataset_hash_of(ds: Any) -> str:
     """``ds.content_hash()`` when the data set has one, else ""."""
     try:
