@@ -17,7 +17,12 @@ from scipy import stats
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.figure  # noqa: E402,F401
+import matplotlib.pyplot  # noqa: E402,F401
 import torch  # noqa: E402,F401
+
+import fieldcheck.display  # noqa: E402,F401
+import fieldcheck.reports.grid  # noqa: E402,F401
 
 import fieldcheck as fc  # noqa: E402
 import fieldcheck.claim.statistics  # noqa: E402
