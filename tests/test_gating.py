@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.figure  # noqa: E402,F401
 import matplotlib.pyplot  # noqa: E402,F401
 import torch  # noqa: E402,F401
+import transformer_lens.model_bridge  # noqa: E402,F401  (imports datasets/pyarrow: once, out here)
 
 import fieldcheck.display  # noqa: E402,F401
 import fieldcheck.reports.grid  # noqa: E402,F401
