@@ -180,6 +180,11 @@ def trend_png(row: dict, labels: list[str]) -> Optional[str]:
     return png_base64(fig)
 
 
+_CLASS = {"PASS": "PASS", "PASSED": "PASS", "FAIL": "FAIL", "FAILED": "FAIL", "ERROR": "FAIL",
+          "FAIL(adj)": "adj", "XFAIL": "XFAIL", "XFAILED": "XFAIL", "XPASS": "XPASS",
+          "XPASSED": "XPASS"}
+
+
 def grid_html(report: dict) -> str:
     """The grid as an HTML table (cells coloured by verdict, the paired change after the
     reference) followed by one trend plot per row. Empty when the report has no grid."""
@@ -199,9 +204,7 @@ def grid_html(report: dict) -> str:
     for row in g["rows"]:
         tds = []
         for i, (cell, ch) in enumerate(zip(row["cells"], row["changes"])):
-            cls = "skipped" if cell is None else {"PASS": "PASS", "FAIL": "FAIL", "FAIL(adj)": "adj",
-                                                  "XFAIL": "XFAIL", "XPASS": "XPASS"}.get(
-                cell.get("verdict"), "FAIL" if cell.get("verdict") in ("ERROR", "FAILED") else "skipped")
+            cls = "skipped" if cell is None else _CLASS.get(cell.get("verdict"), "skipped")
             tds.append(f'<td class="{cls} num">{e(_cell_text(cell))}{e(_change_text(ch) if i else "")}</td>')
         bar = f"{row.get('op') or ''} {fmt(row.get('bar'))}" if row.get("key") else "-"
         out.append(f"<tr><td>{e(str(row['claim']))}</td><td>{e(str(row.get('statistic') or '-'))}</td>"
