@@ -113,7 +113,7 @@ def test_assertions_store_per_example_values(tiny_gpt2):
     from fieldcheck.sites import mlp_out, resid_pre
 
     field = fc.Field(tiny_gpt2)
-    ds = fc.datasets.ioi(tiny_gpt2, n=16, seed=0)
+    ds = fc.datasets.induction(tiny_gpt2, n=32, seed=0, length=6)  # a clear clean-corrupt gap
     pr = field.patch(ds, resid_pre(1, "END"))
     assert pr.dataset_hash == ds.content_hash()
     rec, eff = fc.assert_effect(pr, fc.recovered > -100, fc.effect < 100, decide="point")
@@ -129,7 +129,7 @@ def test_assertions_store_per_example_values(tiny_gpt2):
                                     fc.r2 > -1e9, decide="point")[0]
     assert r2.examples["kind"] == "r2"
     assert value_of(r2.examples) == pytest.approx(r2.estimate, rel=1e-9)
-    assert json.loads(json.dumps(rec.to_dict()))["examples"]["n"] == 16
+    assert json.loads(json.dumps(rec.to_dict()))["examples"]["n"] == 32
 
 
 # --- the significant rule on reports ------------------------------------------------------------
@@ -193,35 +193,36 @@ CLAIMS = '''
 import gc, json, os, weakref
 import pytest
 import fieldcheck as fc
-from fieldcheck import recovered
-from fieldcheck.sites import attn_out, resid_pre
+from fieldcheck import effect
+from fieldcheck.sites import attn_out, mlp_out
 
 SEEN = []
 
 
 @pytest.fixture(scope="session")
-def ioi(fc_model):
+def ind(fc_model):
     gc.collect()
     alive = [r() is not None for r in SEEN]   # models of earlier params: freed by now?
     SEEN.append(weakref.ref(fc_model))
-    ds = fc.datasets.ioi(fc_model, n=32, seed=0)
+    ds = fc.datasets.induction(fc_model, n=32, seed=0, length=6)
     with open(os.environ["FC15_LOG"], "a") as f:
         f.write(json.dumps({"alive": alive, "hash": ds.content_hash(),
                             "worker": os.environ.get("PYTEST_XDIST_WORKER")}) + "\\n")
     return ds
 
 
-def test_moves(field, ioi):
-    fc.assert_effect(field.patch(ioi, resid_pre(1, "END")), recovered > -5, decide="point")
+def test_moves(field, ind):
+    fc.assert_effect(field.patch(ind, mlp_out(0, "END"), direction="noise"), effect > -50,
+                     decide="point")
 
 
-def test_improves(field, ioi):
-    fc.assert_effect(field.patch(ioi, attn_out(1, "END")), recovered > -5, decide="point")
+def test_improves(field, ind):
+    fc.assert_effect(field.patch(ind, mlp_out(0, "END")), effect > -50, decide="point")
 
 
-def test_fails_everywhere(field, ioi):
+def test_fails_everywhere(field, ind):
     """Fails on every model (not a regression); its traceback must not keep the model alive."""
-    fc.assert_effect(field.patch(ioi, attn_out(1, "END")), recovered > 500, decide="point")
+    fc.assert_effect(field.patch(ind, attn_out(1, "END")), effect > 50, decide="point")
 
 
 def test_no_model():
@@ -232,7 +233,9 @@ def test_no_model():
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """A tiny GPT-2 saved to a folder, an identical copy and a copy whose layer-0 MLP output
-    is zeroed (which moves the first claim's statistic, measured: 1.43 -> -1.07)."""
+    is zeroed. Measured: noising that MLP at END moves the logit difference by 0.73 on the base
+    model and by 0 on the copy (paired change -0.73 [-1.28, -0.24], p 0.008: test_moves);
+    denoising it, -0.83 -> 0 (a change toward `effect > -50`: test_improves)."""
     from fieldcheck.testing import tiny_hf_model
 
     root = tmp_path_factory.mktemp("models")
