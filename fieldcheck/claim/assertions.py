@@ -23,7 +23,7 @@ import numpy as np
 
 from fieldcheck import config
 from fieldcheck.claim.result import ClaimFailed, ClaimResult, record
-from fieldcheck.claim.comparison import example_values
+from fieldcheck.claim.comparison import examples_of as _examples
 from fieldcheck.claim.criteria import Criterion, as_criteria
 from fieldcheck.errors import CriterionError, FieldcheckError, InsufficientData
 from fieldcheck.claim.statistics import (MIN_BOOTSTRAP_N, Estimate, adjust_pvalues, binomial_rate, bootstrap, clears,
@@ -115,23 +115,6 @@ def _vector(x: Any, name: str, assertion: str, n: Optional[int] = None) -> np.nd
     if n is not None and arr.size != n:
         raise AssertionInputError(f"{assertion}: {name} has {arr.size} examples, expected {n}")
     return arr
-
-
-def _dataset_hash(*objs: Any) -> Optional[str]:
-    """The content hash of the data set the inputs were measured on (``.dataset_hash``)."""
-    for o in objs:
-        h = getattr(o, "dataset_hash", None)
-        if isinstance(h, str) and h:
-            return h
-    return None
-
-
-def _examples(kind: str, columns: dict, *objs: Any, **kw: Any) -> Optional[dict]:
-    """Per-example values for paired comparisons; None (never an error) when unavailable."""
-    try:
-        return example_values(kind, columns, dataset=_dataset_hash(*objs), **kw)
-    except (ValueError, TypeError):
-        return None
 
 
 # --- deciding -------------------------------------------------------------------------------
@@ -493,16 +476,11 @@ def _per_site_effect(assertion: str, result: Any, criteria: tuple, direction: Op
             agg.p_value = chosen.p_value
         res = _result(assertion, c, agg, s)
         res.passed = bool(all(site_pass) if require == "all" else any(site_pass))
-        worst_is_min = (c.op in (">", ">=")) == (require == "all")
-        if c.name == "recovered":
-            cols = {"num": values - corrupt[None, :],
-                    "den": np.broadcast_to(clean - corrupt, values.shape)}
-        else:
-            cols = {"x": eff}
-        if S == 1:
-            cols = {k: v[0] for k, v in cols.items()}
-        res.examples = _examples("ratio" if c.name == "recovered" else "mean", cols, result,
-                                 agg="min" if worst_is_min else "max",
+        cols = ({"num": values - corrupt, "den": np.broadcast_to(clean - corrupt, values.shape)}
+                if c.name == "recovered" else {"x": eff})
+        res.examples = _examples("ratio" if c.name == "recovered" else "mean",
+                                 {k: v[0] if S == 1 else v for k, v in cols.items()}, result,
+                                 agg="min" if (c.op in (">", ">=")) == (require == "all") else "max",
                                  labels=labels if S > 1 else None)
         order = np.argsort(key, kind="stable")
         rows = [{"site": labels[i], "estimate": ests[i].estimate, "low": ests[i].low,

@@ -63,6 +63,25 @@ def example_values(kind: str, columns: dict[str, Any], *, dataset: Optional[str]
     return out
 
 
+def dataset_hash(*objs: Any) -> Optional[str]:
+    """The content hash of the data set the inputs were measured on (their ``.dataset_hash``:
+    PatchResult, TransferResult, ``Field.metric_values``), or None."""
+    for o in objs:
+        h = getattr(o, "dataset_hash", None)
+        if isinstance(h, str) and h:
+            return h
+    return None
+
+
+def examples_of(kind: str, columns: dict[str, Any], *objs: Any, **kw: Any) -> Optional[dict]:
+    """:func:`example_values` with the data set named by ``objs``; None (never an error) when
+    the values cannot be stored: an assertion's verdict must not depend on it."""
+    try:
+        return example_values(kind, columns, dataset=dataset_hash(*objs), **kw)
+    except (ValueError, TypeError):
+        return None
+
+
 def _stat(ex: dict, idx: np.ndarray) -> np.ndarray:
     """The statistic of ``ex`` on resampled example indices ``idx [..., m]`` -> ``[...]``."""
     kind, n = ex["kind"], int(ex["n"])
