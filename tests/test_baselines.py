@@ -23,6 +23,7 @@ def _rep(values: dict, outcomes: dict | None = None, op=">", bar=0.5):
 
 @pytest.mark.parametrize("expr, field, thr, rel", [
     ("passed", "passed", 0.0, False), ("PASSED", "passed", 0.0, False),
+    ("significant", "significant", 0.0, False), (" Significant ", "significant", 0.0, False),
     ("estimate:10%", "estimate", 0.1, True), ("estimate:0.05", "estimate", 0.05, False),
     ("value:2.5%", "estimate", 0.025, True), (" estimate : 1e-3 ", "estimate", 0.001, False),
 ])
@@ -94,3 +95,37 @@ def test_compare_passed_rule():
     comp = baselines.compare(cur, base, [baselines.parse_rule("passed")])
     assert sorted(r.split(":")[0] for r in comp["regressions"]) == ["a", "b"]
     assert baselines.compare(cur, base, [])["regressions"] == []
+
+
+def test_compare_says_why_results_are_not_paired():
+    """Reports without per-example values (older baselines) are compared by the fixed rules
+    only; the comparison says so instead of pretending to pair them."""
+    comp = baselines.compare(_rep({"a": 0.6}), _rep({"a": 0.9}),
+                             [baselines.parse_rule("significant")])
+    row = comp["rows"][0]
+    assert row["paired"] is None and "no per-example values" in row["unpaired_reason"]
+    assert comp["paired"]["n_paired"] == 0 and comp["paired"]["n_unpaired"] == 1
+    assert comp["regressions"] == []      # 0.6 still clears the bar 0.5: nothing crossed
+
+
+def test_compare_paired_with_a_saved_baseline(tmp_path):
+    """A saved report keeps the per-example values, so --fc-compare pairs against it; a data
+    set whose content changed is named as the reason it cannot."""
+    import numpy as np
+
+    from fieldcheck.claim.comparison import example_values
+
+    def rep(x, h):
+        r = ClaimResult(statistic="mean", estimate=float(np.mean(x)), interval=None, op=">",
+                        bar=0.0, passed=True, n=len(x), assertion="assert_prefers",
+                        examples=example_values("mean", {"x": x}, dataset=h)).to_dict()
+        return reports.build_report([{"id": "a", "outcome": "passed", "results": [r]}],
+                                    {"model": {"spec": "m"}}, correction="none")
+    x = np.linspace(1.0, 2.0, 20)
+    baselines.save(rep(x, "h1"), "v1", tmp_path)
+    _, saved = baselines.load("v1", tmp_path)
+    rule = [baselines.parse_rule("significant")]
+    comp = baselines.compare(rep(x - 0.5, "h1"), saved, rule, n_boot=500)
+    assert comp["rows"][0]["paired"]["estimate"] == pytest.approx(-0.5) and comp["regressions"]
+    comp = baselines.compare(rep(x - 0.5, "h2"), saved, rule, n_boot=500)
+    assert "different data sets" in comp["rows"][0]["unpaired_reason"] and not comp["regressions"]

@@ -23,6 +23,7 @@ import numpy as np
 
 from fieldcheck import config
 from fieldcheck.claim.result import ClaimFailed, ClaimResult, record
+from fieldcheck.claim.comparison import examples_of as _examples
 from fieldcheck.claim.criteria import Criterion, as_criteria
 from fieldcheck.errors import CriterionError, FieldcheckError, InsufficientData
 from fieldcheck.claim.statistics import (MIN_BOOTSTRAP_N, Estimate, adjust_pvalues, binomial_rate, bootstrap, clears,
@@ -334,6 +335,8 @@ def assert_predicted_effect(predicted: Any, actual: Any, *criteria: Criterion,
                     "y": A[0][:_MAX_PLOT].tolist(), "xlabel": "predicted effect",
                     "ylabel": "real effect", "what": "examples"}
         res = _result(name, c, est, s, plot=plot)
+        if c.name in ("r2", "pearson"):
+            res.examples = _examples(c.name, cols, actual, predicted, constants={"S": S})
         if not res.passed:
             res.message = res.summary() + "; worst sites: " + _sites_text(worst)
         return res
@@ -473,6 +476,12 @@ def _per_site_effect(assertion: str, result: Any, criteria: tuple, direction: Op
             agg.p_value = chosen.p_value
         res = _result(assertion, c, agg, s)
         res.passed = bool(all(site_pass) if require == "all" else any(site_pass))
+        cols = ({"num": values - corrupt, "den": np.broadcast_to(clean - corrupt, values.shape)}
+                if c.name == "recovered" else {"x": eff})
+        res.examples = _examples("ratio" if c.name == "recovered" else "mean",
+                                 {k: v[0] if S == 1 else v for k, v in cols.items()}, result,
+                                 agg="min" if (c.op in (">", ">=")) == (require == "all") else "max",
+                                 labels=labels if S > 1 else None)
         order = np.argsort(key, kind="stable")
         rows = [{"site": labels[i], "estimate": ests[i].estimate, "low": ests[i].low,
                  "high": ests[i].high, "p_value": p[i], "p_holm": p_holm[i],
@@ -705,8 +714,10 @@ def assert_light_cone(green: Any, tol: float = 0.0) -> list[ClaimResult]:
 
 def _mean_criteria(assertion: str, arrays: dict[str, Callable[[], np.ndarray]], criteria: tuple,
                    s: config.Settings, plot: Optional[dict] = None,
-                   rates: Optional[dict[str, Callable[[], np.ndarray]]] = None) -> list[ClaimResult]:
-    """Criteria on means of per-example values (sign-flip) and rates (Clopper-Pearson)."""
+                   rates: Optional[dict[str, Callable[[], np.ndarray]]] = None,
+                   source: Any = None) -> list[ClaimResult]:
+    """Criteria on means of per-example values (sign-flip) and rates (Clopper-Pearson).
+    ``source``: the object the values come from (its ``dataset_hash`` names the examples)."""
     rates = rates or {}
     valid = tuple(arrays) + tuple(rates)
 
@@ -726,6 +737,7 @@ def _mean_criteria(assertion: str, arrays: dict[str, Callable[[], np.ndarray]], 
             est = mean_test(x, alpha=s.alpha, n_boot=s.n_boot, method=s.method, rng=rng,
                             op=c.op, bar=c.bar)
         res = _result(assertion, c, est, s, plot=plot)
+        res.examples = _examples("mean", {"x": to_numpy(x)}, source)
         if plot is None:
             res.plot = {"kind": "hist", "values": to_numpy(x)[:_MAX_PLOT].tolist(), "bar": c.bar,
                         "estimate": est.estimate}
@@ -746,7 +758,8 @@ def assert_anisotropic(green: Any, *criteria: Criterion, alpha: Optional[float] 
     def get():
         return _finite(_vector(_attr(green, "depth_share", name, "a Green response"),
                                "depth_share", name), "depth_share")
-    return _mean_criteria(name, {"depth_share": get}, criteria, s, plot=_heatmap(green))
+    return _mean_criteria(name, {"depth_share": get}, criteria, s, plot=_heatmap(green),
+                          source=green)
 
 
 def assert_transfers(transfer: Any, *criteria: Criterion, alpha: Optional[float] = None,
@@ -772,7 +785,7 @@ def assert_transfers(transfer: Any, *criteria: Criterion, alpha: Optional[float]
             return _finite(x, attr)
         return get
     return _mean_criteria(name, {"shift": getter("shift"), "gap_closed": getter("gap_closed")},
-                          criteria, s, rates={"rate": getter("flipped")})
+                          criteria, s, rates={"rate": getter("flipped")}, source=transfer)
 
 
 def assert_faithful(circuit_result: Any, *criteria: Criterion, alpha: Optional[float] = None,
@@ -810,7 +823,10 @@ def assert_faithful(circuit_result: Any, *criteria: Criterion, alpha: Optional[f
         plot = {"kind": "bars", "labels": ["empty", "circuit", "full"],
                 "y": [float(d["empty"].mean()), float(d["circuit"].mean()),
                       float(d["full"].mean())]}
-        return _result(name, c, est, s, plot=plot)
+        res = _result(name, c, est, s, plot=plot)
+        res.examples = _examples("ratio", {"num": d["circuit"] - d["empty"], "den": den},
+                                 circuit_result)
+        return res
 
     return _run(name, criteria, ("cpr", "cmd"), s, prepare, one)
 
@@ -834,7 +850,8 @@ def assert_prefers(values: Any, *criteria: Criterion, alpha: Optional[float] = N
                 x = getattr(x, attr)
                 break
         return _finite(_vector(x, "the logit differences", name), "the logit differences")
-    return _mean_criteria(name, {"mean": raw}, criteria, s, rates={"rate": lambda: raw() > 0})
+    return _mean_criteria(name, {"mean": raw}, criteria, s, rates={"rate": lambda: raw() > 0},
+                          source=values)
 
 
 # --- sliced Green operators ---------------------------------------------------------------------

@@ -30,6 +30,9 @@ class ClaimResult:
     assertion: which assertion made it (``"assert_predicted_effect"``).
     details: extra numbers for the report (worst sites, per-example values, ...), JSON-able.
     plot: data the HTML report can draw (kind + arrays), JSON-able, or None.
+    examples: the per-example values the statistic is computed from and the data set's content
+    hash (:func:`fieldcheck.claim.comparison.example_values`), for paired comparisons across
+    models and runs; None when the assertion cannot give them.
     bound: the one-sided confidence bound (level 1 - alpha) on the side the criterion tests;
     ``interval`` is the two-sided interval at ``level`` = 1 - 2 alpha, whose ends are those
     bounds. alpha: the error rate the decision was made at.
@@ -55,6 +58,7 @@ class ClaimResult:
     plot: Optional[dict[str, Any]] = None
     bound: Optional[float] = None
     alpha: Optional[float] = None
+    examples: Optional[dict[str, Any]] = None
 
     def summary(self) -> str:
         lo_hi = ""

@@ -54,7 +54,12 @@ class _Tok:
                 f"the model {type(model).__name__} has no tokenizer (model.tokenizer is None); "
                 "a contrastive data set needs one to tokenize its prompts: load the model with its "
                 "tokenizer (fieldcheck.load_model(...) does)")
-        self.model = model
+        # weakly: this object is the value of a WeakKeyDictionary keyed by the model, and a
+        # strong reference back to the key would keep every model alive for good
+        try:
+            self._model_ref = weakref.ref(model)
+        except TypeError:  # not weak-referenceable (a stub)
+            self._model_ref = lambda m=model: m
         self.tokenizer = tokenizer
         cfg = getattr(model, "cfg", None)
         self.prepend_bos = bool(getattr(cfg, "default_prepend_bos", True))
@@ -79,6 +84,10 @@ class _Tok:
                 f"tokenizer {type(self.tokenizer).__name__} has no BOS token "
                 "(tokenizer.bos_token is None): set tokenizer.bos_token to a special token of "
                 "the vocabulary, or load the model with default_prepend_bos=False")
+
+    @property
+    def model(self) -> Any:
+        return self._model_ref()
 
     # -- tokenization ---------------------------------------------------------------------
     def prompt_tokens(self, prompt: str) -> list[int]:

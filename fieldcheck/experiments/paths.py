@@ -45,7 +45,7 @@ import torch
 
 from fieldcheck.errors import SiteError
 from fieldcheck.field.metrics import as_metric
-from fieldcheck.field.results import PatchResult
+from fieldcheck.field.results import PatchResult, dataset_hash_of
 from fieldcheck.field.sites import Site, as_site_set
 
 __all__ = ["path_patch", "receiver_heads", "receiver_mlps", "downstream", "Receivers", "PathResult", "FINAL"]
@@ -316,6 +316,6 @@ def path_patch(field, ds, senders, receivers, direction: str = "denoise", metric
             "seconds": time.perf_counter() - t_start}
     return PathResult(sites=sites, values=torch.stack(rows), baseline_clean=clean, baseline_corrupt=corrupt,
                       direction=direction, metric=m.name, jointly=jointly, alpha=1.0, source="other",
-                      dataset=getattr(ds, "name", ""), method="path", cost=cost,
+                      dataset=getattr(ds, "name", ""), method="path", cost=cost, dataset_hash=dataset_hash_of(ds),
                       skipped=np.zeros((len(groups), ds.n), dtype=bool),
                       receivers=rec.describe(field.n_layers, field.n_heads))

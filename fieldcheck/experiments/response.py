@@ -26,7 +26,7 @@ import torch
 from fieldcheck.jsonable import jsonable as _jsonable
 from fieldcheck.errors import SiteError, SourceError
 from fieldcheck.field.metrics import as_metric
-from fieldcheck.field.results import PatchResult
+from fieldcheck.field.results import PatchResult, dataset_hash_of
 from fieldcheck.field.sites import Site, as_site_set, resid_pre
 from fieldcheck.field.sources import as_source, check_alpha
 
@@ -237,7 +237,8 @@ def predict(field, ds, sites, order: int = 1, method: str = "gradient", steps: i
     name = f"{method}" + (f"(steps={steps})" if method == "integrated" else f"(order={order})")
     return PatchResult(sites=site_list, values=vals, baseline_clean=base_c, baseline_corrupt=base_k,
                        direction=direction, metric=m.name, jointly=False, alpha=alpha, source=src.describe(),
-                       dataset=getattr(ds, "name", ""), method=f"predict:{name}", cost=cost)
+                       dataset=getattr(ds, "name", ""), method=f"predict:{name}", cost=cost,
+                       dataset_hash=dataset_hash_of(ds))
 
 
 def _positions(ds, site: Site, device) -> torch.Tensor:

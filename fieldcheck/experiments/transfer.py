@@ -13,7 +13,7 @@ examples as ds_ab). ``targets`` defaults to ds_ab itself (its corrupted prompts)
 from __future__ import annotations
 
 from dataclasses import dataclass, field as dc_field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ class TransferResult:
     targets: str = ""
     confidence: float = 0.95
     cost: dict = dc_field(default_factory=dict)
+    dataset_hash: str = ""   # identity of the examples: the source set's and the targets' content hashes
 
     @property
     def n(self) -> int:
@@ -198,4 +199,16 @@ def transfer(field, ds_ab, site, targets=None, alpha: float = 1.0, metric="logit
         after=main.values[0].copy(), clean=main.baseline_clean.copy(), ld_before=ld.baseline_corrupt.copy(),
         ld_after=ld.values[0].copy(), displacement_norm=_np(disp.norm(dim=-1)),
         dataset=getattr(ds_ab, "name", ""), targets=getattr(targets, "name", ""), confidence=confidence,
-        cost=dict(main.cost))
+        cost=dict(main.cost), dataset_hash=_pair_hash(ds_ab, targets, pair))
+
+
+def _pair_hash(ds_ab: Any, targets: Any, pair: str) -> str:
+    """The examples of a transfer: the targets, and the source set whose displacements they got."""
+    import hashlib
+
+    from fieldcheck.field.results import dataset_hash_of
+
+    a, t = dataset_hash_of(ds_ab), dataset_hash_of(targets)
+    if not a or not t:
+        return ""
+    return hashlib.sha256(f"transfer/{pair}/{a}/{t}".encode()).hexdigest()

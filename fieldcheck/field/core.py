@@ -20,7 +20,7 @@ from fieldcheck.field.arch import FunctionalModel, UnsupportedArchitecture, func
 from fieldcheck.field.engine import Injection, LightConeEngine, Row, RunCache, run_cache
 from fieldcheck.errors import DatasetError, ModelNotAvailable, NumericalError, PatchError, SourceError, UsageError
 from fieldcheck.field.metrics import Metric, as_metric
-from fieldcheck.field.results import PatchResult
+from fieldcheck.field.results import PatchResult, dataset_hash_of
 from fieldcheck.field.sites import Site, SiteSet, as_site_set
 from fieldcheck.field.sources import Source, as_source, check_alpha, noise_for
 
@@ -138,8 +138,10 @@ class Field:
         """The metric on the unpatched clean or corrupted run, ``[batch]``."""
         r = self.run(ds)
         cache = r.clean if which == "clean" else r.corrupt
-        return self._metric(as_metric(metric), r, cache.resid[-1][torch.arange(ds.n), r.metric_pos],
-                            torch.arange(ds.n, device=self.device))
+        out = self._metric(as_metric(metric), r, cache.resid[-1][torch.arange(ds.n), r.metric_pos],
+                           torch.arange(ds.n, device=self.device))
+        out.dataset_hash = dataset_hash_of(ds)  # names the examples (assertions pair results by it)
+        return out
 
     def _metric(self, m: Metric, r: FieldRun, x_final: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
         ref = None
@@ -285,7 +287,7 @@ class Field:
             results[m.name] = PatchResult(
                 sites=site_list, values=values[m.name], baseline_clean=baselines[m.name][0],
                 baseline_corrupt=baselines[m.name][1], direction=direction, metric=m.name, jointly=jointly,
-                alpha=alpha, source=src.describe(), dataset=getattr(ds, "name", ""), method="patch",
+                alpha=alpha, source=src.describe(), dataset=getattr(ds, "name", ""), method="patch", dataset_hash=dataset_hash_of(ds),
                 cost=dict(cost), skipped=skipped)
         return results if isinstance(metric, (list, tuple)) else results[metrics[0].name]
 

@@ -41,6 +41,7 @@ class PatchResult:
     method: str = "patch"
     cost: dict[str, Any] = field(default_factory=dict)
     skipped: Optional[np.ndarray] = None  # [n_sites, batch] True where the source was exactly zero
+    dataset_hash: str = ""  # content hash of the data set (ContrastiveSet.content_hash): the examples' identity
 
     def __post_init__(self):
         self.values = _np(self.values)
@@ -163,7 +164,7 @@ class PatchResult:
             "baseline_clean": self.baseline_clean, "baseline_corrupt": self.baseline_corrupt,
             "effect": self.effect, "normalized": self.normalized, "direction": self.direction,
             "metric": self.metric, "jointly": self.jointly, "alpha": self.alpha, "source": self.source,
-            "dataset": self.dataset, "method": self.method, "cost": self.cost, "n": self.n})
+            "dataset": self.dataset, "dataset_hash": self.dataset_hash, "method": self.method, "cost": self.cost, "n": self.n})
 
     def summary(self) -> str:
         gap = float(np.mean(self.baseline_clean - self.baseline_corrupt))
@@ -180,3 +181,11 @@ class PatchResult:
         from fieldcheck.display import rich_html
 
         return rich_html(self, None if self.jointly or len(self.labels) < 2 else self.heatmap)
+
+
+def dataset_hash_of(ds: Any) -> str:
+    """``ds.content_hash()`` when the data set has one, else ""."""
+    try:
+        return str(ds.content_hash())
+    except Exception:
+        return ""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fieldcheck.display import draw_plot
+from fieldcheck.reports.grid import grid_html
 from fieldcheck.reports.schema import _jsonable, atomic_write_text
 from fieldcheck.reports.table import fmt, fmt_interval, table_rows
 
@@ -114,6 +115,7 @@ def render_html(report: dict) -> str:
             cells.append(f'<td class="{cls}">{v}</td>')
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</table>")
+    parts.append(grid_html(report))
     for c in report.get("claims", []):
         parts.append(f'<h2 id="c-{_esc(_anchor(c["id"]))}">{_esc(c["id"])} '
                      f'<span class="badge {_esc(c["outcome"])}">{_esc(c["outcome"])}</span>'

@@ -69,8 +69,11 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
                    fmt(r.get("p_value")), fmt(r.get("p_adjusted")), fmt(r.get("n")),
                    verdict(c, r)]
             if comp:
-                cr = by_key.get((c["id"], key))
-                if cr is None:
+                cr = by_key.get((c.get("base_id") or c["id"], key))
+                if c.get("model") is not None and c["model"] == (comp.get("baseline") or {}).get("model") \
+                        and not (comp.get("baseline") or {}).get("path"):
+                    row += ["(baseline)", "-"]
+                elif cr is None:
                     row += ["(new)", "-"]
                 else:
                     d = cr.get("delta")

@@ -10,7 +10,7 @@ import pytest
 
 from fieldcheck.claim.result import ClaimResult, set_sink
 
-from .fixtures import marker_kwargs, uses_our_fixture
+from .fixtures import marker_kwargs, model_param, uses_our_fixture
 from .session import FieldcheckPlugin, _settings_module
 
 PROPERTY = "fieldcheck"          # user_properties key holding one claim's JSON payload
@@ -48,7 +48,9 @@ class claim_scope:
         set_sink(None if _not_a_claim(self.item) else sink)
         m = _settings_module()
         if m is not None and hasattr(m, "override"):
-            kw = {"claim_id": self.item.nodeid}
+            # a claim run on several models draws the same resamples on each (seeded by the
+            # claim id without the model's label)
+            kw = {"claim_id": model_param(self.item)[1] or self.item.nodeid}
             seed = marker_kwargs(self.item).get("seed")
             if seed is not None:
                 kw["seed"] = int(seed)
@@ -124,6 +126,9 @@ def attach_results(item, call, report) -> None:
         r["claim_id"] = item.nodeid
     payload = {"results": results, "kind": item.stash.get(_EXC, None), "when": call.when,
                "marker": {k: v for k, v in marker_kwargs(item).items() if isinstance(v, (str, int, float))}}
+    spec, base_id = model_param(item)
+    if spec is not None:
+        payload["model"], payload["base_id"] = spec, base_id
     # replace any earlier payload (teardown reports share the item's list)
     props = [p for p in item.user_properties if not (isinstance(p, tuple) and p and
                                                       str(p[0]).startswith(PROPERTY))]
@@ -173,6 +178,8 @@ def collect(state: "FieldcheckPlugin", report) -> None:
     if payload is not None and (payload.get("when") == report.when):
         entry["results"] = payload.get("results", [])
         entry["marker"] = payload.get("marker", {})
+        if payload.get("model") is not None:
+            entry["model"], entry["base_id"] = payload["model"], payload["base_id"]
     wasxfail = hasattr(report, "wasxfail")
     if report.when == "setup":
         if report.failed:

@@ -36,20 +36,68 @@ def marker_kwargs(item) -> dict:
 
 @pytest.fixture(scope="session")
 def fc_model(request: pytest.FixtureRequest):
-    """The session's model (``--fc-model``), loaded once per session (once per xdist worker)."""
+    """The session's model (``--fc-model``), loaded once per session (once per xdist worker).
+
+    With ``--fc-baseline-model`` or ``--fc-models`` the fixture is parametrized over the models
+    (session scope): pytest runs every claim on one model, tears the fixture down (the model
+    and its Field are freed, and session fixtures built from the model are rebuilt), then
+    loads the next."""
     state = get_state(request.config)
+    spec = getattr(request, "param", None) or state.opts.model
     try:
-        return state.load(state.opts.model)
+        model = state.load(spec)
     except Exception as e:
-        pytest.fail(f"fieldcheck could not load the model {state.opts.model!r} "
-                    f"(--fc-model): {type(e).__name__}: {e}", pytrace=False)
+        flag = "--fc-model" if spec == state.opts.model else (
+            "--fc-baseline-model" if spec == state.opts.baseline_model else "--fc-models")
+        pytest.fail(f"fieldcheck could not load the model {spec!r} "
+                    f"({flag}): {type(e).__name__}: {e}", pytrace=False)
+    yield model
+    if state.specs:
+        del model
+        state.release(spec)
 
 
 @pytest.fixture(scope="session")
 def field(request: pytest.FixtureRequest, fc_model):
-    """``fieldcheck.Field(fc_model)``, built once per session."""
+    """``fieldcheck.Field(fc_model)``, built once per session (per model in a multi-model run)."""
     state = get_state(request.config)
-    return state.field_for(state.opts.model)
+    return state.field_for(state.spec_of(fc_model))
+
+
+def parametrize_models(metafunc) -> None:
+    """Run a claim that uses our ``fc_model`` (directly or through fixtures) once per model of
+    a multi-model run. Claims pinned to a model by their marker are left alone."""
+    state = get_state(metafunc.config)
+    if state is None or not state.specs or "fc_model" not in metafunc.fixturenames:
+        return
+    defs = metafunc.definition._fixtureinfo.name2fixturedefs.get("fc_model") or ()
+    if not defs or getattr(defs[-1].func, "__module__", None) != __name__:
+        return  # the user's own fc_model fixture
+    if marker_kwargs(metafunc.definition).get("model") is not None:
+        return
+    metafunc.parametrize("fc_model", state.specs, indirect=True, scope="session",
+                         ids=[state.labels[s] for s in state.specs])
+
+
+def model_param(item) -> tuple[Optional[str], Optional[str]]:
+    """(model spec, claim id without the model's label) of an item of a multi-model run, or
+    (None, None). The id is rebuilt from the parameter ids, not cut from the text."""
+    cs = getattr(item, "callspec", None)
+    if cs is None or "fc_model" not in getattr(cs, "params", {}):
+        return None, None
+    spec = cs.params["fc_model"]
+    state = get_state(item.config)
+    label = state.labels.get(spec) if state is not None else None
+    nid = item.nodeid
+    ids = list(getattr(cs, "_idlist", None) or [])
+    head = nid[:nid.rfind("[")] if nid.endswith("]") and "[" in nid else nid
+    if label is not None and ids and label in ids and nid.endswith("[" + "-".join(ids) + "]"):
+        rest = list(ids)
+        del rest[len(rest) - 1 - rest[::-1].index(label)]
+        return spec, head + (f"[{'-'.join(rest)}]" if rest else "")
+    if label is not None and nid.endswith(f"[{label}]"):
+        return spec, head
+    return spec, nid
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +119,9 @@ def fc_config(request: pytest.FixtureRequest) -> FcConfig:
     state = get_state(request.config)
     mk = marker_kwargs(request.node)
     o = state.opts
-    return FcConfig(model=mk.get("model") or o.model, device=state.device, dtype=o.dtype,
+    cs = getattr(request.node, "callspec", None)
+    running = (getattr(cs, "params", None) or {}).get("fc_model")  # a multi-model run's model
+    return FcConfig(model=mk.get("model") or running or o.model, device=state.device, dtype=o.dtype,
                     seed=int(mk["seed"]) if mk.get("seed") is not None else o.seed,
                     alpha=o.alpha, correction=o.correction, decide=o.decide,
                     n=int(mk["n"]) if mk.get("n") is not None else None,

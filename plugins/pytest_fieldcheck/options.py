@@ -31,8 +31,13 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "fc_report_html": ("write the self-contained HTML report to this path", None, "string"),
     "fc_save": ("save this run as baseline NAME under .fieldcheck/baselines/", None, "string"),
     "fc_compare": ("compare with a baseline: NAME, latest, or a path to a JSON report", None, "string"),
-    "fc_compare_fail": ("fail on regressions: passed, estimate:10%%, estimate:0.05 (repeatable)",
+    "fc_compare_fail": ("fail on regressions: significant, passed, estimate:10%%, estimate:0.05 "
+                        "(repeatable)",
                         None, "linelist"),
+    "fc_baseline_model": ("run every claim on this model too and compare --fc-model (the "
+                          "candidate) with it, paired over the same examples", None, "string"),
+    "fc_models": ("comma-separated model specs: run every claim on each, one model at a time "
+                  "(a checkpoint sweep; a claims x models grid in the reports)", None, "string"),
     "fc_no_cache": ("do not use or write the converted-model cache", False, "bool"),
 }
 # ini only: node-id patterns (fnmatch) of tests that are not claims, e.g. a library's own unit
@@ -91,6 +96,15 @@ class Options:
     compare: Optional[str] = None
     compare_fail: list = dc_field(default_factory=list)
     no_cache: bool = False
+    baseline_model: Optional[str] = None
+    models: list = dc_field(default_factory=list)
+
+    @property
+    def model_specs(self) -> list:
+        """The models every claim runs on, in order (empty: only ``model``)."""
+        if self.baseline_model:
+            return [self.baseline_model, self.model]
+        return list(self.models)
 
 
 def _usage(msg: str) -> pytest.UsageError:
@@ -140,7 +154,27 @@ def read_options(config: pytest.Config) -> Options:
     o.compare_fail = list(_opt(config, "fc_compare_fail") or [])
     nc = _opt(config, "fc_no_cache")
     o.no_cache = nc if isinstance(nc, bool) else str(nc).lower() in ("1", "true", "yes", "on")
-    if o.compare_fail and o.compare is None:
+    bm = _opt(config, "fc_baseline_model")
+    o.baseline_model = str(bm).strip() if bm not in (None, "") else None
+    raw_models = _opt(config, "fc_models")
+    o.models = [m.strip() for m in str(raw_models).split(",") if m.strip()] if raw_models else []
+    if o.baseline_model is not None and o.models:
+        raise _usage("--fc-baseline-model and --fc-models cannot be combined: compare a candidate "
+                     "(--fc-model) with a baseline, or sweep a list of models")
+    if o.baseline_model is not None and o.baseline_model == o.model:
+        raise _usage(f"--fc-baseline-model {o.baseline_model!r} is the --fc-model itself: pass the "
+                     f"candidate with --fc-model and the model you ship with --fc-baseline-model")
+    if raw_models is not None and len(o.models) < 2:
+        raise _usage(f"--fc-models {raw_models!r} names {len(o.models)} model(s): give at least two, "
+                     f"comma-separated, e.g. --fc-models ckpt-1000,ckpt-2000")
+    if len(set(o.models)) != len(o.models):
+        raise _usage(f"--fc-models {raw_models!r} names a model twice: give each once")
+    if o.models:
+        o.model = o.models[0]
+    if o.baseline_model is not None and o.compare is not None:
+        raise _usage("--fc-baseline-model compares with a model in the same run; --fc-compare with "
+                     "a saved run: use one of them")
+    if o.compare_fail and o.compare is None and o.baseline_model is None:
         o.compare = "latest"
     return o
 

@@ -33,6 +33,12 @@ def pytest_configure(config: pytest.Config) -> None:
     session.configure(config)
 
 
+def pytest_generate_tests(metafunc) -> None:
+    from .fixtures import parametrize_models
+
+    parametrize_models(metafunc)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item):
     with collection.claim_scope(item):
@@ -62,7 +68,8 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         return
     if not is_controller(config):
         config.workeroutput["fieldcheck_models"] = json.dumps(
-            {"infos": state.model_infos, "times": state.load_times}, sort_keys=True, default=str)
+            {"infos": state.model_infos, "times": state.load_times, "released": state.released},
+            sort_keys=True, default=str)
         return
     if not state.claims and not (state.opts.report_json or state.opts.report_html or
                                  state.opts.save or state.baseline is not None):

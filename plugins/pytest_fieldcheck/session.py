@@ -54,6 +54,9 @@ class FieldcheckPlugin:
         self.write_errors: list[str] = []
         self.prev_settings = None
         self.prev_profile: Optional[str] = None
+        self.specs: list[str] = list(opts.model_specs)   # models every claim runs on (multi-model)
+        self.labels: dict[str, str] = model_labels(self.specs, opts.baseline_model)
+        self.released: list[str] = []                     # specs loaded, then freed (in order)
 
     # models
     def load(self, spec: str):
@@ -85,6 +88,42 @@ class FieldcheckPlugin:
             self.load_times.setdefault(spec, {})[k] = info.pop(k)
         self.model_infos[spec] = info
         return model
+
+    def release(self, spec: str) -> None:
+        """Drop a model and its Field (with its run cache) so that the next model fits: the
+        session keeps no reference, and the memory is returned (``gc``, the CUDA cache)."""
+        had = spec in self.models
+        self.fields.pop(spec, None)
+        self.models.pop(spec, None)
+        if not had:
+            return
+        self.released.append(spec)
+        import gc
+
+        # pytest keeps the last failure for post-mortem debugging; its frames hold the claim's
+        # locals (the field, hence the model): drop it, the report has been written already
+        for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+            if hasattr(sys, name):
+                try:
+                    delattr(sys, name)
+                except AttributeError:
+                    pass
+
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and getattr(torch, "cuda", None) is not None:
+            try:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except Exception:
+                pass
+
+    def spec_of(self, model) -> str:
+        """The spec a loaded model came from (the session's model when unknown)."""
+        for spec, m in self.models.items():
+            if m is model:
+                return spec
+        return self.opts.model
 
     # hooks of this session (a method, so nested in-process sessions keep their own state)
     def pytest_sessionstart(self, session) -> None:
@@ -126,6 +165,7 @@ class FieldcheckPlugin:
                 self.model_infos.update(got.get("infos", {}))
                 for k, v in got.get("times", {}).items():
                     self.load_times.setdefault(k, v)
+                self.released.extend(got.get("released", []))
             except (TypeError, ValueError):
                 pass
 
@@ -151,6 +191,21 @@ class FieldcheckPlugin:
 
             self.fields[spec] = fieldcheck.Field(self.load(spec))
         return self.fields[spec]
+
+
+def model_labels(specs: list[str], baseline: Optional[str] = None) -> dict[str, str]:
+    """Short, unique test-id labels for the models of a multi-model run: ``baseline`` and
+    ``candidate`` for a baseline comparison, else the spec's last path part (``step1000``)."""
+    if not specs:
+        return {}
+    if baseline is not None and len(specs) == 2:
+        return {specs[0]: "baseline", specs[1]: "candidate"}
+    out: dict[str, str] = {}
+    for i, spec in enumerate(specs):
+        base = Path(spec.rstrip("/\\")).name or spec
+        base = "".join(ch if ch.isalnum() or ch in "._:=+-" else "_" for ch in base) or f"model{i}"
+        out[spec] = base if base not in out.values() else f"{base}#{i}"
+    return out
 
 
 def get_state(config: pytest.Config) -> FieldcheckPlugin:

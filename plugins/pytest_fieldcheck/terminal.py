@@ -25,10 +25,23 @@ def write_summary(terminalreporter, state: FieldcheckPlugin) -> None:
         for cid in after:
             tr.write_line(f"  {cid}", red=True)
         _recount(tr, after)
+    if rep.get("models"):
+        tr.write_sep("=", "fieldcheck claims x models")
+        tr.write_line(reports.format_grid(rep, width=getattr(tr, "_tw", None) and tr._tw.fullwidth))
+        rel = len(state.released)
+        tr.write_line(f"models run one after another, each freed before the next ({rel} "
+                      f"load(s) freed); reference: {rep['models']['labels'][0]}; in brackets: "
+                      f"the paired change against it [{round((1 - 2 * state.opts.alpha) * 100)}% CI]")
     comp = rep.get("comparison")
     if comp:
-        tr.write_line(f"compared with baseline {comp['baseline']['path']}"
-                      + (f" (missing now: {', '.join(comp['missing'])})" if comp["missing"] else ""))
+        where = (f"baseline model {comp['baseline']['model']}" if comp["baseline"].get("path") is None
+                 else f"baseline {comp['baseline']['path']}")
+        pinfo = comp.get("paired") or {}
+        tr.write_line(f"compared with {where}: {pinfo.get('n_paired', 0)} result(s) paired over the "
+                      f"same examples" + (f" (missing now: {', '.join(comp['missing'])})"
+                                          if comp["missing"] else ""))
+        for why, k in sorted((pinfo.get("unpaired") or {}).items()):
+            tr.write_line(f"  not paired ({k} result(s)): {why}", yellow=True)
         if comp["regressions"]:
             tr.write_line(f"fieldcheck: {len(comp['regressions'])} regression(s) against the "
                           f"baseline ({', '.join(comp['rules'])}):", red=True, bold=True)
