@@ -20,10 +20,12 @@ from fieldcheck.sites import Site, resid_pre
 L23_HEADS = [Site("attn_head", 23, "END", h) for h in (1, 2, 7)]
 
 
-def test_layer23_heads_sufficient_not_necessary(field, induction):
+def test_layer23_heads_sufficient_not_necessary(field, fc_session_seed):
     """Heads L23.H1, L23.H2, L23.H7 at END are partly sufficient (denoising them together
     recovers more than 15% of the induction logit difference) but not necessary (noising them
-    together leaves the clean run more than 70% of its logit difference)."""
+    together leaves the clean run more than 70% of its logit difference). 48 induction prompts:
+    at 16 both criteria sit about 3 standard errors from their bars."""
+    induction = fc.datasets.induction(field.model, n=48, seed=fc_session_seed, length=6)
     den = field.patch(induction, L23_HEADS, direction="denoise", jointly=True)
     noi = field.patch(induction, L23_HEADS, direction="noise", jointly=True)
     fc.assert_effect(den, recovered > 0.15, direction="denoise")
