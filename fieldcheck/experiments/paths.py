@@ -208,15 +208,15 @@ class _Sender:
         l = site.layer
         if site.kind == "attn_head":
             self.z_tgt = tgt.z[l][b, self.pos, site.head]             # [B, d_head]
-            dz = src.z[l][b, self.pos, site.head] - self.z_tgt
-            self.delta = dz @ fm.W_O_head(l, site.head)
+            self.delta = fm.head_out_delta(l, tgt.z[l][b, self.pos], site.head, src.z[l][b, self.pos, site.head])
         elif site.kind == "attn_out":
             self.z_tgt = tgt.z[l][b, self.pos]                         # [B, heads, d_head]
             zs = src.z[l][b, self.pos]
             self.delta = fm.o_proj(l, zs[:, None])[:, 0] - fm.o_proj(l, self.z_tgt[:, None])[:, 0]
         else:  # mlp_out
-            self.m_tgt = fm.mlp(l, tgt.mid[l][b, self.pos][:, None])[:, 0]
-            self.delta = fm.mlp(l, src.mid[l][b, self.pos][:, None])[:, 0] - self.m_tgt
+            mlp_in = lambda c: fm.mlp_in(c.resid[l][b, self.pos], c.mid[l][b, self.pos])[:, None]
+            self.m_tgt = fm.mlp(l, mlp_in(tgt))[:, 0]
+            self.delta = fm.mlp(l, mlp_in(src))[:, 0] - self.m_tgt
 
     @property
     def layer(self) -> int:
@@ -244,7 +244,7 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
     bidx = torch.arange(B, device=x.device)
     for l in range(l0, L):
         q, k, v = fm.qkv(l, x, 0)
-        z = fm.attend(q, k, v, 0)
+        z = fm.attend(q, k, v, 0, l)
         recv = {h: ins for (ll, h), ins in heads.items() if ll == l}
         if recv and bool((D != 0).any()):
             q2, k2, v2 = fm.qkv(l, x + D, 0)
@@ -253,7 +253,7 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
                 combos.setdefault(frozenset(ins), []).append(h)
             z = z.clone()
             for ins, hs in combos.items():
-                zz = fm.attend(q2 if "q" in ins else q, k2 if "k" in ins else k, v2 if "v" in ins else v, 0)
+                zz = fm.attend(q2 if "q" in ins else q, k2 if "k" in ins else k, v2 if "v" in ins else v, 0, l)
                 z[:, :, hs] = zz[:, :, hs]
         for s in senders:  # senders stay at their target values
             if s.layer == l and s.site.kind == "attn_head":
@@ -265,9 +265,9 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
             if s.layer == l and s.site.kind in ("attn_head", "attn_out"):
                 s.add_to(D)
         if l in mlps and bool((D != 0).any()):
-            m = fm.mlp(l, x_mid + D)
+            m = fm.mlp(l, fm.mlp_in(x, x_mid) + D)
         else:
-            m = fm.mlp(l, x_mid)
+            m = fm.mlp(l, fm.mlp_in(x, x_mid))
         for s in senders:
             if s.layer == l and s.site.kind == "mlp_out":
                 m[bidx, s.pos] = s.m_tgt.to(m.dtype)

@@ -174,7 +174,7 @@ class Field:
         if site.kind == "attn_out":
             return self.fm.o_proj(l, cache.z[l][b, pos][:, None])[:, 0]
         if site.kind == "mlp_out":
-            return self.fm.mlp(l, cache.mid[l][b, pos][:, None])[:, 0]
+            return self.fm.mlp(l, self.fm.mlp_in(cache.resid[l][b, pos], cache.mid[l][b, pos])[:, None])[:, 0]
         raise PatchError(f"unknown site kind {site.kind}")
 
     def _injections(self, r: FieldRun, site: Site, direction: str, src: Source, alpha: float):
