@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from fieldcheck.errors import FieldcheckError
+from fieldcheck.models.info import LIGHTCONE_FAMILIES
 
 
 class UnsupportedArchitecture(FieldcheckError):
@@ -291,24 +292,22 @@ class Family:
 
 _GEMMA2 = dict(ln2="pre_feedforward_layernorm", post_attn="post_attention_layernorm",
                post_mlp="post_feedforward_layernorm")
-FAMILIES: dict[str, tuple[str, Family]] = {
-    # HF class -> (family name, description)
-    "LlamaForCausalLM": ("llama", Family()),
-    "MistralForCausalLM": ("mistral", Family(global_window=True)),
-    "Qwen2ForCausalLM": ("qwen2", Family()),
-    "Qwen3ForCausalLM": ("qwen3", Family(qk_norm="head")),
-    "GemmaForCausalLM": ("gemma", Family()),
-    "Gemma2ForCausalLM": ("gemma2", Family(**_GEMMA2)),
-    "Gemma3ForCausalLM": ("gemma3", Family(**_GEMMA2, qk_norm="head")),
-    "GPTNeoXForCausalLM": ("gpt_neox", Family(
-        core="gpt_neox", embed="embed_in", final_norm="final_layer_norm", attn="attention",
-        qkv="per_head", qkv_names=("query_key_value",), o="dense", mlp="plain",
-        mlp_names=("dense_h_to_4h", "dense_4h_to_h"), act="act", parallel=True)),
-    "Phi3ForCausalLM": ("phi3", Family(qkv="fused", qkv_names=("qkv_proj",), mlp="gated_fused",
-                                       mlp_names=("gate_up_proj", "down_proj"), act="activation_fn",
-                                       global_window=True)),
-    "Olmo2ForCausalLM": ("olmo2", Family(ln1=None, ln2=None, post_attn="post_attention_layernorm",
-                                         post_mlp="post_feedforward_layernorm", qk_norm="flat")),
+# family name (fieldcheck.models.info.LIGHTCONE_FAMILIES maps HF classes to these) -> description
+FAMILY_SPECS: dict[str, Family] = {
+    "llama": Family(),
+    "mistral": Family(global_window=True),
+    "qwen2": Family(),
+    "qwen3": Family(qk_norm="head"),
+    "gemma": Family(),
+    "gemma2": Family(**_GEMMA2),
+    "gemma3": Family(**_GEMMA2, qk_norm="head"),
+    "gpt_neox": Family(core="gpt_neox", embed="embed_in", final_norm="final_layer_norm", attn="attention",
+                       qkv="per_head", qkv_names=("query_key_value",), o="dense", mlp="plain",
+                       mlp_names=("dense_h_to_4h", "dense_4h_to_h"), act="act", parallel=True),
+    "phi3": Family(qkv="fused", qkv_names=("qkv_proj",), mlp="gated_fused", mlp_names=("gate_up_proj", "down_proj"),
+                   act="activation_fn", global_window=True),
+    "olmo2": Family(ln1=None, ln2=None, post_attn="post_attention_layernorm", post_mlp="post_feedforward_layernorm",
+                    qk_norm="flat"),
 }
 
 
@@ -562,24 +561,12 @@ def functional_model(bridge) -> FunctionalModel:
     """The functional view of a TransformerBridge's HF model, or raise UnsupportedArchitecture."""
     hf = _raw(getattr(bridge, "original_model", bridge))
     name = type(hf).__name__
-    if name == "GPT2LMHeadModel":
+    family = LIGHTCONE_FAMILIES.get(name)
+    if family == "gpt2":
         return GPT2Functional(hf)
-    if name in FAMILIES:
-        family, spec = FAMILIES[name]
-        return DecoderFunctional(hf, family, spec)
+    if family in FAMILY_SPECS:
+        return DecoderFunctional(hf, family, FAMILY_SPECS[family])
     raise UnsupportedArchitecture(
         f"the light-cone engine does not support {name}; fieldcheck runs it through the TransformerBridge's "
         "hooks instead (slower, same experiments)"
     )
-
-
-def family_of(hf_or_bridge) -> tuple[str, str]:
-    """(family, engine) for a model: the family name and "lightcone" or "hooks" (what Field(model) runs)."""
-    hf = _raw(getattr(hf_or_bridge, "original_model", hf_or_bridge))
-    name = type(hf).__name__
-    if name == "GPT2LMHeadModel":
-        return "gpt2", "lightcone"
-    if name in FAMILIES:
-        return FAMILIES[name][0], "lightcone"
-    model_type = getattr(getattr(hf, "config", None), "model_type", None)
-    return str(model_type or name), "hooks"
