@@ -85,7 +85,7 @@ def main(argv=None):
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--families", default=",".join(FAMILIES))
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--heads", type=int, default=8)
@@ -119,6 +119,10 @@ def main(argv=None):
                        ratio=statistics.median(ratios), max_abs_diff=diff, rows=res.cost.get("rows"),
                        reps=args.reps)
             rows.append(row)
+            if args.json:  # after every family, so that a long run keeps what it measured
+                with open(args.json, "w") as fh:
+                    json.dump(dict(shape=dict(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads),
+                                   rows=rows, partial=True), fh, indent=1)
             print(f"{arch:<10} {engine:<9} {L * T:>5} {row['tl_s']:>7.2f} {row['fc_s']:>7.3f} {row['ratio']:>6.1f}x "
                   f"{diff:>9.1e}", flush=True)
             del model

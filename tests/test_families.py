@@ -28,6 +28,7 @@ from fieldcheck.models.info import model_info
 from fieldcheck.experiments.green import _forward_from
 from fieldcheck.experiments.paths import downstream
 from fieldcheck.experiments.response import _metric_at_end
+from fieldcheck.field.arch import UnsupportedArchitecture
 from fieldcheck.field.core import Field
 from fieldcheck.field.engine import run_cache
 from fieldcheck.field.metrics import as_metric
@@ -96,6 +97,14 @@ def test_loads_and_runs_on_the_engine(fam):
         assert f.fm.n_kv_heads < f.fm.n_heads
     if arch in ("gemma2", "gemma3"):
         assert f.fm.logit_softcap is not None
+    if arch == "qwen2":  # transformers maps a Qwen2 config to its own tokenizer class; the folder's is kept
+        from transformers import AutoTokenizer
+
+        from fieldcheck.models.tiny import tiny_tokenizer
+
+        assert type(AutoTokenizer.from_pretrained(folder)).__name__ == "Qwen2Tokenizer"
+        want = tiny_tokenizer()("Mary gave John", add_special_tokens=False)["input_ids"]
+        assert m.to_tokens("Mary gave John", prepend_bos=False)[0].tolist() == want
 
 
 def test_patching_matches_transformer_lens(fam):
@@ -218,3 +227,116 @@ def test_every_experiment_runs_and_agrees(fam64):
     assert float(p.response.abs().max()) == 0.0 and p.outside_cone_max == 0.0
     gs = f.green_slice(ds, resid_pre(0, "S2"), resid_pre(2, "END"), rank=4)
     assert torch.isfinite(gs.S).all() and float(gs.S[0]) > 0 and 0 < gs.explained <= 1 + 1e-9
+
+
+# --- the generic hooked path (families without a row in fieldcheck.field.arch) -------------------------
+@pytest.fixture(scope="module")
+def llama_both():
+    from fieldcheck.testing import tiny_model
+
+    m = tiny_model("llama", n_layers=3)
+    ds = fc.datasets.ioi(m, n=4, seed=1)
+    return m, ds, Field(m), Field(m, engine="hooks")
+
+
+def test_generic_path_equals_the_light_cone(llama_both):
+    """Field(model, engine="hooks") runs every experiment through the bridge's own forward (its
+    hooks): on a family the engine knows, the two agree to float32 rounding."""
+    m, ds, f, g = llama_both
+    assert g.engine_name == "hooks" and g.fm.generic and not f.fm.generic
+    s1, s2 = f.sensitivity(ds), g.sensitivity(ds)
+    for k in ("resid", "z", "attn_out", "mlp_out"):
+        assert (getattr(s1, k) - getattr(s2, k)).abs().max().item() <= TOL
+    sites = resid_pre("all", "all") + attn_head(1, "all", "all") + mlp_out(1, "all") + attn_out(2, "all")
+    assert np.abs(_vals(f.predict(ds, sites)) - _vals(g.predict(ds, sites))).max() <= TOL
+    assert np.abs(f.predict(ds, resid_pre(1, "S2"), order=2, alpha=0.1).effect
+                  - g.predict(ds, resid_pre(1, "S2"), order=2, alpha=0.1).effect).max() <= TOL
+    assert (f.green(ds, resid_pre(1, "S2")).response - g.green(ds, resid_pre(1, "S2")).response).abs().max() <= TOL
+    assert (f.green_slice(ds, resid_pre(0, "S2"), resid_pre(2, "END"), rank=4).S
+            - g.green_slice(ds, resid_pre(0, "S2"), resid_pre(2, "END"), rank=4).S).abs().max() <= 1e-4
+    assert np.abs(f.transfer(ds, resid_pre(1, "S2")).shift - g.transfer(ds, resid_pre(1, "S2")).shift).max() <= TOL
+    snd = mlp_out(1, "END") + attn_out(2, "END")
+    assert np.abs(_vals(f.path_patch(ds, snd, "final")) - _vals(g.path_patch(ds, snd, "final"))).max() <= TOL
+    p = g.patch(ds, resid_pre(1, "S2"), progress=False)
+    assert p.cost["engine"] == "hooks"
+    with pytest.raises(UnsupportedArchitecture, match="light-cone"):
+        g.patch(ds, resid_pre(1, "S2"), engine="lightcone")
+
+
+@pytest.fixture(scope="module")
+def unknown(tmp_path_factory):
+    """OPT: a family the light-cone engine has no row for."""
+    import transformers as tr
+
+    from fieldcheck.models.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cfg = tr.OPTConfig(vocab_size=len(tok), hidden_size=64, ffn_dim=128, num_hidden_layers=3, num_attention_heads=4,
+                       word_embed_proj_dim=64, max_position_embeddings=256, init_std=0.15, dropout=0.0,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        hf = tr.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    folder = tmp_path_factory.mktemp("family-opt")
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    m = fc.load_model(folder)
+    return m, fc.datasets.ioi(m, n=4, seed=1), Field(m)
+
+
+def test_unknown_family_runs_every_experiment(unknown):
+    m, ds, f = unknown
+    info = model_info(m)
+    assert (info["family"], info["engine"]) == ("opt", "hooks") and f.engine_name == "hooks" and f.fm.generic
+    # the metric read from the residual stream is the model's own
+    with torch.no_grad():
+        lg = m(ds.corrupt_tokens)
+    b = torch.arange(ds.n)
+    ld = lg[b, ds.positions["END"], ds.answers] - lg[b, ds.positions["END"], ds.wrong]
+    assert (f.metric_values(ds, which="corrupt") - ld).abs().max() <= TOL
+    real = f.patch(ds, resid_pre("all", "all"), progress=False)
+    assert real.cost["engine"] == "hooks" and np.abs(real.effect).max() > 1e-3
+    # first-order predictions converge to real patches as alpha -> 0
+    small = f.patch(ds, resid_pre(1, "S2"), alpha=1e-3, progress=False).effect
+    pred = f.predict(ds, resid_pre(1, "S2"), alpha=1e-3).effect
+    assert np.abs(pred - small).max() < 2e-2 * np.abs(small).max()
+    assert f.predict(ds, resid_pre(1, "S2"), order=2, alpha=0.1).effect.shape == (1, ds.n)
+    assert np.isfinite(f.predict(ds, resid_pre("all", "all"), method="integrated", steps=4).effect).all()
+    sw = f.scale_sweep(ds, resid_pre(2, "END"), alphas=[0, 0.5, 1.0])
+    assert np.all(sw.effect[0] == 0)
+    np.testing.assert_allclose(sw.effect[-1], f.patch(ds, resid_pre(2, "END"), progress=False).effect[0], atol=TOL)
+    g = f.green(ds, resid_pre(1, "S2"))
+    assert g.outside_cone_max == 0.0
+    assert float(f.propagate(ds, resid_pre(1, "S2"), alpha=0.0).response.abs().max()) == 0.0
+    assert float(f.green_slice(ds, resid_pre(0, "S2"), resid_pre(2, "END"), rank=2).S[0]) > 0
+    sel = f.select_sites(ds, 2, method="gradient")
+    np.testing.assert_allclose(sel.real.values, f.patch(ds, sel.sites, jointly=True, progress=False).values)
+    fd = int(ds.first_diff.min())
+    t = f.transfer(ds, resid_pre(0, fd), pair="matched")
+    np.testing.assert_allclose(t.after, f.patch(ds, resid_pre(0, fd), progress=False).values[0], atol=TOL)
+    # the last block's MLP at the metric position reaches the logits only directly
+    L = f.n_layers
+    pp = f.path_patch(ds, mlp_out(L - 1, "END"), "final")
+    np.testing.assert_allclose(pp.values, f.patch(ds, mlp_out(L - 1, "END"), progress=False).values, atol=TOL)
+    with pytest.raises(UnsupportedArchitecture, match="per-block"):
+        f.path_patch(ds, attn_head(0, 0, "S2"), "final")
+
+
+# --- loading --------------------------------------------------------------------------------------------
+def test_smoke_test_names_the_real_failure():
+    from fieldcheck.models.loading import _smoke_test
+    from fieldcheck.testing import tiny_model
+
+    m = tiny_model("llama", n_layers=1)
+    attn = m.original_model.model.layers[0].self_attn
+    while getattr(attn, "original_component", None) is not None:
+        attn = attn.original_component
+    q = attn.q_proj
+    while getattr(q, "original_component", None) is not None:
+        q = q.original_component
+    q.weight = torch.nn.Parameter(q.weight[:, :-1].clone(), requires_grad=False)  # a broken checkpoint
+    with pytest.raises(fc.errors.ModelNotAvailable, match="not a dtype problem") as e:
+        _smoke_test(m, "broken", "cpu", torch.float32)
+    assert "RuntimeError" in str(e.value) and "float32" in str(e.value)
+    with pytest.raises(fc.errors.DeviceError, match="bfloat16"):  # a reduced precision is a candidate cause
+        _smoke_test(m, "broken", "cpu", torch.bfloat16)

@@ -223,6 +223,10 @@ class _Sender:
             new = full.clone()
             new[:, self.heads] = src.z[l][b, self.pos][:, self.heads]
             self.delta = fm.o_proj(l, new[:, None])[:, 0] - fm.o_proj(l, full[:, None])[:, 0]
+        elif getattr(fm, "generic", False) and site.kind in ("attn_out", "mlp_out"):  # the hooked fallback
+            self.z_tgt = tgt.z[l][b, self.pos]
+            self.m_tgt = fm.site_value(tgt, site.kind, l, b, self.pos)
+            self.delta = fm.site_value(src, site.kind, l, b, self.pos) - self.m_tgt
         elif site.kind == "attn_out":
             self.z_tgt = tgt.z[l][b, self.pos]                         # [B, heads, d_head]
             zs = src.z[l][b, self.pos]

@@ -37,6 +37,8 @@ def _forward_collect(fm, x0: torch.Tensor):
 
     Returns dict with lists: resid (L+1) [B,T,d], mid (L), z (L) [B,T,H,dh], mlp_out (L), attn_out (L).
     """
+    if getattr(fm, "generic", False):  # the hooked fallback: one bridge forward
+        return fm.forward_collect(x0)
     acts: dict[str, list] = {"resid": [x0], "mid": [], "z": [], "mlp_out": [], "attn_out": []}
     x = x0
     for l in range(fm.n_layers):

@@ -70,6 +70,12 @@ class FunctionalModel:
     parallel: bool = False          # the MLP reads resid_pre (GPT-NeoX), not resid_mid
     attn_post_norm: bool = False    # attn_out = norm(o_proj(z)) (Gemma 2/3, OLMo-2): heads do not add up
     logit_softcap: Optional[float] = None
+    generic = False                 # the hooked fallback (fieldcheck.field.hooked.HookedFunctional) is True
+
+    @property
+    def linear_unembed(self) -> bool:
+        """Logits are x_normed @ W_U.T (+ b_U), so a logit difference needs two columns only."""
+        return self.logit_softcap is None
 
     # --- to implement per architecture -------------------------------------------------
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:  # [row, pos] -> [row, pos, d_model]

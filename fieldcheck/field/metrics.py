@@ -35,7 +35,7 @@ class Metric:
         xn = fm.final_norm(x_final)
         if self.name == "logit_diff":
             a, w = ds.answers.to(xn.device)[ex], ds.wrong.to(xn.device)[ex]
-            if getattr(fm, "logit_softcap", None) is not None:  # tanh-capped logits do not subtract linearly
+            if not getattr(fm, "linear_unembed", True):  # soft-capped or generic logits: column by column
                 return fm.logit_of(xn, a) - fm.logit_of(xn, w)
             W = fm.W_U
             out = (xn * (W[a] - W[w])).sum(-1)
