@@ -1,8 +1,11 @@
-"""The reference patching path: one hooked TransformerLens forward per site.
+"""The reference and generic path: the TransformerBridge's own forward, driven through its hooks.
 
-Slow (a full forward per site) but independent of the functional engine: it runs the
-TransformerBridge itself with a forward hook at the site's hook name. It is the fallback for
-architectures the light-cone engine does not know, and the reference the engine is tested against.
+``patch_hooked``: one hooked TransformerLens forward per site. Slow (a full forward per site) but
+independent of the functional engine: it runs the TransformerBridge itself with a forward hook at
+the site's hook name. ``HookedFunctional``: the residual stream, forwards from a layer, gradients and
+JVPs through the bridge's forward, for the response objects. Together they are the fallback for
+families the light-cone engine does not know (``Field(model)`` picks them; ``engine == "hooks"``),
+and the reference the engine is tested against.
 Every hook counts its calls and checks that it changed the activation where the source is
 non-zero; a patch that silently did nothing raises PatchError.
 """
@@ -146,7 +149,16 @@ class HookedFunctional:
         tok = getattr(bridge, "tokenizer", None)
         special = {getattr(tok, a, None) for a in ("pad_token_id", "bos_token_id", "eos_token_id")}
         self._filler = next(i for i in range(self.d_vocab) if i not in special)
-        self._check_head()
+        from fieldcheck.field.arch import UnsupportedArchitecture
+        try:
+            self._check_head()
+        except UnsupportedArchitecture:
+            raise
+        except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise UnsupportedArchitecture(
+                f"{self.family}: the bridge does not expose what the generic path needs (blocks.*.hook_resid_pre/"
+                f"post, ln_final, unembed): {exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            ) from None
 
     def _check_head(self) -> None:
         from fieldcheck.field.arch import UnsupportedArchitecture
@@ -178,7 +190,12 @@ class HookedFunctional:
         got: dict = {}
 
         def replace(act, hook=None):
-            return x.to(act.dtype) if x.dtype == act.dtype else x
+            if act.shape != x.shape:
+                from fieldcheck.field.arch import UnsupportedArchitecture
+                raise UnsupportedArchitecture(
+                    f"{self.family}: the bridge's {self._pre(l)} has shape {tuple(act.shape)}, not the residual "
+                    f"stream's {tuple(x.shape)}; the generic path cannot drive this model")
+            return x if x.dtype == act.dtype else x.to(act.dtype)
 
         def keeper(name):
             def keep(act, hook=None):
