@@ -344,7 +344,14 @@ class DecoderFunctional(FunctionalModel):
         self.W_E = emb.weight
         scale = getattr(emb, "embed_scale", None)
         self._embed_scale = scale if torch.is_tensor(scale) else None
-        self.lnf = _Norm(getattr(core, spec.final_norm))
+        self._lnf = _Norm(getattr(core, spec.final_norm))
+        # the final norm's affine form, as GPT2Functional/the former LlamaFunctional exposed it (DLA reads it):
+        # LayerNorm: lnf = (weight, bias); RMSNorm: w_norm (Gemma: the effective 1 + w); both: eps
+        self.eps = self._lnf.eps
+        if self._lnf.layer:
+            self.lnf = (self._lnf.w, self._lnf.b)
+        else:
+            self.w_norm = (1.0 + self._lnf.w) if self._lnf.offset else self._lnf.w
         self.rotary = _raw(core.rotary_emb)
         import inspect
         self._rotary_by_type = "layer_type" in inspect.signature(self.rotary.forward).parameters
@@ -457,7 +464,7 @@ class DecoderFunctional(FunctionalModel):
         return out if w["post_mlp"] is None else w["post_mlp"](out)
 
     def final_norm(self, x):
-        return self.lnf(x)
+        return self._lnf(x)
 
     @property
     def W_U(self):
