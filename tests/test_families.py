@@ -340,3 +340,16 @@ def test_smoke_test_names_the_real_failure():
     assert "RuntimeError" in str(e.value) and "float32" in str(e.value)
     with pytest.raises(fc.errors.DeviceError, match="bfloat16"):  # a reduced precision is a candidate cause
         _smoke_test(m, "broken", "cpu", torch.bfloat16)
+
+
+def test_attention_patterns_match_the_bridge(fam):
+    """The engine's attention patterns (sliding windows and soft-capping included) equal the bridge's
+    hook_pattern (fieldcheck.experiments.attention)."""
+    from fieldcheck.experiments.attention import patterns_from_cache, patterns_hooked
+
+    arch, folder, m, ds, f = fam
+    r = f.run(ds)
+    ref = patterns_hooked(m, ds.clean_tokens, range(f.n_layers))
+    for l in range(f.n_layers):
+        ours = patterns_from_cache(f.fm, r.clean.resid[l], r.clean.k[l], l)
+        assert (ours - ref[l]).abs().max().item() <= TOL
