@@ -353,3 +353,17 @@ def test_attention_patterns_match_the_bridge(fam):
     for l in range(f.n_layers):
         ours = patterns_from_cache(f.fm, r.clean.resid[l], r.clean.k[l], l)
         assert (ours - ref[l]).abs().max().item() <= TOL
+
+
+def test_edge_circuits_run_or_refuse_by_name(fam):
+    """Edge-level circuits split blocks into per-head q/k/v and W_O slices: available where that is the
+    model, refused with UnsupportedArchitecture naming the reason elsewhere (never a wrong number)."""
+    from fieldcheck.experiments.edges import edge_graph
+
+    arch, folder, m, ds, f = fam
+    fm = f.fm
+    if fm.parallel or fm.attn_post_norm or fm._per_layer_attention:
+        with pytest.raises(UnsupportedArchitecture, match="edge-level circuits"):
+            edge_graph(f)
+    else:
+        assert edge_graph(f).n_layers == f.n_layers
