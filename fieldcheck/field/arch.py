@@ -362,8 +362,8 @@ class DecoderFunctional(FunctionalModel):
             layer, get = _raw(layer), (lambda m, n: None if n is None else _raw(getattr(m, n)))
             attn = get(layer, spec.attn)
             mlp = get(layer, "mlp")
-            w = dict(ln1=None if spec.ln1 is None else _Norm(get(layer, spec.ln1)),
-                     ln2=None if spec.ln2 is None else _Norm(get(layer, spec.ln2)),
+            w = dict(n1=None if spec.ln1 is None else _Norm(get(layer, spec.ln1)),
+                     n2=None if spec.ln2 is None else _Norm(get(layer, spec.ln2)),
                      post_attn=None if spec.post_attn is None else _Norm(get(layer, spec.post_attn)),
                      post_mlp=None if spec.post_mlp is None else _Norm(get(layer, spec.post_mlp)),
                      qkv=[_wb(get(attn, n)) for n in spec.qkv_names], o=_wb(get(attn, spec.o)),
@@ -374,6 +374,12 @@ class DecoderFunctional(FunctionalModel):
                      softcap=getattr(attn, "attn_logit_softcapping", None),
                      scaling=float(getattr(attn, "scaling", self.d_head ** -0.5)),
                      rope_type=layer_types[i])
+            # the plain tensors earlier versions kept (fieldcheck.experiments.edges reads them for Llama)
+            if spec.qkv == "split":
+                w.update(q=w["qkv"][0][0], k=w["qkv"][1][0], v=w["qkv"][2][0])
+            for key, norm in (("1", w["n1"]), ("2", w["n2"])):
+                if norm is not None and not norm.layer and not norm.offset:
+                    w["ln" + key], w["eps" + key] = norm.w, norm.eps
             self.blocks.append(w)
         if len({b["scaling"] for b in self.blocks}) != 1:
             raise UnsupportedArchitecture(f"{family} with different attention scales per block")
@@ -396,7 +402,11 @@ class DecoderFunctional(FunctionalModel):
         x = F.embedding(tokens, self.W_E)
         return x if self._embed_scale is None else x * self._embed_scale.to(x.dtype)
 
-    def _cos_sin(self, l: int, pos0: int, T: int, like: torch.Tensor):
+    def _cos_sin(self, pos0: int, T: int, like: torch.Tensor):
+        """cos, sin ``[1, 1, T, rot]`` of block 0's rope (the one table of single-rope families)."""
+        return self._rope(0, pos0, T, like)
+
+    def _rope(self, l: int, pos0: int, T: int, like: torch.Tensor):
         # built from positions, dtype and device alone (never from a tensor inside a torch.func
         # transform, which would cache a wrapped tensor); every block's table at once (Gemma 3's
         # sliding blocks have their own rope base)
@@ -415,7 +425,7 @@ class DecoderFunctional(FunctionalModel):
 
     def qkv(self, l, x, pos0):
         w = self.blocks[l]
-        h = x if w["ln1"] is None else w["ln1"](x)
+        h = x if w["n1"] is None else w["n1"](x)
         R, T, _ = x.shape
         H, K, dh = self.n_heads, self.n_kv_heads, self.d_head
         if self.spec.qkv == "split":
@@ -430,7 +440,7 @@ class DecoderFunctional(FunctionalModel):
         if self.spec.qk_norm == "head":
             q, k = w["q_norm"](q), w["k_norm"](k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        cos, sin = self._cos_sin(l, pos0, T, x)
+        cos, sin = self._rope(l, pos0, T, x)
         rot = cos.shape[-1]
         if rot == dh:
             q = q * cos + _rotate_half(q) * sin
@@ -452,7 +462,7 @@ class DecoderFunctional(FunctionalModel):
 
     def mlp(self, l, x_in):
         w = self.blocks[l]
-        h = x_in if w["ln2"] is None else w["ln2"](x_in)
+        h = x_in if w["n2"] is None else w["n2"](x_in)
         if self.spec.mlp == "gated":
             (g, u, d) = w["mlp"]
             out = _lin(w["act"](_lin(h, g)) * _lin(h, u), d)
@@ -475,7 +485,9 @@ class DecoderFunctional(FunctionalModel):
         return getattr(self._lm_head, "bias", None)
 
 
-LlamaFunctional = DecoderFunctional  # the name earlier versions exported
+class LlamaFunctional(DecoderFunctional):
+    """Llama without biases (SmolLM2, Llama 2/3): the generic decoder under the class name that
+    ``fieldcheck.experiments.edges`` recognises for its per-head projection shortcut."""
 
 
 class GPT2Functional(FunctionalModel):
@@ -578,7 +590,11 @@ def functional_model(bridge) -> FunctionalModel:
     if family == "gpt2":
         return GPT2Functional(hf)
     if family in FAMILY_SPECS:
-        return DecoderFunctional(hf, family, FAMILY_SPECS[family])
+        fm = DecoderFunctional(hf, family, FAMILY_SPECS[family])
+        plain = all(b is None for blk in fm.blocks for b in [wb[1] for wb in blk["qkv"]] + [blk["o"][1]])
+        if family == "llama" and plain:
+            fm.__class__ = LlamaFunctional
+        return fm
     raise UnsupportedArchitecture(
         f"the light-cone engine does not support {name}; fieldcheck runs it through the TransformerBridge's "
         "hooks instead (slower, same experiments)"
