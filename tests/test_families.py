@@ -367,3 +367,20 @@ def test_edge_circuits_run_or_refuse_by_name(fam):
             edge_graph(f)
     else:
         assert edge_graph(f).n_layers == f.n_layers
+
+
+def test_models_list_shows_family_and_engine(fam, capsys, tmp_path):
+    import json
+
+    from fieldcheck.cli import main
+
+    arch, folder, m, ds, f = fam
+    assert main(["models", "list", "--json", str(folder)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (row,) = out["folders"]
+    assert (row["family"], row["engine"]) == (f.fm.family, "lightcone")
+    assert row["architecture"] == type(m.original_model).__name__
+    assert all(s["engine"] == "lightcone" and s["family"] == "llama" for s in out["models"])  # smollm2-135m
+    assert main(["models", "list", str(folder)]) == 0
+    assert f"family {f.fm.family} ({row['architecture']}), engine light cone" in capsys.readouterr().out
+    assert main(["models", "list", str(tmp_path)]) == 1  # not a model folder: a clear error, exit 1
