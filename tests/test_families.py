@@ -34,7 +34,6 @@ from fieldcheck.field.engine import run_cache
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.models.tiny import FAMILIES, tiny_hf_model
 from fieldcheck.sites import attn_head, attn_out, mlp_out, resid_mid, resid_post, resid_pre
-from fieldcheck.sources import gaussian
 
 TOL = 1e-5
 # gpt2 and llama are covered in depth by test_engine_equivalence / test_response / test_green
