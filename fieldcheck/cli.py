@@ -1,7 +1,10 @@
 """The ``fieldcheck`` console script.
 
     fieldcheck models pull NAME     fetch/convert/cache a model (an alias or a .gguf file)
-    fieldcheck models list          known aliases, whether they are cached, sizes
+    fieldcheck models list [FOLDER...]
+                                    known aliases, whether they are cached, sizes, each model's
+                                    family and the engine that will run (light cone or hooks);
+                                    FOLDERs: local HF model folders to describe too
     fieldcheck models path NAME     print the cache folder of an alias
 
 Exit codes: 0 success, 1 a fieldcheck error (the message says what to do), 2 bad usage.
@@ -40,10 +43,22 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from fieldcheck.models.loading import ALIASES, TINY_ARCHS, cache_state, fieldcheck_home
 
+    from fieldcheck.errors import ModelNotAvailable
+    from fieldcheck.models.info import family_and_engine
+    from fieldcheck.models.loading import folder_family
+
     states = [cache_state(name) for name in sorted(ALIASES)]
+    folders = []
+    for path in args.folders:
+        found = folder_family(path)
+        if found is None:
+            raise ModelNotAvailable(f"{path} is not a HuggingFace model folder (no readable config.json)")
+        folders.append({"path": path, **found})
+    tiny = {name: dict(zip(("family", "engine"), family_and_engine(
+        {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}.get(arch, arch)))) for name, arch in TINY_ARCHS.items()}
     if args.json:
         print(json.dumps({"fieldcheck_home": str(fieldcheck_home()), "models": states,
-                          "tiny": sorted(TINY_ARCHS)}, indent=1))
+                          "tiny": sorted(TINY_ARCHS), "tiny_engines": tiny, "folders": folders}, indent=1))
         return 0
     print(f"FIELDCHECK_HOME={fieldcheck_home()}")
     for s in states:
@@ -56,11 +71,21 @@ def _cmd_list(args: argparse.Namespace) -> int:
         else:
             state = f"package {s['package']} not installed"
         print(f"{s['name']:<16} {state}")
+        print(f"{'':<16} family {s['family']} ({s['architecture']}), engine {_engine(s['engine'])}")
         print(f"{'':<16} {s['description']}; {s['notes']}")
         print(f"{'':<16} cache: {s['cache']}")
     for name in sorted(TINY_ARCHS):
-        print(f"{name:<16} built in-process (random weights, for tests)")
+        print(f"{name:<16} built in-process (random weights, for tests); family {tiny[name]['family']}, "
+              f"engine {_engine(tiny[name]['engine'])}")
+    for f in folders:
+        print(f"{f['path']}")
+        print(f"{'':<16} family {f['family']} ({f['architecture']}), engine {_engine(f['engine'])}")
     return 0
+
+
+def _engine(name: str) -> str:
+    return {"lightcone": "light cone (fast, exact)",
+            "hooks": "hooks (generic: one hooked forward per site, autograd through the hooks)"}.get(name, name)
 
 
 def _cmd_path(args: argparse.Namespace) -> int:
@@ -88,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="re-hash every cached file instead of trusting unchanged mtimes")
     pull.set_defaults(func=_cmd_pull)
 
-    lst = msub.add_parser("list", help="known aliases, cached state and sizes")
+    lst = msub.add_parser("list", help="known aliases, cached state, sizes, family and engine")
+    lst.add_argument("folders", nargs="*", metavar="FOLDER", help="local HF model folders to describe too")
     lst.add_argument("--json", action="store_true", help="print JSON")
     lst.set_defaults(func=_cmd_list)
 

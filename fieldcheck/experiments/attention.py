@@ -95,7 +95,7 @@ def patterns_from_cache(fm, resid_l: torch.Tensor, k_l: torch.Tensor, l: int) ->
     q, _, _ = fm.qkv(l, resid_l, 0)
     B, _, T, _ = k_l.shape
     eye = torch.eye(T, dtype=q.dtype, device=q.device).expand(B, k_l.shape[1], T, T)
-    z = fm.attend(q, k_l, eye, 0)  # [batch, q_pos, head, k_pos]: the weights applied to one-hot values
+    z = fm.attend(q, k_l, eye, 0, l)  # [batch, q_pos, head, k_pos]: the weights applied to one-hot values
     return z.transpose(1, 2)
 
 
@@ -110,7 +110,7 @@ def patterns_hooked(model, tokens: torch.Tensor, layers: Sequence[int]) -> dict[
 def _layer_patterns(field, ds, layers, which: str, engine: Optional[str]):
     """(iterator of (layer, patterns ``[batch, head, q_pos, k_pos]``), how). On the light-cone
     engine the patterns are computed one layer at a time, so only one layer's are held."""
-    engine = engine or ("lightcone" if field.fm is not None else "hooks")
+    engine = engine or ("lightcone" if field.fm is not None and not getattr(field.fm, "generic", False) else "hooks")
     if engine not in ("lightcone", "hooks"):
         raise UsageError(f"engine must be 'lightcone' or 'hooks', got {engine!r}")
     if engine == "lightcone":
@@ -437,7 +437,7 @@ def head_scores(field, n: int = 8, length: int = 20, seed: int = 0, kinds: Seque
         raise UsageError(f"2*length+1 = {toks.shape[1]} tokens exceed the model's context of {n_ctx}; use a "
                          "smaller length")
     L, H = field.n_layers, field.n_heads
-    engine = engine or ("lightcone" if field.fm is not None else "hooks")
+    engine = engine or ("lightcone" if field.fm is not None and not getattr(field.fm, "generic", False) else "hooks")
     dev_toks = toks.to(field.device)
     if engine == "lightcone":
         cache = run_cache(field._need_fm(), dev_toks)

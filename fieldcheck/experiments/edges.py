@@ -158,8 +158,24 @@ class EdgeGraph:
                 f"{self.n_receivers} receivers, {self.n_edges} edges)")
 
 
+def _check_family(fm) -> None:
+    """The edge forward splits a block into per-head q/k/v and W_O slices and a sequential MLP: refuse,
+    by name, the families where that split is not the model (rather than give wrong edge values)."""
+    from fieldcheck.field.arch import UnsupportedArchitecture
+
+    why = ("runs through the generic hooked path (no per-block functions)" if fm is None or getattr(fm, "generic", False)
+           else "has a parallel residual (the MLP reads resid_pre)" if getattr(fm, "parallel", False)
+           else "normalizes the attention output, so heads do not add up" if getattr(fm, "attn_post_norm", False)
+           else "has sliding windows or soft-capped attention" if getattr(fm, "_per_layer_attention", False)
+           else None)
+    if why is not None:
+        raise UnsupportedArchitecture(f"edge-level circuits are not available for {getattr(fm, 'family', 'this model')}: "
+                                      f"it {why}; node-level patching and path patching are")
+
+
 def edge_graph(field) -> EdgeGraph:
     """The edge graph of ``field``'s model (cached on the field)."""
+    _check_family(field.fm)
     g = getattr(field, "_edge_graph", None)
     if g is None or g.n_layers != field.n_layers or g.n_heads != field.n_heads:
         g = EdgeGraph(field.n_layers, field.n_heads)

@@ -64,6 +64,8 @@ def _positions(ds, s: Site, device) -> torch.Tensor:
 def _forward_from(fm, x: torch.Tensor, l: int, stop: Optional[int] = None) -> torch.Tensor:
     """phi(l..stop) ``[stop+1-l, rows, T, d]`` from phi(l) = ``x [rows, T, d]`` (all positions of x;
     ``stop`` defaults to L, the final residual)."""
+    if getattr(fm, "generic", False):  # the hooked fallback: one bridge forward
+        return torch.stack(fm.forward_from(l, x, stop))
     xs = [x]
     for j in range(l, fm.n_layers if stop is None else stop):
         x = fm.block(j, x)[0]
@@ -495,7 +497,8 @@ class _Block:
         self.fm, self.x, self.l1, self.t1, self.l2, self.t2 = fm, x, l1, t1, l2, t2  # x [E, T', d]
         self.E, self.T, self.d = x.shape
         with torch.no_grad():  # warm per-length caches (rotary tables) outside the functorch transforms
-            fm.qkv(l1 if l1 < fm.n_layers else 0, x[:1], 0)
+            if not getattr(fm, "generic", False):
+                fm.qkv(l1 if l1 < fm.n_layers else 0, x[:1], 0)
         self.calls = {"jvp": 0, "vjp": 0, "columns": 0}
 
     def _f(self, xr: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:

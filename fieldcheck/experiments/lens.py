@@ -236,6 +236,11 @@ def _terms(field, cache, ds, metric_pos) -> tuple[list[str], torch.Tensor, torch
     """All components' terms ``[component, batch]`` (float64), labels, total (from the model's
     own final norm and unembedding), the frozen scale, and the terms' sum."""
     fm = field.fm
+    if getattr(fm, "logit_softcap", None) is not None or not getattr(fm, "linear_unembed", True):
+        from fieldcheck.field.arch import UnsupportedArchitecture
+        raise UnsupportedArchitecture(f"direct logit attribution needs logits linear in the final residual; "
+                                      f"{getattr(fm, 'family', 'this model')} soft-caps its logits (tanh) or runs "
+                                      "through the generic path; use patching or the logit lens")
     B = ds.n
     b = torch.arange(B, device=metric_pos.device)
     x_final = cache.resid[-1][b, metric_pos]

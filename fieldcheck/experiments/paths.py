@@ -33,6 +33,11 @@ equals ordinary joint patching of the senders. With receivers at a single layer 
 two-step path patching of Wang et al. (2022) without freezing other components' downstream
 reactions (step 1's receiver inputs are target inputs + direct sender deltas; step 2 runs the
 model from the receivers with their recomputed outputs).
+
+Families with a norm on the attention output (Gemma 2/3, OLMo-2: attn_out = norm(o_proj(z))): the
+heads of one block do not add up, so head senders of one block at one position are sent as one
+delta (exact), and a head sender whose block also holds receiver heads is exact only up to that
+coupling: its delta is taken against the target run's other heads.
 """
 from __future__ import annotations
 
@@ -197,7 +202,7 @@ def _resolve_senders(field, ds, senders) -> list[Site]:
 class _Sender:
     """One sender resolved per example: positions ``[B]``, residual delta ``[B, d]``, target values."""
 
-    def __init__(self, field, r, site: Site, direction: str):
+    def __init__(self, field, r, site: Site, direction: str, heads: Optional[list] = None):
         fm = field.fm
         ds = r.ds
         self.site = site
@@ -206,17 +211,30 @@ class _Sender:
         self.pos = ds.position(site.pos).to(dev)
         b = torch.arange(ds.n, device=dev)
         l = site.layer
-        if site.kind == "attn_head":
+        # heads: several heads of one block at one position, sent together (with a post-norm on the
+        # attention output, Gemma 2/3 and OLMo-2, head outputs do not add up, so they cannot be summed)
+        self.heads = heads if heads is not None else [site.head]
+        if site.kind == "attn_head" and len(self.heads) == 1:
             self.z_tgt = tgt.z[l][b, self.pos, site.head]             # [B, d_head]
-            dz = src.z[l][b, self.pos, site.head] - self.z_tgt
-            self.delta = dz @ fm.W_O_head(l, site.head)
+            self.delta = fm.head_out_delta(l, tgt.z[l][b, self.pos], site.head, src.z[l][b, self.pos, site.head])
+        elif site.kind == "attn_head":
+            full = tgt.z[l][b, self.pos]                               # [B, heads, d_head]
+            self.z_tgt = full[:, self.heads]                           # [B, k, d_head]
+            new = full.clone()
+            new[:, self.heads] = src.z[l][b, self.pos][:, self.heads]
+            self.delta = fm.o_proj(l, new[:, None])[:, 0] - fm.o_proj(l, full[:, None])[:, 0]
+        elif getattr(fm, "generic", False) and site.kind in ("attn_out", "mlp_out"):  # the hooked fallback
+            self.z_tgt = tgt.z[l][b, self.pos]
+            self.m_tgt = fm.site_value(tgt, site.kind, l, b, self.pos)
+            self.delta = fm.site_value(src, site.kind, l, b, self.pos) - self.m_tgt
         elif site.kind == "attn_out":
             self.z_tgt = tgt.z[l][b, self.pos]                         # [B, heads, d_head]
             zs = src.z[l][b, self.pos]
             self.delta = fm.o_proj(l, zs[:, None])[:, 0] - fm.o_proj(l, self.z_tgt[:, None])[:, 0]
         else:  # mlp_out
-            self.m_tgt = fm.mlp(l, tgt.mid[l][b, self.pos][:, None])[:, 0]
-            self.delta = fm.mlp(l, src.mid[l][b, self.pos][:, None])[:, 0] - self.m_tgt
+            mlp_in = lambda c: fm.mlp_in(c.resid[l][b, self.pos], c.mid[l][b, self.pos])[:, None]
+            self.m_tgt = fm.mlp(l, mlp_in(tgt))[:, 0]
+            self.delta = fm.mlp(l, mlp_in(src))[:, 0] - self.m_tgt
 
     @property
     def layer(self) -> int:
@@ -224,6 +242,21 @@ class _Sender:
 
     def add_to(self, D: torch.Tensor) -> None:
         D[torch.arange(D.shape[0], device=D.device), self.pos] += self.delta.to(D.dtype)
+
+
+def _senders(field, r, sites: list[Site], direction: str) -> list[_Sender]:
+    """One _Sender per site; with a post-norm on attn_out, heads of one block at one position as one."""
+    if not getattr(field.fm, "attn_post_norm", False):
+        return [_Sender(field, r, s, direction) for s in sites]
+    out, groups = [], {}
+    for s in sites:
+        if s.kind == "attn_head":
+            groups.setdefault((s.layer, s.pos), []).append(s)
+        else:
+            out.append(_Sender(field, r, s, direction))
+    for g in groups.values():
+        out.append(_Sender(field, r, g[0], direction, heads=[s.head for s in g]))
+    return out
 
 
 def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bool) -> torch.Tensor:
@@ -244,7 +277,7 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
     bidx = torch.arange(B, device=x.device)
     for l in range(l0, L):
         q, k, v = fm.qkv(l, x, 0)
-        z = fm.attend(q, k, v, 0)
+        z = fm.attend(q, k, v, 0, l)
         recv = {h: ins for (ll, h), ins in heads.items() if ll == l}
         if recv and bool((D != 0).any()):
             q2, k2, v2 = fm.qkv(l, x + D, 0)
@@ -253,21 +286,26 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
                 combos.setdefault(frozenset(ins), []).append(h)
             z = z.clone()
             for ins, hs in combos.items():
-                zz = fm.attend(q2 if "q" in ins else q, k2 if "k" in ins else k, v2 if "v" in ins else v, 0)
+                zz = fm.attend(q2 if "q" in ins else q, k2 if "k" in ins else k, v2 if "v" in ins else v, 0, l)
                 z[:, :, hs] = zz[:, :, hs]
         for s in senders:  # senders stay at their target values
-            if s.layer == l and s.site.kind == "attn_head":
+            if s.layer == l and s.site.kind == "attn_head" and len(s.heads) == 1:
                 z[bidx, s.pos, s.site.head] = s.z_tgt.to(z.dtype)
+            elif s.layer == l and s.site.kind == "attn_head":
+                hh = torch.tensor(s.heads, device=z.device)
+                z[bidx[:, None], s.pos[:, None], hh[None, :]] = s.z_tgt.to(z.dtype)
             elif s.layer == l and s.site.kind == "attn_out":
                 z[bidx, s.pos] = s.z_tgt.to(z.dtype)
         x_mid = x + fm.o_proj(l, z)
+        D_pre = D.clone() if fm.parallel else D  # a parallel MLP reads resid_pre: not this block's senders
         for s in senders:
             if s.layer == l and s.site.kind in ("attn_head", "attn_out"):
                 s.add_to(D)
-        if l in mlps and bool((D != 0).any()):
-            m = fm.mlp(l, x_mid + D)
+        D_mlp = fm.mlp_in(D_pre, D)
+        if l in mlps and bool((D_mlp != 0).any()):
+            m = fm.mlp(l, fm.mlp_in(x, x_mid) + D_mlp)
         else:
-            m = fm.mlp(l, x_mid)
+            m = fm.mlp(l, fm.mlp_in(x, x_mid))
         for s in senders:
             if s.layer == l and s.site.kind == "mlp_out":
                 m[bidx, s.pos] = s.m_tgt.to(m.dtype)
@@ -307,7 +345,7 @@ def path_patch(field, ds, senders, receivers, direction: str = "denoise", metric
     rows = []
     with torch.no_grad():
         for g in groups:
-            snd = [_Sender(field, r, s, direction) for s in g]
+            snd = _senders(field, r, g, direction)
             x = _path_run(fm, tgt, snd, heads, mlps, final)
             rows.append(field._metric(m, r, x[b, r.metric_pos], b))
     clean, corrupt = field.baselines(ds, m)

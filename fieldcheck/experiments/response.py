@@ -37,17 +37,19 @@ def _forward_collect(fm, x0: torch.Tensor):
 
     Returns dict with lists: resid (L+1) [B,T,d], mid (L), z (L) [B,T,H,dh], mlp_out (L), attn_out (L).
     """
+    if getattr(fm, "generic", False):  # the hooked fallback: one bridge forward
+        return fm.forward_collect(x0)
     acts: dict[str, list] = {"resid": [x0], "mid": [], "z": [], "mlp_out": [], "attn_out": []}
     x = x0
     for l in range(fm.n_layers):
         q, k, v = fm.qkv(l, x, 0)
-        z = fm.attend(q, k, v, 0)
+        z = fm.attend(q, k, v, 0, l)
         acts["z"].append(z)
         a = fm.o_proj(l, z)
         acts["attn_out"].append(a)
         x_mid = x + a
         acts["mid"].append(x_mid)
-        m = fm.mlp(l, x_mid)
+        m = fm.mlp(l, fm.mlp_in(x, x_mid))
         acts["mlp_out"].append(m)
         x = x_mid + m
         acts["resid"].append(x)

@@ -59,8 +59,11 @@ class Field:
     """The residual field of ``model`` (a TransformerBridge).
 
     memory_budget: bytes a patch sweep may use for one chunk of stacked rows (default 2 GiB).
-    engine: "lightcone" (default where the architecture is supported) or "hooks" (one hooked
-    forward per site through TransformerLens; the reference, and the fallback).
+    engine: "lightcone" (default where the family is supported: fieldcheck.field.arch) or "hooks"
+    (the default for other families, and the reference): one hooked TransformerLens forward per
+    patched site, and sensitivities, predictions, Green functions and transfer through the bridge's
+    own forward driven by its hooks (fieldcheck.field.hooked.HookedFunctional). ``field.engine_name``
+    says which; each result's ``cost["engine"]`` what ran.
     """
 
     def __init__(self, model, memory_budget: int = 2 * 2**30, engine: str = "auto"):
@@ -79,13 +82,27 @@ class Field:
         try:
             self.fm: Optional[FunctionalModel] = functional_model(model)
         except UnsupportedArchitecture:
-            self.fm = None
+            # the generic path: the bridge's own forward driven through its hooks (slower, same experiments)
+            from fieldcheck.field.hooked import HookedFunctional
+            try:
+                self.fm = HookedFunctional(model)
+            except UnsupportedArchitecture:
+                self.fm = None
+        if engine == "hooks" and self.fm is not None and not getattr(self.fm, "generic", False):
+            # asked for the hooked path: every experiment through the bridge's hooks (the reference)
+            from fieldcheck.field.hooked import HookedFunctional
+            try:
+                self.fm = HookedFunctional(model)
+            except UnsupportedArchitecture:
+                pass
+        generic = self.fm is None or getattr(self.fm, "generic", False)
         if engine == "auto":
-            engine = "lightcone" if self.fm is not None else "hooks"
+            engine = "hooks" if generic else "lightcone"
         if engine not in ("lightcone", "hooks"):
             raise UsageError(f"engine must be 'lightcone', 'hooks' or 'auto', got {engine!r}")
-        if engine == "lightcone" and self.fm is None:
-            raise UnsupportedArchitecture(f"the light-cone engine does not support {type(model.original_model).__name__}")
+        if engine == "lightcone" and generic:
+            raise UnsupportedArchitecture(f"the light-cone engine does not support {type(model.original_model).__name__}; "
+                                          "use Field(model) (engine='auto' runs it through the hooks)")
         self.engine_name = engine
         self._runs: dict[str, FieldRun] = {}
 
@@ -107,7 +124,7 @@ class Field:
             dev = self.device
             B = ds.n
             toks = torch.cat([ds.clean_tokens, ds.corrupt_tokens]).to(dev)
-            both = run_cache(fm, toks)
+            both = fm.run_cache(toks) if getattr(fm, "generic", False) else run_cache(fm, toks)
             sl = lambda c, s: RunCache(c.tokens[s], c.resid[:, s], c.mid[:, s], c.z[:, s], c.k[:, s], c.v[:, s])
             clean, corrupt = sl(both, slice(0, B)), sl(both, slice(B, 2 * B))
             if not torch.isfinite(both.resid[-1]).all():
@@ -171,10 +188,12 @@ class Field:
             return cache.mid[l][b, pos]
         if site.kind == "attn_head":
             return cache.z[l][b, pos, site.head]
+        if site.kind in ("attn_out", "mlp_out") and getattr(self.fm, "generic", False):
+            return self.fm.site_value(cache, site.kind, l, b, pos)
         if site.kind == "attn_out":
             return self.fm.o_proj(l, cache.z[l][b, pos][:, None])[:, 0]
         if site.kind == "mlp_out":
-            return self.fm.mlp(l, cache.mid[l][b, pos][:, None])[:, 0]
+            return self.fm.mlp(l, self.fm.mlp_in(cache.resid[l][b, pos], cache.mid[l][b, pos])[:, None])[:, 0]
         raise PatchError(f"unknown site kind {site.kind}")
 
     def _injections(self, r: FieldRun, site: Site, direction: str, src: Source, alpha: float):
@@ -274,6 +293,9 @@ class Field:
         _check_ds(ds, self.model)
         site_list = _dedupe(as_site_set(sites).resolve(self.n_layers, self.n_heads, ds.seq_len, ds.position_names))
         engine = engine or self.engine_name
+        if engine == "lightcone" and getattr(self.fm, "generic", True):
+            raise UnsupportedArchitecture(f"the light-cone engine does not support {type(self.model.original_model).__name__}; "
+                                          "patch with engine='hooks' (the default for this model)")
         t_start = time.perf_counter()
         if engine == "hooks":
             from fieldcheck.field.hooked import patch_hooked

@@ -198,18 +198,26 @@ class LightConeEngine:
                 if t0 > 0:
                     k = torch.cat([cache.k[l][ex, :, :t0], k], dim=2)
                     v = torch.cat([cache.v[l][ex, :, :t0], v], dim=2)
-                z = fm.attend(q, k, v, t0)
+                z = fm.attend(q, k, v, t0, l)
                 applied += apply(4 * l + 1, z, X.shape[0])
                 X_mid = X + fm.o_proj(l, z)
                 self.stats["token_layers"] += X.shape[0] * X.shape[1]
             else:
                 X_mid = X
+            n_before = n_active
             new = joiners(4 * l + 2, cache.mid[l])
             if new is not None:
                 X_mid = torch.cat([X_mid, new]) if X_mid.shape[0] else new.clone()
             # attn_out injections live at stage 4l+2 as residual deltas (replace semantics handled by caller)
             applied += apply(4 * l + 2, X_mid, n_active)
-            m = fm.mlp(l, X_mid)
+            if fm.parallel:  # the MLP reads resid_pre: the rows that joined at resid_mid bring theirs
+                X_in = X
+                if n_active > n_before:
+                    pre = cache.resid[l][ex_all[n_before:n_active], t0:]
+                    X_in = torch.cat([X, pre]) if X.shape[0] else pre
+                m = fm.mlp(l, X_in)
+            else:
+                m = fm.mlp(l, X_mid)
             applied += apply(4 * l + 3, m, X_mid.shape[0])
             X = X_mid + m
         new = joiners(4 * L, cache.resid[L])

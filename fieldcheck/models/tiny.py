@@ -133,20 +133,89 @@ def tiny_tokenizer(n_ctx: int = TINY_N_CTX):
     return fast
 
 
+# families tiny_hf_model builds (besides "gpt2" and "llama"): name -> transformers classes
+FAMILIES = ("gpt2", "llama", "llama3", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
+            "neox", "phi3", "olmo2")
+_FAMILY_ALIASES = {"pythia": "neox", "gpt_neox": "neox", "gpt-neox": "neox", "qwen2.5": "qwen2",
+                   "olmo-2": "olmo2", "phi-3": "phi3"}
+# a small window so that the tiny prompts (~15 tokens) actually cross it
+TINY_SLIDING_WINDOW = 6
+
+
+def _family_config(arch: str, vocab_size: int, n_layers: int, d_model: int, n_heads: int, d_mlp: int,
+                   n_ctx: int, init_std: float, ids: dict):
+    """A transformers config for a small random model of family ``arch`` (every family-specific
+    feature switched on: biases, q/k norms, soft-capping, sliding windows, partial rotary, ...)."""
+    import transformers as tr
+
+    d_head = d_model // n_heads
+    kv = max(1, n_heads // 2)  # grouped-query attention where the family has it
+    common = dict(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_mlp,
+                  num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                  max_position_embeddings=n_ctx, initializer_range=init_std, **ids)
+    window_layers = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+    if arch == "llama3":
+        return tr.LlamaConfig(**common, num_key_value_heads=kv, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                              rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                               "original_max_position_embeddings": 8})
+    if arch == "mistral":
+        return tr.MistralConfig(**common, num_key_value_heads=kv, head_dim=d_head,
+                                sliding_window=TINY_SLIDING_WINDOW, tie_word_embeddings=False)
+    if arch == "qwen2":
+        return tr.Qwen2Config(**common, num_key_value_heads=kv, tie_word_embeddings=True,
+                              use_sliding_window=False)
+    if arch == "qwen3":
+        return tr.Qwen3Config(**common, num_key_value_heads=kv, head_dim=d_head, tie_word_embeddings=True,
+                              attention_bias=False)
+    if arch == "gemma":
+        return tr.GemmaConfig(**common, num_key_value_heads=kv, head_dim=d_head,
+                              hidden_activation="gelu_pytorch_tanh")
+    if arch == "gemma2":
+        return tr.Gemma2Config(**common, num_key_value_heads=kv, head_dim=d_head, query_pre_attn_scalar=d_head,
+                               sliding_window=TINY_SLIDING_WINDOW, layer_types=window_layers,
+                               attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+                               hidden_activation="gelu_pytorch_tanh")
+    if arch == "gemma3":
+        return tr.Gemma3TextConfig(**common, num_key_value_heads=kv, head_dim=d_head,
+                                   query_pre_attn_scalar=d_head, sliding_window=TINY_SLIDING_WINDOW,
+                                   layer_types=window_layers, final_logit_softcapping=3.0,
+                                   hidden_activation="gelu_pytorch_tanh")
+    if arch == "neox":
+        return tr.GPTNeoXConfig(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_mlp,
+                                num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                                max_position_embeddings=n_ctx, initializer_range=init_std,
+                                rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
+                                hidden_dropout=0.0, attention_dropout=0.0, **ids)
+    if arch == "phi3":
+        return tr.Phi3Config(**common, num_key_value_heads=kv, tie_word_embeddings=False,
+                             partial_rotary_factor=0.5, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
+    if arch == "olmo2":
+        return tr.Olmo2Config(**common, num_key_value_heads=kv, tie_word_embeddings=False)
+    raise AssertionError(arch)
+
+
 def tiny_hf_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
                   seed: int = 0, d_mlp: int | None = None, n_ctx: int = TINY_N_CTX,
                   init_std: float = INIT_STD):
     """The plain transformers model and tokenizer that :func:`tiny_model` wraps: a random
     ``GPT2LMHeadModel`` or ``LlamaForCausalLM`` (eager attention, float32, eval mode),
     deterministic given ``seed``. Useful to write a local model folder with
-    ``save_pretrained``."""
+    ``save_pretrained``.
+
+    ``arch`` may also name another family (see ``FAMILIES``): "llama3" (Llama-3 rope scaling),
+    "mistral" (sliding window), "qwen2" (q/k/v biases), "qwen3" (q/k norms), "gemma", "gemma2"
+    (soft-capping, post-norms, alternating sliding windows), "gemma3", "neox" (Pythia: parallel
+    residual, partial rotary), "phi3" (fused projections) and "olmo2" (post-norms, q/k norms);
+    grouped-query attention where the family has it, and every norm gain randomized."""
     import torch
 
     from fieldcheck.errors import ModelNotAvailable
 
     arch = str(arch).lower().removeprefix("tiny-")
-    if arch not in ("gpt2", "llama"):
-        raise ModelNotAvailable(f"unknown tiny architecture {arch!r}: use 'gpt2' or 'llama'")
+    arch = _FAMILY_ALIASES.get(arch, arch)
+    if arch not in FAMILIES:
+        raise ModelNotAvailable(f"unknown tiny architecture {arch!r}: use one of {', '.join(FAMILIES)}")
     for name, v in (("n_layers", n_layers), ("d_model", d_model), ("n_heads", n_heads)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ModelNotAvailable(f"tiny_model: {name} must be a positive int, got {v!r}")
@@ -174,7 +243,7 @@ def tiny_hf_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_he
             )
             cfg._attn_implementation = "eager"
             hf = GPT2LMHeadModel(cfg)
-        else:
+        elif arch == "llama":
             from transformers import LlamaConfig, LlamaForCausalLM
 
             cfg = LlamaConfig(
@@ -191,6 +260,18 @@ def tiny_hf_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_he
                 for name, p in hf.named_parameters():
                     if name.endswith("norm.weight"):
                         p.add_(torch.randn_like(p) * 0.1)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            cfg = _family_config(arch, vocab_size, n_layers, d_model, n_heads, d_mlp, n_ctx, init_std, ids)
+            cfg._attn_implementation = "eager"
+            hf = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+            with torch.no_grad():  # random norm gains and biases, so that none is an identity or a zero
+                for name, p in hf.named_parameters():
+                    if "norm" in name or "ln" in name.split(".")[-2:][0]:
+                        p.add_(torch.randn_like(p) * 0.1)
+                    elif name.endswith(".bias"):
+                        p.add_(torch.randn_like(p) * 0.05)
     hf = hf.to(torch.float32).eval()
     return hf, tok
 
@@ -246,7 +327,7 @@ def tiny_model(arch: str = "gpt2", n_layers: int = 2, d_model: int = 64, n_heads
     return bridge
 
 
-__all__ = ["tiny_model", "tiny_hf_model", "tiny_tokenizer", "tiny_vocab", "write_tiny_gguf", "SPECIAL_TOKENS"]
+__all__ = ["tiny_model", "tiny_hf_model", "FAMILIES", "tiny_tokenizer", "tiny_vocab", "write_tiny_gguf", "SPECIAL_TOKENS"]
 
 
 def write_tiny_gguf(path, n_layers: int = 1, d_model: int = 32, n_heads: int = 2,
