@@ -29,6 +29,7 @@ from fieldcheck.errors import MemoryBudgetError
 from fieldcheck.field.core import Field
 from fieldcheck.sites import attn_head, attn_out, mlp_out, resid_mid, resid_post, resid_pre
 from fieldcheck.sources import gaussian
+from _reference import tl_logit_diff, vals
 
 TOL = 1e-5
 ARCHS = ("gpt2", "llama")
@@ -42,10 +43,6 @@ def setup(request):
     model = tiny_model(request.param, n_layers=3)
     ds = ioi(model, n=6, seed=1)
     return request.param, model, ds, Field(model)
-
-
-def _vals(res) -> np.ndarray:
-    return np.asarray(torch.as_tensor(res.values).detach().cpu(), dtype=np.float64)
 
 
 def _source(kind: str, d: int):
@@ -92,13 +89,13 @@ def test_matches_hooked_path(setup, source, direction, jointly, alpha):
     ours = field.patch(ds, sites, **kw)
     ref = field.patch(ds, sites, engine="hooks", **kw)
     assert ours.values.shape == ref.values.shape
-    assert np.abs(_vals(ours) - _vals(ref)).max() <= TOL
+    assert np.abs(vals(ours) - vals(ref)).max() <= TOL
     assert ours.cost["engine"] == "lightcone" and ref.cost["engine"] == "hooks"
     if jointly:  # attn_out alone, every position of one layer (exact: nothing upstream of it moves)
         s = attn_out(1, "all")
         a = field.patch(ds, s, **kw)
         b = field.patch(ds, s, engine="hooks", **kw)
-        assert np.abs(_vals(a) - _vals(b)).max() <= TOL
+        assert np.abs(vals(a) - vals(b)).max() <= TOL
 
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
@@ -110,20 +107,10 @@ def test_steering_a_head(setup, direction):
     for alpha in (1.0, 0.7):
         a = field.patch(ds, sites, direction=direction, source=vec, alpha=alpha, progress=False)
         b = field.patch(ds, sites, direction=direction, source=vec, alpha=alpha, engine="hooks")
-        assert np.abs(_vals(a) - _vals(b)).max() <= TOL
+        assert np.abs(vals(a) - vals(b)).max() <= TOL
 
 
 # --- against TransformerLens's own patching functions -----------------------------------------------
-def _tl_metric(ds):
-    end, ans, wrong = ds.positions["END"], ds.answers, ds.wrong
-
-    def logit_diff(logits):
-        b = torch.arange(logits.shape[0])
-        return logits[b, end, ans] - logits[b, end, wrong]
-
-    return logit_diff
-
-
 def test_matches_transformer_lens_resid_pre(setup):
     import transformer_lens.patching as tp
 
@@ -132,19 +119,19 @@ def test_matches_transformer_lens_resid_pre(setup):
     L, T, B = model.cfg.n_layers, ds.seq_len, ds.n
     fd = int(ds.first_diff.min())
     if arch == "gpt2":  # the full [layer, pos, batch] grid
-        tl = tp.get_act_patch_resid_pre(model, ds.corrupt_tokens, cache, _tl_metric(ds), reduce="none").values
+        tl = tp.get_act_patch_resid_pre(model, ds.corrupt_tokens, cache, tl_logit_diff(ds), reduce="none").values
         assert tuple(tl.shape) == (L, T, B)
         ours = field.patch(ds, resid_pre("all", "all"), progress=False)
         assert ours.values.shape == (L * T, B)  # layer-major, then position
-        assert np.abs(_vals(ours) - tl.reshape(L * T, B).double().numpy()).max() <= TOL
+        assert np.abs(vals(ours) - tl.reshape(L * T, B).double().numpy()).max() <= TOL
     else:  # a subset through index_df
         layers, positions = [0, 1, 2], [0, fd, fd + 1, T - 1]
         df = pd.DataFrame([(l, p) for l in layers for p in positions], columns=["layer", "pos"])
-        tl = tp.get_act_patch_resid_pre(model, ds.corrupt_tokens, cache, _tl_metric(ds), index_axis_names=None,
+        tl = tp.get_act_patch_resid_pre(model, ds.corrupt_tokens, cache, tl_logit_diff(ds), index_axis_names=None,
                                         index_df=df, reduce="none").values
         ours = field.patch(ds, resid_pre(layers, positions), progress=False)
         assert ours.values.shape == tuple(tl.shape) == (len(df), B)
-        assert np.abs(_vals(ours) - tl.double().numpy()).max() <= TOL
+        assert np.abs(vals(ours) - tl.double().numpy()).max() <= TOL
 
 
 def test_matches_transformer_lens_heads(setup):
@@ -157,11 +144,11 @@ def test_matches_transformer_lens_heads(setup):
     layers, positions, heads = [0, 2], [fd - 1, fd, T - 1], [0, H - 1]
     df = pd.DataFrame([(l, p, h) for l in layers for p in positions for h in heads],
                       columns=["layer", "pos", "head"])  # rows in fieldcheck's site order
-    tl = tp.get_act_patch_attn_head_out_by_pos(model, ds.corrupt_tokens, cache, _tl_metric(ds),
+    tl = tp.get_act_patch_attn_head_out_by_pos(model, ds.corrupt_tokens, cache, tl_logit_diff(ds),
                                                index_axis_names=None, index_df=df, reduce="none").values
     ours = field.patch(ds, attn_head(layers, heads, positions), progress=False)
     assert ours.values.shape == tuple(tl.shape) == (len(df), B)  # layer-major, then position, then head
-    assert np.abs(_vals(ours) - tl.double().numpy()).max() <= TOL
+    assert np.abs(vals(ours) - tl.double().numpy()).max() <= TOL
 
 
 # --- identities ------------------------------------------------------------------------------------------
@@ -174,8 +161,8 @@ def test_whole_layer_reproduces_the_other_run(setup, kind, layer):
     den = field.patch(ds, sites, jointly=True, progress=False)
     noi = field.patch(ds, sites, jointly=True, direction="noise", progress=False)
     assert den.values.shape == (1, ds.n)
-    assert np.abs(_vals(den)[0] - clean).max() <= TOL
-    assert np.abs(_vals(noi)[0] - corrupt).max() <= TOL
+    assert np.abs(vals(den)[0] - clean).max() <= TOL
+    assert np.abs(vals(noi)[0] - corrupt).max() <= TOL
     assert np.abs(clean - corrupt).max() > 1e-3  # the runs differ, so the identity is not vacuous
 
 
@@ -185,16 +172,16 @@ def test_zero_delta_site_and_alpha_zero_are_exact_no_ops(setup):
     clean, corrupt = (np.asarray(x, dtype=np.float64) for x in field.baselines(ds))
     # identical token prefixes: the clean-minus-corrupt source before the first difference is exactly 0
     res = field.patch(ds, resid_pre("all", list(range(fd))) + attn_head("all", "all", 0), progress=False)
-    assert (_vals(res) == corrupt[None]).all()
+    assert (vals(res) == corrupt[None]).all()
     assert res.skipped.all()
     res = field.patch(ds, resid_pre(1, fd), source=torch.zeros(model.cfg.d_model), progress=False)
-    assert (_vals(res) == corrupt[None]).all()
+    assert (vals(res) == corrupt[None]).all()
     for direction, base in (("denoise", corrupt), ("noise", clean)):
         for src in ("other", "zero", gaussian(0.5)):
             for jointly in (False, True):
                 res = field.patch(ds, resid_pre([0, 2], [fd, T - 1]) + mlp_out(1, "all"), direction=direction,
                                   source=src, alpha=0.0, jointly=jointly, progress=False)
-                assert (_vals(res) == base[None]).all()
+                assert (vals(res) == base[None]).all()
 
 
 def test_memory_budget_too_small(setup):
@@ -221,7 +208,7 @@ def test_chunked_equals_unchunked(setup):
     chunked = small.patch(ds, sites, progress=False)
     assert chunked.cost["rows"] == whole.cost["rows"] > 30
     assert chunked.cost["chunks"] >= 4 * whole.cost["chunks"]
-    assert np.abs(_vals(whole) - _vals(chunked)).max() <= TOL  # other batch shapes: float32 rounding only
+    assert np.abs(vals(whole) - vals(chunked)).max() <= TOL  # other batch shapes: float32 rounding only
     assert (whole.skipped == chunked.skipped).all()
 
 
@@ -235,8 +222,8 @@ def test_smollm2_matches_transformer_lens(smollm2):
     layers, positions = [0, 15, 29], list(range(9, 15))
     df = pd.DataFrame([(l, p) for l in layers for p in positions], columns=["layer", "pos"])
     _, cache = model.run_with_cache(ds.clean_tokens)
-    tl = tp.get_act_patch_resid_pre(model, ds.corrupt_tokens, cache, _tl_metric(ds), index_axis_names=None,
+    tl = tp.get_act_patch_resid_pre(model, ds.corrupt_tokens, cache, tl_logit_diff(ds), index_axis_names=None,
                                     index_df=df, reduce="none").values
     ours = Field(model).patch(ds, resid_pre(layers, positions), progress=False)
     assert ours.values.shape == tuple(tl.shape) == (len(df), ds.n)
-    assert np.abs(_vals(ours) - tl.double().numpy()).max() <= 1e-4
+    assert np.abs(vals(ours) - tl.double().numpy()).max() <= 1e-4

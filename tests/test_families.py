@@ -34,6 +34,7 @@ from fieldcheck.field.engine import run_cache
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.models.tiny import FAMILIES, tiny_hf_model
 from fieldcheck.sites import attn_head, attn_out, mlp_out, resid_mid, resid_post, resid_pre
+from _reference import tl_logit_diff, vals
 
 TOL = 1e-5
 # gpt2 and llama are covered in depth by test_engine_equivalence / test_response / test_green
@@ -59,20 +60,6 @@ def fam64(fam):
     m.original_model.double()
     ds = fc.datasets.ioi(m, n=3, seed=2)
     return m, ds, Field(m)
-
-
-def _vals(res) -> np.ndarray:
-    return np.asarray(torch.as_tensor(res.values).detach().cpu(), dtype=np.float64)
-
-
-def _tl_metric(ds):
-    end, ans, wrong = ds.positions["END"], ds.answers, ds.wrong
-
-    def logit_diff(logits):
-        b = torch.arange(logits.shape[0])
-        return logits[b, end, ans] - logits[b, end, wrong]
-
-    return logit_diff
 
 
 def test_loads_and_runs_on_the_engine(fam):
@@ -112,19 +99,19 @@ def test_patching_matches_transformer_lens(fam):
     arch, folder, m, ds, f = fam
     _, cache = m.run_with_cache(ds.clean_tokens)
     L, T, B, H = m.cfg.n_layers, ds.seq_len, ds.n, m.cfg.n_heads
-    tl = tp.get_act_patch_resid_pre(m, ds.corrupt_tokens, cache, _tl_metric(ds), reduce="none").values
+    tl = tp.get_act_patch_resid_pre(m, ds.corrupt_tokens, cache, tl_logit_diff(ds), reduce="none").values
     ours = f.patch(ds, resid_pre("all", "all"), progress=False)
     assert ours.values.shape == (L * T, B)
-    diff = np.abs(_vals(ours) - tl.reshape(L * T, B).double().numpy()).max()
+    diff = np.abs(vals(ours) - tl.reshape(L * T, B).double().numpy()).max()
     assert diff <= TOL
-    assert np.abs(_vals(ours) - _vals(ours)[:1]).max() > 1e-3  # not vacuous
+    assert np.abs(vals(ours) - vals(ours)[:1]).max() > 1e-3  # not vacuous
     fd = int(ds.first_diff.min())
     df = pd.DataFrame([(l, p, h) for l in (0, 2) for p in (fd, T - 1) for h in (0, H - 1)],
                       columns=["layer", "pos", "head"])
-    tl = tp.get_act_patch_attn_head_out_by_pos(m, ds.corrupt_tokens, cache, _tl_metric(ds), index_axis_names=None,
+    tl = tp.get_act_patch_attn_head_out_by_pos(m, ds.corrupt_tokens, cache, tl_logit_diff(ds), index_axis_names=None,
                                                index_df=df, reduce="none").values
     ours = f.patch(ds, attn_head([0, 2], [0, H - 1], [fd, T - 1]), progress=False)
-    assert np.abs(_vals(ours) - tl.double().numpy()).max() <= TOL
+    assert np.abs(vals(ours) - tl.double().numpy()).max() <= TOL
 
 
 @pytest.mark.parametrize("source", ["other", "mean", "steer"])
@@ -139,7 +126,7 @@ def test_other_sites_match_the_hooked_path(fam, source):
         kw = dict(direction=direction, source=src, alpha=alpha, jointly=jointly, progress=False)
         a, b = f.patch(ds, s, **kw), f.patch(ds, s, engine="hooks", **kw)
         assert a.cost["engine"] == "lightcone" and b.cost["engine"] == "hooks"
-        assert np.abs(_vals(a) - _vals(b)).max() <= TOL
+        assert np.abs(vals(a) - vals(b)).max() <= TOL
 
 
 def test_light_cone_identities(fam):
@@ -150,11 +137,11 @@ def test_light_cone_identities(fam):
     for kind in kinds:
         den = f.patch(ds, kind(1, "all"), jointly=True, progress=False)
         noi = f.patch(ds, kind(1, "all"), jointly=True, direction="noise", progress=False)
-        assert np.abs(_vals(den)[0] - clean).max() <= TOL
-        assert np.abs(_vals(noi)[0] - corrupt).max() <= TOL
+        assert np.abs(vals(den)[0] - clean).max() <= TOL
+        assert np.abs(vals(noi)[0] - corrupt).max() <= TOL
     fd = int(ds.first_diff.min())
     res = f.patch(ds, resid_pre("all", list(range(fd))) + attn_head("all", "all", 0), progress=False)
-    assert (_vals(res) == corrupt[None]).all() and res.skipped.all()
+    assert (vals(res) == corrupt[None]).all() and res.skipped.all()
     g = f.green(ds, resid_pre(1, "S2"))
     assert g.outside_cone_max == 0.0
     r, b, pos = f.run(ds), torch.arange(ds.n), ds.position("S2")
@@ -247,7 +234,7 @@ def test_generic_path_equals_the_light_cone(llama_both):
     for k in ("resid", "z", "attn_out", "mlp_out"):
         assert (getattr(s1, k) - getattr(s2, k)).abs().max().item() <= TOL
     sites = resid_pre("all", "all") + attn_head(1, "all", "all") + mlp_out(1, "all") + attn_out(2, "all")
-    assert np.abs(_vals(f.predict(ds, sites)) - _vals(g.predict(ds, sites))).max() <= TOL
+    assert np.abs(vals(f.predict(ds, sites)) - vals(g.predict(ds, sites))).max() <= TOL
     assert np.abs(f.predict(ds, resid_pre(1, "S2"), order=2, alpha=0.1).effect
                   - g.predict(ds, resid_pre(1, "S2"), order=2, alpha=0.1).effect).max() <= TOL
     assert (f.green(ds, resid_pre(1, "S2")).response - g.green(ds, resid_pre(1, "S2")).response).abs().max() <= TOL
@@ -255,7 +242,7 @@ def test_generic_path_equals_the_light_cone(llama_both):
             - g.green_slice(ds, resid_pre(0, "S2"), resid_pre(2, "END"), rank=4).S).abs().max() <= 1e-4
     assert np.abs(f.transfer(ds, resid_pre(1, "S2")).shift - g.transfer(ds, resid_pre(1, "S2")).shift).max() <= TOL
     snd = mlp_out(1, "END") + attn_out(2, "END")
-    assert np.abs(_vals(f.path_patch(ds, snd, "final")) - _vals(g.path_patch(ds, snd, "final"))).max() <= TOL
+    assert np.abs(vals(f.path_patch(ds, snd, "final")) - vals(g.path_patch(ds, snd, "final"))).max() <= TOL
     p = g.patch(ds, resid_pre(1, "S2"), progress=False)
     assert p.cost["engine"] == "hooks"
     with pytest.raises(UnsupportedArchitecture, match="light-cone"):
