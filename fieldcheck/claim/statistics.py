@@ -219,7 +219,6 @@ class _LowerSide:
     def G(self, c: float, strict: bool = True) -> float:
         """z at ``c``; ``strict``: the null is ``stat <= c`` (for ``>``), else ``stat < c``."""
         if self.discrete:
-            from scipy.special import ndtri
             k = int(np.searchsorted(self.xs, c, side="right" if strict else "left"))
             if k >= 1:
                 return float(self.gsteps[k - 1])
@@ -260,6 +259,26 @@ class _LowerSide:
 class _BcaUndefined(Exception):
     pass
 
+
+
+def _bounds_and_p(lo_side: "_LowerSide", hi_side: "_LowerSide", scale: "_Scale", alpha: float,
+                  op: Optional[str], bar: Optional[float]):
+    """From the lower side and the (negated) upper side of a resampling distribution: ``at(a)``
+    giving the one-sided bounds at level 1 - a, the bounds at ``alpha``, and the p-value of the
+    criterion ``op bar`` on the side it tests (None without a criterion). Bounds and p come from
+    the same sides, so the bound clears the bar exactly when p <= alpha."""
+
+    def at(a: float) -> tuple[float, float]:
+        z = float(scale.z(a))
+        return lo_side.lower(z), -hi_side.lower(z)
+
+    lo, hi = at(alpha)
+    p = None
+    if op is not None and bar is not None:
+        g = (lo_side.G(float(bar), strict=(op == ">")) if op in (">", ">=")
+             else hi_side.G(-float(bar), strict=(op == "<")))
+        p = float(scale.p(g))
+    return at, lo, hi, p
 
 def bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, *, alpha: float, n_boot: int,
               method: str, rng: np.random.Generator, op: Optional[str] = None,
@@ -328,18 +347,7 @@ def bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, *, alpha: float,
             break
     lo_side, hi_side = sides
 
-    def at(a: float) -> tuple[float, float]:
-        z = float(scale.z(a))
-        return lo_side.lower(z), -hi_side.lower(z)
-
-    lo, hi = at(alpha)
-    p = None
-    if op is not None and bar is not None:
-        if op in (">", ">="):
-            g = lo_side.G(float(bar), strict=(op == ">"))
-        else:
-            g = hi_side.G(-float(bar), strict=(op == "<"))
-        p = float(scale.p(g))
+    at, lo, hi, p = _bounds_and_p(lo_side, hi_side, scale, alpha, op, bar)
     return Estimate(est, lo, hi, n, used + suffix, p, level,
                     details={"tail": float(ndtr(scale.z(alpha))),
                              "expanded": expand, "z0": z0, "acceleration": acc,
@@ -523,16 +531,7 @@ def bootstrap_t_mean(x: np.ndarray, *, alpha: float, n_boot: int, rng: np.random
     lo_side = _LowerSide(finite, 0.0, 0.0, sd, False, scale, trim=BOOT_T_TRIM)
     hi_side = _LowerSide(-finite, 0.0, 0.0, sd, False, scale, trim=BOOT_T_TRIM)
 
-    def at(a: float) -> tuple[float, float]:
-        z = float(scale.z(a))
-        return lo_side.lower(z), -hi_side.lower(z)
-
-    lo, hi = at(alpha)
-    p = None
-    if op is not None and bar is not None:
-        g = (lo_side.G(float(bar), strict=(op == ">")) if op in (">", ">=")
-             else hi_side.G(-float(bar), strict=(op == "<")))
-        p = float(scale.p(g))
+    at, lo, hi, p = _bounds_and_p(lo_side, hi_side, scale, alpha, op, bar)
     return Estimate(xbar, lo, hi, n, used, p, level, details={"se": se}, at=at)
 
 
