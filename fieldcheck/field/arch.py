@@ -96,13 +96,16 @@ class FunctionalModel:
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    #: the HF unembedding module (``lm_head``); each subclass sets it in ``__init__``
+    _lm_head: torch.nn.Module
+
     @property
     def W_U(self) -> torch.Tensor:  # [d_vocab, d_model]
-        raise NotImplementedError
+        return self._lm_head.weight
 
     @property
     def b_U(self) -> Optional[torch.Tensor]:
-        return None
+        return getattr(self._lm_head, "bias", None)
 
     def W_O_head(self, l: int, h: int) -> torch.Tensor:
         """``[d_head, d_model]``: the slice of the output projection that head ``h`` writes through
@@ -476,14 +479,6 @@ class DecoderFunctional(FunctionalModel):
     def final_norm(self, x):
         return self._lnf(x)
 
-    @property
-    def W_U(self):
-        return self._lm_head.weight
-
-    @property
-    def b_U(self):
-        return getattr(self._lm_head, "bias", None)
-
 
 class LlamaFunctional(DecoderFunctional):
     """Llama without biases (SmolLM2, Llama 2/3): the generic decoder under the class name that
@@ -572,14 +567,6 @@ class GPT2Functional(FunctionalModel):
 
     def final_norm(self, x):
         return self._ln(x, self.lnf)
-
-    @property
-    def W_U(self):
-        return self._lm_head.weight
-
-    @property
-    def b_U(self):
-        return getattr(self._lm_head, "bias", None)
 
 
 def functional_model(bridge) -> FunctionalModel:
