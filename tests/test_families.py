@@ -27,14 +27,12 @@ import fieldcheck as fc
 from fieldcheck.models.info import model_info
 from fieldcheck.experiments.green import _forward_from
 from fieldcheck.experiments.paths import downstream
-from fieldcheck.experiments.response import _metric_at_end
 from fieldcheck.field.arch import UnsupportedArchitecture
 from fieldcheck.field.core import Field
 from fieldcheck.field.engine import run_cache
-from fieldcheck.field.metrics import as_metric
 from fieldcheck.models.tiny import FAMILIES, tiny_hf_model
 from fieldcheck.sites import attn_head, attn_out, mlp_out, resid_mid, resid_post, resid_pre
-from _reference import tl_logit_diff, vals
+from _reference import central_difference, tl_logit_diff, vals
 
 TOL = 1e-5
 # gpt2 and llama are covered in depth by test_engine_equivalence / test_response / test_green
@@ -152,21 +150,13 @@ def test_light_cone_identities(fam):
 def test_sensitivity_and_jvp_equal_finite_differences(fam64):
     m, ds, f = fam64
     assert f.fm.W_U.dtype == torch.float64
-    r, fm, met = f.run(ds), f.fm, as_metric("logit_diff")
+    r, fm = f.run(ds), f.fm
     s = f.sensitivity(ds)
     eps = 1e-5
     g = torch.Generator().manual_seed(0)
     for l, t in ((0, int(ds.first_diff.min())), (2, ds.seq_len - 1)):
         d = torch.randn(ds.n, m.cfg.d_model, dtype=torch.float64, generator=g)
-
-        def val(e):
-            x = r.corrupt.resid[l].clone()
-            x[:, t] += e * d
-            for j in range(l, fm.n_layers):
-                x, *_ = fm.block(j, x)
-            return _metric_at_end(f, met, r, x)
-
-        fd = (val(eps) - val(-eps)) / (2 * eps)
+        fd = central_difference(f, ds, l, t, d, eps)
         an = (s.resid[l][:, t] * d).sum(-1)
         assert ((fd - an).abs().max() / an.abs().max()).item() < 1e-6
     # the Green function's JVP against central differences of the forward from phi(1)

@@ -10,9 +10,8 @@ import torch
 
 import fieldcheck as fc
 from fieldcheck import sites as S
-from fieldcheck.metrics import as_metric
-from fieldcheck.experiments.response import _metric_at_end
 from fieldcheck.testing import tiny_model
+from _reference import central_difference
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
@@ -23,19 +22,6 @@ def f64(request):
     return m, ds, fc.Field(m)
 
 
-def _fd(f, ds, l, t, d, eps=1e-5, stage="resid"):
-    r, fm, met = f.run(ds), f.fm, as_metric("logit_diff")
-
-    def val(e):
-        x = r.corrupt.resid[l].clone()
-        x[:, t] += e * d
-        for j in range(l, fm.n_layers):
-            x, *_ = fm.block(j, x)
-        return _metric_at_end(f, met, r, x)
-
-    return (val(eps) - val(-eps)) / (2 * eps)
-
-
 @pytest.mark.parametrize("l, t", [(0, 3), (1, 10), (2, 12), (3, 14)])
 def test_sensitivity_equals_central_finite_differences(f64, l, t):
     m, ds, f = f64
@@ -43,7 +29,7 @@ def test_sensitivity_equals_central_finite_differences(f64, l, t):
     assert s.resid.shape == (m.cfg.n_layers + 1, ds.n, ds.seq_len, m.cfg.d_model)
     g = torch.Generator().manual_seed(l * 100 + t)
     d = torch.randn(ds.n, m.cfg.d_model, dtype=torch.float64, generator=g)
-    fd = _fd(f, ds, l, t, d)
+    fd = central_difference(f, ds, l, t, d)
     an = (s.resid[l][:, t] * d).sum(-1)
     assert ((fd - an).abs().max() / an.abs().max()).item() < 1e-6
 
