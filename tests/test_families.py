@@ -28,7 +28,7 @@ from fieldcheck.models.info import model_info
 from fieldcheck.experiments.green import _forward_from
 from fieldcheck.experiments.paths import downstream
 from fieldcheck.field.arch import UnsupportedArchitecture
-from fieldcheck.field.core import Field
+from fieldcheck.lab import Field
 from fieldcheck.field.engine import run_cache
 from fieldcheck.models.tiny import FAMILIES, tiny_hf_model
 from fieldcheck.sites import attn_head, attn_out, mlp_out, resid_mid, resid_post, resid_pre
