@@ -113,7 +113,7 @@ def _own_signature(obj) -> bool:
 @pytest.mark.parametrize("name", sorted(n for n, o in API.items() if _own_signature(o)))
 def test_no_hidden_options(name):
     obj = API[name]
-    doc = _doc(obj)
+    doc = " ".join(_doc(obj).split())
     for p in inspect.signature(obj).parameters.values():
         if p.kind is p.VAR_POSITIONAL:
             assert f"*{p.name}" in doc, f"{name}: *{p.name} is not described in the docstring"
