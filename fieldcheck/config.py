@@ -59,6 +59,9 @@ def validate(**kw) -> dict:
             if value is None:
                 continue
             value = _check_prob("level", value)
+            if value <= 0.5:
+                raise CriterionError(f"level={value} is not a useful confidence level; use a value in (0.5, 1), "
+                                     "e.g. level=0.95 (alpha = 1 - level)")
             key, value = "alpha", 1.0 - value
         if key not in names:
             raise CriterionError(f"unknown fieldcheck setting {key!r}; valid settings: "

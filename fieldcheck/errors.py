@@ -60,3 +60,65 @@ class DeviceError(FieldcheckError, ValueError):
 
 class UsageError(FieldcheckError, ValueError):
     """An argument has a value outside its documented choices (engine, direction, which, ...)."""
+
+
+# --- argument checks shared by every layer: each raises ``error`` naming the argument, the value
+# given and what is accepted (issue 23: bad input never reaches torch or numpy) --------------------
+
+def _alternatives(choices) -> str:
+    shown = [repr(c) for c in choices]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
+
+
+def check_choice(name: str, value, choices, error: type = UsageError, hint: str = ""):
+    """``value`` if it is one of ``choices`` (same type and equal: True is not 1), else ``error``
+    saying ``"{name} must be 'a', 'b' or 'c', got ..."`` (plus ``hint``)."""
+    try:
+        ok = any(value is c or (type(value) is type(c) and value == c) for c in choices)
+    except Exception:  # noqa: BLE001 - an array or an odd object: not a choice
+        ok = False
+    if not ok:
+        raise error(f"{name} must be {_alternatives(choices)}, got {value!r}" + (f"; {hint}" if hint else ""))
+    return value
+
+
+def _bounds(low, high) -> str:
+    if low is not None and high is not None:
+        return f" in {low}..{high}"
+    if low is not None:
+        return f" >= {low}"
+    return f" <= {high}" if high is not None else ""
+
+
+def check_int(name: str, value, low=None, high=None, error: type = UsageError, hint: str = "") -> int:
+    """``int(value)`` for an integer (a Python or numpy int, not a bool) in ``low..high`` (either
+    may be None), else ``error`` naming the argument and the range."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise error(f"{name} must be an integer{_bounds(low, high)}, got {value!r}" + (f"; {hint}" if hint else ""))
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise error(f"{name}={int(value)} is out of range: use an integer{_bounds(low, high)}"
+                    + (f"; {hint}" if hint else ""))
+    return int(value)
+
+
+def check_number(name: str, value, low=None, high=None, low_open: bool = False, high_open: bool = False,
+                 error: type = UsageError, hint: str = "") -> float:
+    """``float(value)`` for a finite real number within the bounds (``low_open``/``high_open``:
+    the bound itself excluded), else ``error`` naming the argument, the value and the range."""
+    import math
+    import numbers
+
+    rng = ""
+    if low is not None or high is not None:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        rng = f" in {'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise error(f"{name} must be a finite number{rng}, got {value!r}" + (f"; {hint}" if hint else ""))
+    v = float(value)
+    if (low is not None and (v < low or (low_open and v == low))) or \
+            (high is not None and (v > high or (high_open and v == high))):
+        raise error(f"{name}={value!r} is out of range: use a number{rng}" + (f"; {hint}" if hint else ""))
+    return v

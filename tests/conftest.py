@@ -60,3 +60,12 @@ def fieldcheck_home(tmp_path, monkeypatch):
     home = tmp_path / "fc-home"
     monkeypatch.setenv("FIELDCHECK_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def fuzz_pool():
+    """Tiny models of several families and depths for the fuzz suite (tests/_fuzz.py), each built on
+    first use."""
+    from _fuzz import Pool
+
+    return Pool()

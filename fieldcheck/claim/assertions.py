@@ -189,6 +189,10 @@ def _patch_arrays(result: Any, assertion: str):
     what = "a PatchResult"
     values = as_table(need_attr(result, "values", assertion, what), "values", assertion)
     S, n = values.shape
+    if S == 0 or n == 0:
+        raise AssertionInputError(f"{assertion}: the result has {'no site' if S == 0 else 'no example'} (values of "
+                                  f"shape {values.shape}); a select(...) that kept nothing, or sites for layers this "
+                                  "model does not have?")
     labels = site_labels(result, S)
     if getattr(result, "jointly", False) and S == 1 and labels == ["site 0"]:
         labels = [f"joint patch of {len(getattr(result, 'sites', None) or [])} sites"]
@@ -456,6 +460,13 @@ def assert_linear_regime(sweep: Any, *criteria: Criterion, tol: Optional[float] 
     """
     name = "assert_linear_regime"
     s = resolve_settings(alpha, level, decide, n_boot, method)
+    if tol is not None:
+        try:
+            ok = not isinstance(tol, bool) and math.isfinite(float(tol)) and float(tol) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CriterionError(f"{name}: tol must be a positive number, got {tol!r}")
 
     def prepare():
         alphas = as_vector(need_attr(sweep, "alphas", name, "a Sweep"), "alphas", name)
@@ -746,8 +757,9 @@ def assert_explained(green_slice: Any, *criteria: Criterion, alpha: Optional[flo
         low, high = est - z * se, est + z * se
         if se > 0:
             p = float(norm.sf((est - c.bar) / se)) if c.op in (">", ">=") else float(norm.cdf((est - c.bar) / se))
-        else:
-            p = 0.0 if clears(est, c.op, c.bar) else 1.0
+        else:  # no spread at all: the estimate is the answer (p as small as a float gets, never 0)
+            p = 1.0 if not clears(est, c.op, c.bar) else 0.0
+        p = min(1.0, max(p, np.finfo(float).tiny))
         e = Estimate(est, low, high, n, "normal (Hutchinson probes)", p, 1 - 2 * s.alpha,
                      {"explained_se": se, "rank": getattr(green_slice, "rank", None)})
         return make_result(name, c, e, s, plot=None)

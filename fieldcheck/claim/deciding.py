@@ -76,9 +76,18 @@ def site_labels(obj: Any, n: int) -> list[str]:
     return [f"site {i}" for i in range(n)]
 
 
+def _numbers(x: Any, name: str, assertion: str) -> np.ndarray:
+    """A float array from ``x``, or AssertionInputError naming the input when it holds no numbers."""
+    try:
+        return to_numpy(x)
+    except (TypeError, ValueError):
+        raise AssertionInputError(f"{assertion}: {name} must be numbers (an array or tensor), got "
+                                  f"{type(x).__name__}") from None
+
+
 def as_table(x: Any, name: str, assertion: str) -> np.ndarray:
     """[n_sites, batch] from an array [n_sites, batch] or [batch]."""
-    arr = to_numpy(x)
+    arr = _numbers(x, name, assertion)
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2:
@@ -88,7 +97,7 @@ def as_table(x: Any, name: str, assertion: str) -> np.ndarray:
 
 
 def as_vector(x: Any, name: str, assertion: str, n: Optional[int] = None) -> np.ndarray:
-    arr = to_numpy(x)
+    arr = _numbers(x, name, assertion)
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.ravel()
     if arr.ndim != 1:

@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
+from fieldcheck.errors import UsageError
 from fieldcheck.jsonable import jsonable as _jsonable
 
 
@@ -59,6 +60,44 @@ class ClaimResult:
     bound: Optional[float] = None
     alpha: Optional[float] = None
     examples: Optional[dict[str, Any]] = None
+
+    def __post_init__(self):
+        """Refuse a ClaimResult whose fields contradict each other (one built by hand, or read back from a
+        damaged report): UsageError naming the field."""
+        import numbers
+
+        def real(name, v, none_ok=False):
+            if v is None and none_ok:
+                return
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise UsageError(f"ClaimResult: {name} must be a number, got {v!r}")
+
+        if not isinstance(self.statistic, str) or not self.statistic:
+            raise UsageError(f"ClaimResult: statistic must be the statistic's name, got {self.statistic!r}")
+        if self.op not in (">", ">=", "<", "<="):
+            raise UsageError(f"ClaimResult: op must be '>', '>=', '<' or '<=', got {self.op!r}")
+        real("estimate", self.estimate)
+        real("bar", self.bar)
+        if not math.isfinite(self.bar):
+            raise UsageError(f"ClaimResult: bar must be a finite number, got {self.bar!r}")
+        if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 0:
+            raise UsageError(f"ClaimResult: n must be a count of examples (an int >= 0), got {self.n!r}")
+        if self.interval is not None:
+            if len(self.interval) != 2:
+                raise UsageError(f"ClaimResult: interval must be (low, high) or None, got {self.interval!r}")
+            lo, hi = self.interval
+            real("interval", lo)
+            real("interval", hi)
+            if lo > hi:
+                raise UsageError(f"ClaimResult: interval {self.interval!r} has low > high")
+        for name in ("p_value", "p_adjusted"):
+            v = getattr(self, name)
+            real(name, v, none_ok=True)
+            if v is not None and not 0.0 < v <= 1.0:
+                raise UsageError(f"ClaimResult: {name} must be in (0, 1] or None, got {v!r}")
+        real("level", self.level)
+        if not 0.0 < self.level < 1.0:
+            raise UsageError(f"ClaimResult: level must be in (0, 1), got {self.level!r}")
 
     def summary(self) -> str:
         """One line as the failure message prints it: ``recovered = 0.62 [0.55, 0.68] (90% CI, n=16), needs >

@@ -424,7 +424,14 @@ _REGISTRY: dict[str, Callable[..., ContrastiveSet]] = {
 
 
 def register(name: str, fn: Callable[..., ContrastiveSet]) -> None:
-    """Register a data set builder ``fn(model, n=..., seed=..., **kw)`` under ``name``."""
+    """Register a data set builder ``fn(model, n=..., seed=..., **kw)`` under ``name`` (a non-empty
+    string; registering a name again replaces its builder). DatasetError for a name that is not a
+    string or a ``fn`` that is not callable."""
+    if not isinstance(name, str) or not name.strip():
+        raise DatasetError(f"register(name, fn): name must be a non-empty string, got {name!r}")
+    if not callable(fn):
+        raise DatasetError(f"register({name!r}, fn): fn must be a callable fn(model, n=..., seed=..., **kw) that "
+                           f"returns a ContrastiveSet, got {fn!r}")
     _REGISTRY[name] = fn
 
 
@@ -437,7 +444,7 @@ def load(name: str, model: Any, **kw: Any) -> ContrastiveSet:
     """Build the built-in data set ``name`` (``"ioi"``, ``"factual_recall"``, ``"induction"``, or one
     registered with :func:`register`) for ``model``. ``**kw``: passed to that data set's generator
     (e.g. ``n=16, seed=0``; an unknown keyword is a DatasetError). Returns a ContrastiveSet."""
-    fn = _REGISTRY.get(name)
+    fn = _REGISTRY.get(name) if isinstance(name, str) else None
     if fn is None:
         raise DatasetError(f"unknown data set {name!r}: the built-ins are {available()} "
                            "(or register your own with fieldcheck.datasets.register)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import random
 import warnings
@@ -194,12 +195,16 @@ def _as_index(idx: Any, n: int) -> list[int]:
                 raise DatasetError(f"boolean mask has {idx.numel()} entries for {n} examples")
             return [int(i) for i in torch.nonzero(idx).flatten().tolist()]
         idx = idx.flatten().tolist()
-    elif isinstance(idx, int):
+    elif isinstance(idx, numbers.Integral) and not isinstance(idx, bool):
         idx = [idx]
     elif isinstance(idx, slice):
         idx = list(range(n))[idx]
+    elif isinstance(idx, (str, bytes, dict)) or not hasattr(idx, "__iter__"):
+        raise DatasetError(f"example index {idx!r}: give an int, a list/range/slice of ints, or a boolean mask")
     out = []
     for i in idx:
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise DatasetError(f"example index {i!r} is not an int; give ints 0..{n - 1} (or negative from the end)")
         i = int(i)
         if not -n <= i < n:
             raise DatasetError(f"example index {i} is out of range for a set of {n} examples "
@@ -299,13 +304,14 @@ class ContrastiveSet:
 
     def position(self, name: str | int) -> torch.Tensor:
         """The ``[n]`` positions for a name (or an int, negative from the end)."""
-        if isinstance(name, int) and not isinstance(name, bool):
+        if isinstance(name, numbers.Integral) and not isinstance(name, bool):
+            name = int(name)
             p = name + self.seq_len if name < 0 else name
             if not 0 <= p < self.seq_len:
                 raise DatasetError(f"position {name} is out of range for {self.seq_len} tokens "
                                    f"(valid: 0..{self.seq_len - 1} or -{self.seq_len}..-1)")
             return torch.full((self.n,), p, dtype=torch.long)
-        if name not in self.positions:
+        if not isinstance(name, str) or name not in self.positions:
             raise DatasetError(f"unknown position name {name!r}; this set {self.name!r} has "
                                f"{sorted(self.positions)}")
         return self.positions[name]
@@ -374,9 +380,14 @@ class ContrastiveSet:
     @staticmethod
     def concat(sets: Sequence["ContrastiveSet"], name: str | None = None) -> "ContrastiveSet":
         """Concatenate sets of the same token length (positions: the names common to all)."""
+        if isinstance(sets, (str, bytes)) or not hasattr(sets, "__iter__"):
+            raise DatasetError(f"concat takes a list of ContrastiveSets, got {type(sets).__name__}")
         sets = list(sets)
         if not sets:
             raise DatasetError("concat of no sets: give at least one ContrastiveSet")
+        for s in sets:
+            if not isinstance(s, ContrastiveSet):
+                raise DatasetError(f"concat takes ContrastiveSets, got a {type(s).__name__} in the list")
         lens = sorted({s.seq_len for s in sets})
         if len(lens) > 1:
             raise DatasetError(f"cannot concatenate sets of token lengths {lens}: a contrastive "

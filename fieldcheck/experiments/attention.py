@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from fieldcheck.errors import DatasetError, SiteError, UsageError
+from fieldcheck.errors import DatasetError, SiteError, UsageError, check_choice, check_int
 from fieldcheck.field.core import check_dataset
 from fieldcheck.display import pyplot
 from fieldcheck.jsonable import jsonable as _jsonable
@@ -39,6 +39,7 @@ def as_heads(heads: Any, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
     a list of Sites, or a list of ``(layer, head)`` tuples."""
     from fieldcheck.field.sites import Site, SiteSet, as_site_set
     import builtins
+    import numbers
 
     if heads is None or heads is builtins.all or (isinstance(heads, str) and heads == "all"):
         return [(l, h) for l in range(n_layers) for h in range(n_heads)]
@@ -46,6 +47,8 @@ def as_heads(heads: Any, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
             isinstance(x, (tuple, list)) and len(x) == 2 for x in heads):
         out = []
         for l, h in heads:
+            if any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in (l, h)):
+                raise SiteError(f"head ({l!r}, {h!r}) is not a pair of ints (layer, head)")
             l, h = int(l), int(h)
             if not (0 <= l < n_layers and 0 <= h < n_heads):
                 raise SiteError(f"head ({l}, {h}) does not exist: the model has {n_layers} layers "
@@ -90,12 +93,17 @@ def patterns_hooked(model, tokens: torch.Tensor, layers: Sequence[int]) -> dict[
     return {l: cache[name] for name, l in names.items()}
 
 
+def _engine(field, engine: Optional[str]) -> str:
+    """The engine that reads the patterns: ``engine`` ("lightcone" or "hooks"), or for None the field's."""
+    if engine is None:
+        return "lightcone" if field.fm is not None and not getattr(field.fm, "generic", False) else "hooks"
+    return check_choice("engine", engine, (None, "lightcone", "hooks"))
+
+
 def _layer_patterns(field, ds, layers, which: str, engine: Optional[str]):
     """(iterator of (layer, patterns ``[batch, head, q_pos, k_pos]``), how). On the light-cone
     engine the patterns are computed one layer at a time, so only one layer's are held."""
-    engine = engine or ("lightcone" if field.fm is not None and not getattr(field.fm, "generic", False) else "hooks")
-    if engine not in ("lightcone", "hooks"):
-        raise UsageError(f"engine must be 'lightcone' or 'hooks', got {engine!r}")
+    engine = _engine(field, engine)
     if engine == "lightcone":
         r = field.run(ds)
         cache = r.clean if which == "clean" else r.corrupt
@@ -148,7 +156,8 @@ class AttentionResult:
         return self.weights.mean(1)
 
     def top(self, k: int = 5) -> list[tuple[int, int]]:
-        """The k heads with the largest mean weight."""
+        """The k heads with the largest mean weight (fewer when the result has fewer heads)."""
+        k = check_int("k", k, low=0)
         order = np.argsort(-self.mean, kind="stable")[:k]
         return [self.heads[i] for i in order]
 
@@ -275,13 +284,15 @@ class HeadScores:
         return self._get(kind).mean(-1)
 
     def _get(self, kind: str) -> np.ndarray:
-        if kind not in self.scores:
-            raise UsageError(f"no {kind!r} scores; measured: {', '.join(self.scores)}")
+        if not isinstance(kind, str) or kind not in self.scores:
+            raise UsageError(f"kind {kind!r} was not measured; measured kinds: {', '.join(self.scores)} (head_scores("
+                             f"kinds=...) chooses them among {', '.join(HEAD_KINDS)})")
         return self.scores[kind]
 
     def top(self, kind: str, k: int = 5) -> list[tuple[int, int]]:
         """The ``k`` heads (default 5) with the largest mean ``kind`` score ("previous_token", "duplicate_token"
         or "induction"), as ``(layer, head)`` tuples, best first."""
+        k = check_int("k", k, low=0)
         m = self.mean(kind)
         flat = np.argsort(-m.ravel(), kind="stable")[:k]
         return [tuple(int(x) for x in np.unravel_index(i, m.shape)) for i in flat]
@@ -419,22 +430,26 @@ def head_scores(field, n: int = 8, length: int = 20, seed: int = 0, kinds: Seque
     """Previous-token, duplicate-token and induction scores of every head (``[layer, head, batch]``)."""
     from fieldcheck.field.engine import run_cache
 
+    if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)) or not kinds:
+        raise UsageError(f"kinds must be a non-empty list of head kinds ({', '.join(HEAD_KINDS)}), got {kinds!r}")
     kinds = tuple(kinds)
-    bad = [k for k in kinds if k not in HEAD_KINDS]
-    if bad:
-        raise UsageError(f"unknown head kind {bad[0]!r}; valid: {', '.join(HEAD_KINDS)}")
-    if normalize not in ("targets", "transformer_lens"):
-        raise UsageError(f"normalize must be 'targets' or 'transformer_lens', got {normalize!r}")
-    if n < 1 or length < 2:
-        raise UsageError(f"head_scores needs n >= 1 sequences of length >= 2, got n={n}, length={length}")
+    for k in kinds:
+        check_choice("head kind", k, HEAD_KINDS)
+    check_choice("normalize", normalize, ("targets", "transformer_lens"))
+    n = check_int("n", n, low=1, hint="the number of random sequences")
+    length = check_int("length", length, low=2, hint="random tokens repeated once")
+    seed = check_int("seed", seed, low=0)
     t0 = time.perf_counter()
-    toks = repeated_random_tokens(field.model, n, length, seed)
     n_ctx = getattr(field.model.cfg, "n_ctx", None)
+    if n_ctx and 2 * length + 1 > n_ctx:
+        raise UsageError(f"length={length}: 2*length+1 = {2 * length + 1} tokens exceed the model's context of "
+                         f"{n_ctx}; use length <= {(n_ctx - 1) // 2}")
+    toks = repeated_random_tokens(field.model, n, length, seed)
     if n_ctx and toks.shape[1] > n_ctx:
         raise UsageError(f"2*length+1 = {toks.shape[1]} tokens exceed the model's context of {n_ctx}; use a "
                          "smaller length")
     L, H = field.n_layers, field.n_heads
-    engine = engine or ("lightcone" if field.fm is not None and not getattr(field.fm, "generic", False) else "hooks")
+    engine = _engine(field, engine)
     dev_toks = toks.to(field.device)
     if engine == "lightcone":
         cache = run_cache(field.require_functional(), dev_toks)

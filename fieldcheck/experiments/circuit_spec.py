@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from fieldcheck.errors import SiteError, UsageError
+from fieldcheck.errors import SiteError, UsageError, check_int
 from fieldcheck.experiments.edges import ABLATIONS, EdgeGraph
 
 __all__ = ["Circuit", "as_circuit"]
@@ -28,8 +28,18 @@ class Circuit:
                  scores: Optional[Sequence[float]] = None, name: str = ""):
         if (edges is None) == (nodes is None):
             raise UsageError("a Circuit takes edges=[...] or nodes=[...] (exactly one of them)")
+        for what, given in (("edges", edges), ("nodes", nodes)):
+            if given is not None and (isinstance(given, (str, bytes)) or not hasattr(given, "__iter__")):
+                raise UsageError(f"Circuit({what}=...) takes a list of labels, got {given!r}")
         if edges is not None:
-            parts = [e if isinstance(e, str) else f"{e[0]}->{e[1]}" for e in edges]
+            parts = []
+            for e in edges:
+                if isinstance(e, (tuple, list)) and len(e) == 2 and all(isinstance(x, str) for x in e):
+                    e = f"{e[0]}->{e[1]}"
+                if not isinstance(e, str) or "->" not in e:
+                    raise SiteError(f"edge {e!r}: write 'sender->receiver' (e.g. 'L0.H1->L2.H3.q', 'MLP1->logits') "
+                                    "or a (sender, receiver) pair; for heads and MLPs use Circuit(nodes=[...])")
+                parts.append(e)
             self.level = "edge"
         else:
             parts = [str(n) for n in nodes]
@@ -40,9 +50,18 @@ class Circuit:
                                 "for edges use Circuit(edges=[...])")
             self.level = "node"
         self.parts = tuple(dict.fromkeys(p.replace(" ", "") for p in parts))
-        self.scores = None if scores is None else tuple(float(s) for s in scores)
-        if self.scores is not None and len(self.scores) != len(self.parts):
-            raise UsageError(f"a Circuit got {len(self.scores)} scores for {len(self.parts)} parts")
+        if scores is not None:
+            if isinstance(scores, (str, bytes)) or not hasattr(scores, "__len__") or len(scores) != len(parts):
+                raise UsageError(f"a Circuit got {len(scores) if hasattr(scores, '__len__') else scores!r} scores "
+                                 f"for {len(parts)} parts: give one score per part, in order")
+            if len(self.parts) != len(parts):
+                raise UsageError(f"a Circuit with scores names a part twice ({len(parts)} parts, "
+                                 f"{len(self.parts)} distinct): give each part once with its score")
+            try:
+                scores = [float(x) for x in scores]
+            except (TypeError, ValueError):
+                raise UsageError(f"a Circuit's scores must be numbers, got {list(scores)!r}") from None
+        self.scores = None if scores is None else tuple(scores)
         self.name = name
 
     @classmethod
@@ -150,12 +169,18 @@ def as_circuit(x) -> Circuit:
                      "Circuit(nodes=[...]), or field.discover_circuit(ds, k=...)")
 
 
-def check_ablation(field, ablation: str) -> None:
+def check_ablation(field, ablation: str, ds=None, seed: int = 0) -> None:
     """UnsupportedArchitecture when ``field`` (a FieldCore) has no functional model, UsageError when
-    ``ablation`` is not one of "corrupt", "mean", "zero", "resample"."""
+    ``ablation`` is not one of "corrupt", "mean", "zero", "resample" or ``seed`` is not an int >= 0,
+    DatasetError when ``ds`` (if given) is not a ContrastiveSet that fits the model."""
+    from fieldcheck.field.core import check_dataset
+
     field.require_functional()
-    if ablation not in ABLATIONS:
+    if not isinstance(ablation, str) or ablation not in ABLATIONS:
         raise UsageError(f"unknown ablation {ablation!r}; use one of {', '.join(ABLATIONS)}")
+    check_int("seed", seed, low=0, hint="it picks the other example of ablation='resample'")
+    if ds is not None:
+        check_dataset(ds, field.model)
 
 
 def example_chunks(n: int, size: int):

@@ -25,6 +25,7 @@ incoming edges among the layer's head inputs (at most 3 x heads).
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field as dc_field
 from typing import Optional, Sequence, Union
@@ -32,9 +33,9 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from fieldcheck.errors import UsageError
+from fieldcheck.errors import UsageError, check_choice, check_int, check_number
 from fieldcheck.experiments.circuit_spec import Circuit, check_ablation, example_chunks, as_circuit  # noqa: F401 (Circuit re-exported)
-from fieldcheck.experiments.discovery import edge_scores
+from fieldcheck.experiments.discovery import EdgeScores, edge_scores
 from fieldcheck.experiments.edges import ablation_values, edge_forward, edge_graph
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.jsonable import jsonable, to_numpy
@@ -160,7 +161,7 @@ def evaluate_circuit(field, ds, circuit: Union[Circuit, Sequence[str]], ablation
     else as nodes). ablation: "corrupt" (default), "mean", "zero" or "resample" (``seed`` picks
     the other example). Returns a :class:`CircuitResult` with ``circuit``, ``full`` and
     ``empty`` metrics ``[batch]``."""
-    check_ablation(field, ablation)
+    check_ablation(field, ablation, ds, seed)
     c = as_circuit(circuit)
     g = edge_graph(field)
     t0 = time.perf_counter()
@@ -235,6 +236,7 @@ class FaithfulnessCurve:
 
     def smallest(self, bar: float = 0.8) -> Optional[int]:
         """The smallest measured size with faithfulness >= bar (None if none reaches it)."""
+        bar = check_number("bar", bar)
         ok = np.nonzero(self.faithfulness >= bar)[0]
         return int(self.sizes[ok[0]]) if len(ok) else None
 
@@ -296,22 +298,32 @@ def faithfulness_curve(field, ds, scores=None, sizes=None, level: str = "edge", 
     with ``method``/``steps``/``ablation``). sizes: counts of parts, or fractions in (0, 1] of all
     parts (default MIB's 0.1%, 0.2%, 0.5%, 1%, 2%, 5%, 10%, 20%, 50%, 100%). level: "edge" or
     "node". eval_ds: evaluate on another data set than the one the scores were computed on."""
-    check_ablation(field, ablation)
-    if level not in ("edge", "node"):
-        raise UsageError(f"level must be 'edge' or 'node', got {level!r}")
+    ev = ds if eval_ds is None else eval_ds
+    check_ablation(field, ablation, ev, seed)
+    check_choice("level", level, ("edge", "node"))
+    check_int("steps", steps, low=1, hint="integration points of method='eap-ig'")
     t0 = time.perf_counter()
     if scores is None:
         scores = edge_scores(field, ds, method=method, steps=steps, ablation=ablation, metric=metric)
+    elif not isinstance(scores, EdgeScores):
+        raise UsageError(f"scores must be the EdgeScores of field.edge_scores(...), got {type(scores).__name__}")
     total = scores.graph.n_edges if level == "edge" else scores.graph.n_senders - 1
     sizes = DEFAULT_FRACTIONS if sizes is None else sizes
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__") or not len(sizes):
+        raise UsageError(f"sizes must be a non-empty list of circuit sizes (counts of {level}s, or fractions in "
+                         f"(0, 1]), got {sizes!r}")
     ks = []
     for s in sizes:
-        k = int(math.ceil(float(s) * total)) if isinstance(s, float) and 0 < s <= 1 else int(s)
+        if isinstance(s, float) and 0 < s <= 1:
+            k = int(math.ceil(s * total))
+        elif isinstance(s, numbers.Integral) and not isinstance(s, bool):
+            k = int(s)
+        else:
+            k = 0
         if not 1 <= k <= total:
             raise UsageError(f"circuit size {s!r} is outside 1..{total} {level}s (or a fraction in (0, 1])")
         ks.append(k)
     ks = sorted(set(ks))
-    ev = ds if eval_ds is None else eval_ds
     circuits = [scores.top(k, level) for k in ks]
     masks = [c.mask(scores.graph) for c in circuits]
     vals = _masks_metric(field, ev, masks + [np.zeros_like(masks[0])], ablation, metric, seed)
@@ -378,7 +390,7 @@ class Minimality:
 
 def minimality(field, ds, circuit, ablation: str = "corrupt", metric="logit_diff", seed: int = 0) -> Minimality:
     """Evaluate ``circuit`` without each one of its parts (one edge forward per part)."""
-    check_ablation(field, ablation)
+    check_ablation(field, ablation, ds, seed)
     c = as_circuit(circuit)
     g = edge_graph(field)
     t0 = time.perf_counter()

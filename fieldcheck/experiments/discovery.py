@@ -26,7 +26,7 @@ from dataclasses import dataclass, field as dc_field
 import numpy as np
 import torch
 
-from fieldcheck.errors import UsageError
+from fieldcheck.errors import UsageError, check_choice, check_int
 from fieldcheck.experiments.circuit_spec import Circuit, check_ablation, example_chunks
 from fieldcheck.experiments.edges import EdgeGraph, ablation_values, edge_forward, edge_graph, sender_values
 from fieldcheck.field.metrics import as_metric
@@ -118,13 +118,12 @@ def edge_scores(field, ds, method: str = "eap-ig", steps: int = 5, ablation: str
                 metric="logit_diff", seed: int = 0) -> EdgeScores:
     """Attribution scores of every edge (see the module doc): ``steps`` forward+backward passes
     for "eap-ig", one for "eap"."""
-    check_ablation(field, ablation)
-    if method not in METHODS:
+    check_ablation(field, ablation, ds, seed)
+    if not isinstance(method, str) or method not in METHODS:
         raise UsageError(f"unknown method {method!r}; use 'eap' or 'eap-ig'")
+    steps = check_int("steps", steps, low=1, hint="integration points of method='eap-ig'")
     if method == "eap":
         steps = 1
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise UsageError(f"steps must be a positive integer, got {steps!r}")
     fm = field.fm
     m = as_metric(metric)
     g = edge_graph(field)
@@ -177,8 +176,7 @@ def discover_circuit(field, ds, k: int, level: str = "edge", method: str = "eap-
     """The circuit of the ``k`` edges (``level="edge"``) or nodes (``level="node"``) with the
     largest |attribution score| (``method`` "eap-ig" with ``steps`` or "eap"). The circuit's
     ``scores`` hold each part's score; ``circuit.edge_scores`` the full :class:`EdgeScores`."""
-    if level not in ("edge", "node"):
-        raise UsageError(f"level must be 'edge' or 'node', got {level!r}")
+    check_choice("level", level, ("edge", "node"))
     es = edge_scores(field, ds, method=method, steps=steps, ablation=ablation, metric=metric, seed=seed)
     c = es.top(k, level)
     c.edge_scores = es

@@ -125,8 +125,11 @@ class EdgeGraph:
             if "->" not in label:
                 raise SiteError(f"edge {label!r}: write 'sender->receiver', e.g. 'L0.H1->L2.H3.q' or 'MLP1->logits'")
             snd, rcv = (p.strip() for p in label.split("->", 1))
-        else:
+        elif isinstance(label, (tuple, list)) and len(label) == 2 and all(isinstance(x, str) for x in label):
             snd, rcv = label
+        else:
+            raise SiteError(f"edge {label!r}: give 'sender->receiver' or a (sender, receiver) pair of labels, "
+                            "e.g. 'L0.H1->L2.H3.q' or ('MLP1', 'logits')")
         s, r = self.sender_index(snd), self.receiver_index(rcv)
         if not self.adjacency[s, r]:
             raise SiteError(f"there is no edge {snd}->{rcv}: a receiver reads only senders upstream of it "

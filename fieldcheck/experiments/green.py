@@ -31,9 +31,11 @@ import torch
 
 from fieldcheck.display import pyplot
 from fieldcheck.jsonable import jsonable, to_numpy
-from fieldcheck.errors import SiteError, SourceError
+from fieldcheck.errors import SiteError, SourceError, UsageError, check_choice, check_int
+from fieldcheck.field.core import check_dataset
+from fieldcheck.field.sources import check_alpha
 from fieldcheck.field.metrics import as_metric
-from fieldcheck.field.sites import Site, as_site_set
+from fieldcheck.field.sites import Site, as_site_set, layer_index
 
 __all__ = ["green", "propagate", "green_slice", "GreenResult", "Propagation", "LinearVsReal",
            "GreenSlice"]
@@ -42,6 +44,7 @@ __all__ = ["green", "propagate", "green_slice", "GreenResult", "Propagation", "L
 # --- helpers -----------------------------------------------------------------------------------
 def _one_site(field, ds, site, what: str) -> Site:
     """The single residual site ``site`` as (layer index into phi, pos spec)."""
+    check_dataset(ds, field.model)
     sites = as_site_set(site).resolve(field.n_layers, field.n_heads, ds.seq_len, ds.position_names)
     if len(sites) != 1:
         raise SiteError(f"{what} must be one site, got {len(sites)} ({', '.join(s.label for s in sites[:4])}"
@@ -83,8 +86,8 @@ def _full_lattice(part: torch.Tensor, l: int) -> torch.Tensor:
 
 
 def _target_run(field, ds, which: str):
-    if which not in ("clean", "corrupt"):
-        raise ValueError(f"which must be 'corrupt' (the denoising target, default) or 'clean', got {which!r}")
+    check_choice("which", which, ("corrupt", "clean"), hint="the run linearized around ('corrupt', the denoising "
+                 "target, by default)")
     r = field.run(ds)
     return r, (r.corrupt if which == "corrupt" else r.clean), (r.clean if which == "corrupt" else r.corrupt)
 
@@ -177,11 +180,14 @@ class GreenResult:
             return np.nanmean(np.where(np.isfinite(self.spread), self.spread, np.nan), axis=0)
 
     def at(self, layer: int, pos: Union[int, str, None] = None) -> torch.Tensor:
-        """``[batch, d_model]`` the response at phi index ``layer`` and a position (default: the metric
-        position END)."""
+        """``[batch, d_model]`` the response at phi index ``layer`` (0..L, negative from the end) and a
+        position (default: the metric position END). SiteError naming the layers that exist when
+        ``layer`` is not one of them; DatasetError for a position the data set does not have."""
         ds = self._ctx["ds"]
+        L1 = self.response.shape[1]
+        i = layer_index(layer, L1, f"this Green response ({L1 - 1}-block model)")
         p = ds.position(pos if pos is not None else "END").to(self.response.device)
-        return self.response[torch.arange(self.n, device=p.device), layer, p]
+        return self.response[torch.arange(self.n, device=p.device), i, p]
 
     def linear_vs_real(self, alphas: Sequence[float] = (0.01, 0.1, 0.5, 1.0)) -> "LinearVsReal":
         """Compare ``alpha * response`` with the real propagated difference at each alpha.
@@ -316,6 +322,7 @@ def green(field, ds, source_site, direction=None, which: str = "corrupt", metric
     Cost: one forward-mode pass (about 2-3 forwards) of blocks l..L-1 over the batch, all positions.
     """
     fm = field.require_functional()
+    batch_size = check_int("batch_size", batch_size, low=1)
     s = _one_site(field, ds, source_site, "source_site")
     r, tgt, src = _target_run(field, ds, which)
     l = _phi_layer(s)
@@ -338,8 +345,17 @@ def green(field, ds, source_site, direction=None, which: str = "corrupt", metric
         b = torch.arange(ds.n, device=pos.device)
         mpos = r.metric_pos
         xf, tf = tgt.resid[-1][b, mpos], resp[b, -1, mpos]
-        with torch.no_grad():
-            _, dm = torch.func.jvp(lambda v: m(fm, v, b, ds), (xf,), (tf.to(xf.dtype),))
+        ref = None
+        if m.name == "kl":  # KL(clean || .) needs the clean run's next-token log-probabilities
+            xc = r.clean.resid[-1][b, mpos]
+            ref = torch.log_softmax(fm.unembed(fm.final_norm(xc)).float(), -1)
+        # d m along the response: the gradient of the metric at the final residual dotted with it (each row's
+        # metric reads only its own row); autograd rather than a JVP so that user metrics and the metric's
+        # own finiteness checks run on plain tensors
+        with torch.enable_grad():
+            xf_ = xf.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(m(fm, xf_, b, ds, ref).sum(), xf_, allow_unused=True)
+        dm = (g * tf.to(g.dtype)).sum(-1) if g is not None else torch.zeros(ds.n, dtype=xf.dtype)
         mresp = to_numpy(dm)
     return GreenResult(source_site=s, layer=l, positions=pos, response=resp, response_norm=rn,
                        outside_cone_max=outside, depth_share=depth, spread=spread,
@@ -408,6 +424,8 @@ def propagate(field, ds, source_site, alpha: float = 1.0, direction=None, which:
     Both runs go through the same blocks from the cached phi(l) (so alpha = 0 gives exactly 0).
     """
     fm = field.require_functional()
+    batch_size = check_int("batch_size", batch_size, low=1)
+    alpha = check_alpha(alpha)
     s = _one_site(field, ds, source_site, "source_site")
     r, tgt, src = _target_run(field, ds, which)
     l = _phi_layer(s)
@@ -554,8 +572,11 @@ class GreenSlice:
     _ctx: dict = dc_field(default_factory=dict, repr=False)
 
     def predict(self, delta: torch.Tensor) -> torch.Tensor:
-        """G_k @ delta for ``delta [d]`` or ``[n, d]`` (rows)."""
+        """G_k @ delta for ``delta [d]`` or ``[n, d]`` (rows); SourceError for another shape."""
         d = torch.as_tensor(delta).to(self.U.device, self.U.dtype)
+        D = self.U.shape[0]
+        if d.ndim not in (1, 2) or d.shape[-1] != D:
+            raise SourceError(f"delta must be [{D}] or [n, {D}] (d_model = {D}), got shape {tuple(d.shape)}")
         return ((d @ self.V) * self.S) @ self.U.T
 
     def matrix(self) -> torch.Tensor:
@@ -662,26 +683,29 @@ def green_slice(field, ds, source_site, target_site, rank: int = 8, n_iter: int 
     G^T @ .) plus one JVP pass of ``n_probe`` probes for the explained fraction.
     """
     fm = field.require_functional()
+    n_iter = check_int("n_iter", n_iter, low=0)
+    oversample = check_int("oversample", oversample, low=0)
+    seed = check_int("seed", seed, low=0)
+    n_probe = check_int("n_probe", n_probe, low=2, hint="Gaussian probes of the explained fraction (2 or more: its "
+                        "standard error needs two)")
     s1 = _one_site(field, ds, source_site, "source_site")
     s2 = _one_site(field, ds, target_site, "target_site")
     l1, l2 = _phi_layer(s1), _phi_layer(s2)
     r, tgt, _ = _target_run(field, ds, which)
     dev = tgt.resid.device
     p1, p2 = _positions(ds, s1, dev), _positions(ds, s2, dev)
-    if example == "mean":
+    if isinstance(example, str) and example == "mean":
         idx = torch.arange(ds.n, device=dev)
     else:
-        if not isinstance(example, int) or not -ds.n <= example < ds.n:
-            raise ValueError(f"example must be an index 0..{ds.n - 1} or 'mean', got {example!r}")
+        example = check_int("example", example, low=-ds.n, high=ds.n - 1, error=UsageError,
+                            hint=f"an example index 0..{ds.n - 1} (or -{ds.n}..-1), or 'mean'")
         idx = torch.tensor([example % ds.n], device=dev)
     if l2 < l1 or bool((p2[idx] < p1[idx]).any()):
         raise SiteError(f"target {s2.label} lies outside the forward light cone of {s1.label} "
                         "(needs layer' >= layer and pos' >= pos): the block G is exactly zero there")
-    rank = int(rank)
     d = fm.d_model
-    if not 1 <= rank <= d:
-        raise ValueError(f"rank must be in 1..{d}, got {rank}")
-    k = min(d, rank + max(0, int(oversample)))
+    rank = check_int("rank", rank, low=1, high=d, hint="the rank of the slice, at most d_model")
+    k = min(d, rank + oversample)
     G = _Block(fm, tgt.resid[l1][idx], l1, p1[idx], l2, p2[idx])
     dtype = tgt.resid.dtype
     gen = torch.Generator(device="cpu").manual_seed(int(seed))

@@ -28,7 +28,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from fieldcheck.errors import NumericalError, SiteError, UsageError
+from fieldcheck.errors import NumericalError, SiteError, UsageError, check_choice, check_int, check_number
+from fieldcheck.field.sites import layer_index
 from fieldcheck.display import pyplot
 from fieldcheck.jsonable import jsonable as _jsonable
 
@@ -117,6 +118,9 @@ class DirectAttribution:
 
     def select(self, labels) -> "DirectAttribution":
         """Rows by label (``["L20.H3", "L21.mlp"]``)."""
+        if not isinstance(labels, (str, list, tuple)) or not labels:
+            raise SiteError(f"select(labels): give a component label or a non-empty list of them (e.g. "
+                            f"['L20.H3', 'L21.mlp']), got {labels!r}")
         labels = [labels] if isinstance(labels, str) else list(labels)
         idx = {lab: i for i, lab in enumerate(self.labels)}
         missing = [x for x in labels if x not in idx]
@@ -130,6 +134,7 @@ class DirectAttribution:
     def top(self, k: int = 10, by: str = "abs") -> list[str]:
         """The labels of the ``k`` components (default 10) with the largest mean term: by |mean| (``by="abs"``,
         default) or by the signed mean (any other ``by``)."""
+        k = check_int("k", k, low=0)
         m = self.mean
         key = -np.abs(m) if by == "abs" else -m
         return [self.labels[i] for i in np.argsort(key, kind="stable")[:k]]
@@ -216,6 +221,8 @@ def _components(field, components) -> Optional[list[str]]:
         return [f"L{l}.H{h}" for l in range(field.n_layers) for h in range(field.n_heads)]
     if components == "layers":
         return [f"L{l}.{k}" for l in range(field.n_layers) for k in ("attn", "mlp")]
+    if isinstance(components, (list, tuple)) and not components:
+        raise SiteError("components is an empty list; give 'all', 'heads', 'layers' or at least one label")
     if isinstance(components, (list, tuple)) and components and all(isinstance(c, str) for c in components):
         return list(components)
     if isinstance(components, (Site, SiteSet, list, tuple)):
@@ -297,8 +304,9 @@ def dla(field, ds, components="all", which: str = "clean", tol: Optional[float] 
     do not add up to the run's logit difference within ``tol`` (relative to its scale; default
     1e-3, or 5e-2 for 16-bit models, whose own logits carry that much rounding).
     """
-    if which not in ("clean", "corrupt", "diff"):
-        raise UsageError(f"which must be 'clean', 'corrupt' or 'diff', got {which!r}")
+    check_choice("which", which, ("clean", "corrupt", "diff"))
+    if tol is not None:
+        tol = check_number("tol", tol, low=0, low_open=True, hint="the relative mismatch allowed, e.g. 1e-3")
     t0 = time.perf_counter()
     want = _components(field, components)
     r = field.run(ds)
@@ -346,6 +354,39 @@ def dla(field, ds, components="all", which: str = "clean", tol: Optional[float] 
 
 # --- logit lens ----------------------------------------------------------------------------------
 @dataclass
+class LensLayer:
+    """One layer of a :class:`LogitLens` (``lens.at(layer)``): ``logit_diff``, ``rank``, ``wrong_rank``
+    and ``prob``, each ``[batch]``, at phi index ``layer``. It has a ``logit_diff``, so
+    ``fc.assert_prefers(lens.at(l), mean > 1.0)`` decides the logit difference read at that layer."""
+
+    layer: int
+    logit_diff: np.ndarray
+    rank: np.ndarray
+    wrong_rank: np.ndarray
+    prob: np.ndarray
+    position: str = "END"
+    which: str = "clean"
+
+    @property
+    def n(self) -> int:
+        """Number of examples (the ``batch`` axis)."""
+        return int(self.logit_diff.shape[0])
+
+    def to_dict(self) -> dict:
+        """A JSON-safe dict: layer, position, which run, ``logit_diff``/``rank``/``wrong_rank``/``prob [batch]``."""
+        return _jsonable({"layer": self.layer, "position": self.position, "which": self.which,
+                          "logit_diff": self.logit_diff, "rank": self.rank, "wrong_rank": self.wrong_rank,
+                          "prob": self.prob})
+
+    def summary(self) -> str:
+        """One line: the layer, position, run, n, mean logit difference and median answer rank."""
+        return (f"LensLayer(layer {self.layer} at {self.position}, {self.which} run, n={self.n}: mean logit diff "
+                f"{self.logit_diff.mean():.3g}, median answer rank {np.median(self.rank):g})")
+
+    __repr__ = __str__ = summary
+
+
+@dataclass
 class LogitLens:
     """The residual of every layer decoded at one position.
 
@@ -372,6 +413,16 @@ class LogitLens:
     def n(self) -> int:
         """Number of examples (the ``batch`` axis)."""
         return self.logit_diff.shape[1]
+
+    def at(self, layer: int) -> "LensLayer":
+        """One layer of the lens: a :class:`LensLayer` with ``logit_diff``/``rank``/``wrong_rank``/``prob
+        [batch]`` at ``layer`` (0..n_layers, negative from the end: -1 is the model's output), e.g.
+        ``fc.assert_prefers(lens.at(24), mean > 1.0)``. SiteError naming the layers this lens has when
+        ``layer`` is not one of them (a claim written for a deeper model)."""
+        L1 = self.logit_diff.shape[0]
+        i = layer_index(layer, L1, f"the logit lens of this {L1 - 1}-block model")
+        return LensLayer(i, self.logit_diff[i], self.rank[i], self.wrong_rank[i], self.prob[i], self.position,
+                         self.which)
 
     def leads(self, leads: str = "wrong") -> np.ndarray:
         """``[layer, batch]`` bool: the answer beats the wrong answer ("wrong") or is the top token ("top1")."""
@@ -465,8 +516,7 @@ class LogitLens:
 @torch.no_grad()
 def logit_lens(field, ds, position: Any = "END", which: str = "clean") -> LogitLens:
     """Decode ``phi(l, position)`` of every layer with the final norm and the unembedding."""
-    if which not in ("clean", "corrupt"):
-        raise UsageError(f"which must be 'clean' or 'corrupt', got {which!r}")
+    check_choice("which", which, ("clean", "corrupt"))
     t0 = time.perf_counter()
     r = field.run(ds)
     fm = field.fm

@@ -42,13 +42,15 @@ coupling: its delta is taken against the target run's other heads.
 from __future__ import annotations
 
 import builtins
+import numbers
 from dataclasses import dataclass, field as dc_field
 from typing import Optional, Union
 
 import numpy as np
 import torch
 
-from fieldcheck.errors import SiteError
+from fieldcheck.errors import DatasetError, SiteError, check_choice, check_int, check_number
+from fieldcheck.field.core import DIRECTIONS, check_dataset
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.results import PatchResult, dataset_hash_of
 from fieldcheck.field.sites import Site, as_site_set
@@ -119,21 +121,33 @@ def _layers(layers, n_layers: int) -> list[int]:
     return out
 
 
+def _int_list(x, what: str):
+    """"all", or a list of ints from an int, a list, a tuple or a range; SiteError naming ``what`` else."""
+    if _is_all(x):
+        return "all"
+    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
+        return [int(x)]
+    if isinstance(x, (list, tuple, range)) and all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                                   for v in x):
+        return [int(v) for v in x]
+    raise SiteError(f"receiver {what}={x!r}: give an int, a list or range of ints, or 'all'")
+
+
 def receiver_heads(layer, heads="all", inputs: str = "qkv") -> Receivers:
     """The ``inputs`` ("qkv", "q", "k", "v", or any combination) of attention heads at ``layer``
     (an int, a list/range or "all") and ``heads`` (an int, a list or "all")."""
-    ins = set(str(inputs))
+    ins = set(inputs) if isinstance(inputs, str) else set()
     if not ins or not ins <= set("qkv"):
         raise SiteError(f"receiver inputs {inputs!r}: use 'q', 'k', 'v' or a combination such as 'qkv'")
-    hs = heads if _is_all(heads) else ([heads] if isinstance(heads, int) else list(heads))
-    ls = layer if _is_all(layer) else ([layer] if isinstance(layer, int) else list(layer))
+    hs = _int_list(heads, "heads")
+    ls = _int_list(layer, "layer")
     return Receivers(head_specs=((tuple(ls) if isinstance(ls, list) else ls,
                                   tuple(hs) if isinstance(hs, list) else hs, frozenset(ins)),))
 
 
 def receiver_mlps(layers="all") -> Receivers:
     """The MLP inputs (resid_mid) of blocks ``layers``."""
-    ls = layers if _is_all(layers) else ([layers] if isinstance(layers, int) else list(layers))
+    ls = _int_list(layers, "layers")
     return Receivers(mlp_specs=(tuple(ls) if isinstance(ls, list) else ls,))
 
 
@@ -157,7 +171,14 @@ def downstream(senders, n_layers: int) -> Receivers:
     """Every receiver input downstream of the senders: the q/k/v of all heads at layers after the
     earliest sender, all MLPs at and after it (after it for an MLP sender), and the final residual.
     ``senders`` is a list of resolved Sites (or a SiteSet resolved with n_layers)."""
+    n_layers = check_int("n_layers", n_layers, low=1, error=SiteError, hint="the model's number of blocks")
+    if isinstance(senders, (str, bytes)) or not hasattr(senders, "__iter__"):
+        raise SiteError(f"downstream(senders, ...): senders must be Sites (attn_head/attn_out/mlp_out), got "
+                        f"{senders!r}")
     sites = list(senders)
+    if not sites or not all(isinstance(s, Site) for s in sites):
+        raise SiteError(f"downstream(senders, ...): senders must be a non-empty list of Sites "
+                        f"(attn_head/attn_out/mlp_out), got {senders!r}")
     l_attn = min((s.layer for s in sites if s.kind in ("attn_head", "attn_out")), default=n_layers)
     l_mlp = min((s.layer for s in sites if s.kind == "mlp_out"), default=n_layers)
     head_from = min(l_attn, l_mlp) + 1
@@ -330,11 +351,11 @@ def path_patch(field, ds, senders, receivers, direction: str = "denoise", metric
     Returns a :class:`PathResult` (``values [rows, batch]``, both baselines, ``method="path"``).
     """
     import time
-    if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    check_choice("direction", direction, DIRECTIONS)
     t_start = time.perf_counter()
     fm = field.require_functional()
     m = as_metric(metric)
+    check_dataset(ds, field.model)
     sites = _resolve_senders(field, ds, senders)
     rec = as_receivers(receivers)
     heads, mlps, final = rec.resolve(field.n_layers, field.n_heads)

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from fieldcheck.jsonable import jsonable as _jsonable
-from fieldcheck.errors import SiteError, SourceError
+from fieldcheck.errors import SiteError, SourceError, UsageError, check_choice, check_int, check_number
+from fieldcheck.field.core import DIRECTIONS, WHICH, check_dataset
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.results import PatchResult, dataset_hash_of
-from fieldcheck.field.sites import Site, as_site_set, resid_pre
+from fieldcheck.field.sites import Site, as_site_set, layer_index, resid_pre
 from fieldcheck.field.sources import as_source, check_alpha
 from fieldcheck.measures import alpha_star_of
 
@@ -87,9 +88,20 @@ class Sensitivity:
     cost: dict = dc_field(default_factory=dict)
 
     def at(self, site: Site, pos: torch.Tensor) -> torch.Tensor:
-        """The sensitivity at ``site`` for each example ``[batch, dim]`` (``pos``: ``[batch]``)."""
+        """The sensitivity at ``site`` (a Site; its position is ignored) for each example ``[batch, dim]``,
+        read at the positions ``pos [batch]``. SiteError naming the layers, heads or positions that exist
+        when the site or a position is out of range."""
+        if not isinstance(site, Site) or site.kind not in _SENS_KEY:
+            raise SiteError(f"{site!r} is not a Site; use e.g. fieldcheck.sites.Site('resid_pre', 3, 'END')")
+        L1, B, T = self.resid.shape[:3]
+        rows = L1 if site.kind == "resid_pre" else L1 - 1
+        l = layer_index(site.layer, rows, f"the {site.kind} sensitivities of this {L1 - 1}-block model")
+        pos = torch.as_tensor(pos)
+        if pos.shape != (B,) or pos.is_floating_point() or bool(((pos < 0) | (pos >= T)).any()):
+            raise SiteError(f"pos must be {B} positions (one per example) in 0..{T - 1}, got {pos.tolist()}")
+        if site.kind == "attn_head" and (not isinstance(site.head, int) or not 0 <= site.head < self.z.shape[3]):
+            raise SiteError(f"head {site.head!r} out of range: the model has heads 0..{self.z.shape[3] - 1}")
         b = torch.arange(pos.shape[0])
-        l = site.layer
         table = {"resid_pre": lambda: self.resid[l], "resid_post": lambda: self.resid[l + 1],
                  "resid_mid": lambda: self.resid_mid[l], "attn_out": lambda: self.attn_out[l],
                  "mlp_out": lambda: self.mlp_out[l]}
@@ -158,8 +170,7 @@ def _sens_from_x0(field, r, m, x0: torch.Tensor) -> tuple[dict, torch.Tensor]:
 
 def sensitivity(field, ds, metric="logit_diff", run: str = "corrupt") -> Sensitivity:
     """S = dm/dphi at every site of the ``run`` ("corrupt" for denoising, "clean" for noising)."""
-    if run not in ("clean", "corrupt"):
-        raise ValueError(f"run must be 'clean' or 'corrupt', got {run!r}")
+    check_choice("run", run, WHICH, hint="the run differentiated ('corrupt' for denoising, 'clean' for noising)")
     m = as_metric(metric)
     r = field.run(ds)
     cache = r.clean if run == "clean" else r.corrupt
@@ -193,6 +204,9 @@ def _site_grad(g: dict, site: Site, pos: torch.Tensor) -> torch.Tensor:
     return t[b, pos, site.head] if site.kind == "attn_head" else t[b, pos]
 
 
+METHODS = ("gradient", "integrated")
+
+
 def predict(field, ds, sites, order: int = 1, method: str = "gradient", steps: int = 8,
             direction: str = "denoise", source=None, alpha: float = 1.0, metric="logit_diff") -> PatchResult:
     """Predict ``field.patch(ds, sites, ...)`` per site and example without patching.
@@ -202,12 +216,10 @@ def predict(field, ds, sites, order: int = 1, method: str = "gradient", steps: i
     gradient averaged over ``steps`` points between the target and source runs (EAP-IG), dotted with
     delta; costs ``steps`` forward+backward passes in all.
     """
-    if method not in ("gradient", "integrated"):
-        raise ValueError(f"method must be 'gradient' or 'integrated', got {method!r}")
-    if order not in (1, 2):
-        raise ValueError(f"order must be 1 or 2, got {order!r}")
-    if method == "integrated" and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_choice("method", method, METHODS)
+    check_choice("order", order, (1, 2))
+    steps = check_int("steps", steps, low=1, hint="integration points of method='integrated'")
+    check_choice("direction", direction, DIRECTIONS)
     alpha = check_alpha(alpha)
     src = as_source(source)
     m = as_metric(metric)
@@ -341,6 +353,10 @@ class Sweep:
         """alpha*: the largest alpha up to which the mean effect stays within relative ``tol`` (default 0.1) of
         the tangent line, with a percentile bootstrap interval (``n_boot`` resamples seeded by
         ``seed``, confidence ``level``). Returns a :class:`LinearRegime`."""
+        tol = check_number("tol", tol, low=0, low_open=True, hint="the relative deviation allowed, e.g. 0.1")
+        n_boot = check_int("n_boot", n_boot, low=1)
+        seed = check_int("seed", seed, low=0)
+        level = check_number("level", level, low=0, high=1, low_open=True, high_open=True)
         order = np.argsort(self.alphas)
         al, E, L = self.alphas[order], self.effect[order], self.linear[order]
         tiny = max(1e-12 * float(np.abs(L.mean(1)).max()), 1e-300)
@@ -396,16 +412,24 @@ class Sweep:
 DEFAULT_ALPHAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
+def _alpha_grid(alphas) -> np.ndarray:
+    """``[n_alpha]`` finite scales from a list (default DEFAULT_ALPHAS); SourceError naming the bad one."""
+    if alphas is None:
+        return np.asarray(DEFAULT_ALPHAS, dtype=float)
+    if isinstance(alphas, (str, bytes)) or not hasattr(alphas, "__len__") or len(alphas) == 0:
+        raise SourceError(f"alphas must be a non-empty list of scales such as [0, 0.1, 0.5, 1.0], got {alphas!r}")
+    return np.asarray([check_alpha(a) for a in alphas], dtype=float)
+
+
 def scale_sweep(field, ds, site, alphas=None, direction: str = "denoise", source=None,
                 metric="logit_diff") -> Sweep:
     """The metric response at one site for each alpha, per example, with the first-order line."""
+    check_dataset(ds, field.model)
     sl = as_site_set(site).resolve(field.n_layers, field.n_heads, ds.seq_len, ds.position_names)
     if len(sl) != 1:
         raise SiteError(f"scale_sweep takes one site, got {len(sl)} ({', '.join(s.label for s in sl[:4])}...)")
     s = sl[0]
-    alphas = np.asarray(DEFAULT_ALPHAS if alphas is None else alphas, dtype=float)
-    for a in alphas:
-        check_alpha(a)
+    alphas = _alpha_grid(alphas)
     m = as_metric(metric)
     values = np.stack([field.patch(ds, [s], direction=direction, source=source, alpha=float(a), metric=m,
                                    progress=False).values[0] for a in alphas])
@@ -494,13 +518,19 @@ def select_sites(field, ds, k: int, candidates=None, method: str = "integrated",
     patch them jointly, and compare. ``verify_recall`` also patches every candidate singly (cheap
     with the light-cone engine) to report the recall of the real top k. ``prediction``: reuse a
     ``field.predict`` result over the candidates instead of computing one."""
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    k = check_int("k", k, low=1, hint="the number of sites to choose")
+    check_choice("method", method, METHODS)
+    check_int("steps", steps, low=1, hint="integration points of method='integrated'")
+    check_choice("direction", direction, DIRECTIONS)
+    check_dataset(ds, field.model)
     cands = candidates if candidates is not None else resid_pre("all", "all")
     t0 = time.perf_counter()
     if prediction is not None:
+        if not isinstance(prediction, PatchResult):
+            raise UsageError(f"prediction must be a field.predict(...) result over the candidates, got "
+                             f"{type(prediction).__name__}")
         if prediction.direction != direction:
-            raise ValueError(f"the prediction is for direction {prediction.direction!r}, not {direction!r}")
+            raise UsageError(f"the prediction is for direction {prediction.direction!r}, not {direction!r}")
         pred = prediction
     else:
         pred = predict(field, ds, cands, method=method, steps=steps, direction=direction, metric=metric)
@@ -508,7 +538,8 @@ def select_sites(field, ds, k: int, candidates=None, method: str = "integrated",
     sign = 1.0 if direction == "denoise" else -1.0
     order = np.argsort(-sign * me, kind="stable")
     if k > len(order):
-        raise ValueError(f"k={k} but there are only {len(order)} candidate sites")
+        raise UsageError(f"k={k} but there are only {len(order)} candidate sites; choose k <= {len(order)} or give "
+                         "more candidates")
     chosen = [pred.sites[i] for i in order[:k]]
     real = field.patch(ds, chosen, direction=direction, jointly=True, metric=metric)
     recall = None

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from fieldcheck.display import pyplot
-from fieldcheck.errors import SiteError
+from fieldcheck.errors import DatasetError, SiteError, check_choice, check_number
+from fieldcheck.field.core import DIRECTIONS, check_dataset
 from fieldcheck.jsonable import jsonable, to_numpy
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.sites import Site, as_site_set
@@ -187,11 +188,14 @@ def transfer(field, ds_ab, site, targets=None, alpha: float = 1.0, metric="logit
     displacement into target b).
     Returns a :class:`TransferResult`; ``alpha=0`` gives a shift of exactly 0.
     """
-    if pair not in ("mean", "matched"):
-        raise ValueError(f"pair must be 'mean' (the mean displacement into every target) or 'matched' "
-                         f"(example b's displacement into target b), got {pair!r}")
+    check_choice("pair", pair, ("mean", "matched"), hint="'mean': the mean displacement into every target, "
+                 "'matched': example b's displacement into target b")
+    confidence = check_number("confidence", confidence, low=0, high=1, low_open=True, high_open=True,
+                              hint="the level of the flip rate's interval, e.g. 0.95")
     alpha = check_alpha(alpha)
+    check_dataset(ds_ab, field.model)
     targets = ds_ab if targets is None else targets
+    check_dataset(targets, field.model)
     sites = as_site_set(site).resolve(field.n_layers, field.n_heads, ds_ab.seq_len, ds_ab.position_names)
     if len(sites) != 1:
         raise SiteError(f"transfer takes one site, got {len(sites)}; loop over sites for a sweep")
@@ -204,8 +208,8 @@ def transfer(field, ds_ab, site, targets=None, alpha: float = 1.0, metric="logit
         vec = disp.mean(0)
     else:
         if targets.n != ds_ab.n:
-            raise ValueError(f"pair='matched' needs as many targets as ds_ab examples ({ds_ab.n}), got "
-                             f"{targets.n}; use pair='mean'")
+            raise DatasetError(f"pair='matched' needs as many targets as ds_ab examples ({ds_ab.n}), got "
+                               f"{targets.n}; use pair='mean'")
         vec = disp
     m = as_metric(metric)
     names = [m, as_metric("logit_diff")] if m.name != "logit_diff" else [m]

@@ -19,13 +19,15 @@ import torch
 
 from fieldcheck.field.arch import FunctionalModel, UnsupportedArchitecture, functional_model
 from fieldcheck.field.engine import Injection, LightConeEngine, Row, RunCache, run_cache
-from fieldcheck.errors import DatasetError, ModelNotAvailable, NumericalError, PatchError, SourceError, UsageError
+from fieldcheck.errors import (DatasetError, ModelNotAvailable, NumericalError, PatchError, SourceError, UsageError,
+                               check_choice, check_number)
 from fieldcheck.field.metrics import Metric, as_metric
 from fieldcheck.field.results import PatchResult, dataset_hash_of
 from fieldcheck.field.sites import Site, as_site_set
 from fieldcheck.field.sources import Source, as_source, check_alpha, noise_for
 
 DIRECTIONS = ("denoise", "noise")
+WHICH = ("clean", "corrupt")
 
 
 @dataclass
@@ -82,7 +84,8 @@ class FieldCore:
         self.n_layers: int = cfg.n_layers
         self.n_heads: int = cfg.n_heads
         self.d_model: int = cfg.d_model
-        self.memory_budget = int(memory_budget)
+        self.memory_budget = int(check_number("memory_budget", memory_budget, low=1, hint="give the bytes one chunk of a "
+                                              "patch sweep may use, e.g. 2 * 2**30"))
         try:
             self.fm: Optional[FunctionalModel] = functional_model(model)
         except UnsupportedArchitecture:
@@ -150,8 +153,7 @@ class FieldCore:
 
         Returns a tensor ``[layer, batch, pos, d_model]`` (layer 0..n_layers: layer l enters block l,
         the last is the final residual before the final norm)."""
-        if which not in ("clean", "corrupt"):
-            raise UsageError(f"which must be 'clean' or 'corrupt', got {which!r}")
+        check_choice("which", which, WHICH)
         r = self.run(ds)
         return (r.clean if which == "clean" else r.corrupt).resid
 
@@ -172,6 +174,7 @@ class FieldCore:
         d_vocab], ds) -> [rows]`` (:mod:`fieldcheck.metrics`). which: "clean" (default) or
         "corrupt". Returns a tensor ``[batch]`` (carrying ``dataset_hash``, by which the
         assertions pair results over the same examples)."""
+        check_choice("which", which, WHICH)
         r = self.run(ds)
         cache = r.clean if which == "clean" else r.corrupt
         out = self.metric_on(as_metric(metric), r, cache.resid[-1][torch.arange(ds.n), r.metric_pos],
@@ -183,6 +186,10 @@ class FieldCore:
         """The metric ``m`` (a Metric) of final residuals ``x_final [rows, d_model]`` at the metric
         position, row i being example ``ex[i]`` of the run ``r`` (a FieldRun). Returns ``[rows]``;
         NumericalError when a value is not finite. For experiments that run their own forwards."""
+        ex = torch.as_tensor(ex)
+        if ex.shape != x_final.shape[:1] or ex.is_floating_point() or bool(((ex < 0) | (ex >= r.ds.n)).any()):
+            raise UsageError(f"metric_on: ex must give one example index in 0..{r.ds.n - 1} per row of x_final "
+                             f"({x_final.shape[0]} rows), got {ex.tolist()}")
         ref = None
         if m.name == "kl":
             xc = r.clean.resid[-1][torch.arange(r.ds.n), r.metric_pos]
@@ -294,7 +301,7 @@ class FieldCore:
         metrics = [as_metric(m) for m in (metric if isinstance(metric, (list, tuple)) else [metric])]
         check_dataset(ds, self.model)
         site_list = _dedupe(as_site_set(sites).resolve(self.n_layers, self.n_heads, ds.seq_len, ds.position_names))
-        engine = engine or self.engine_name
+        engine = self.engine_name if engine is None else check_choice("engine", engine, ("lightcone", "hooks"))
         if engine == "lightcone" and getattr(self.fm, "generic", True):
             raise UnsupportedArchitecture(f"the light-cone engine does not support {type(self.model.original_model).__name__}; "
                                           "patch with engine='hooks' (the default for this model)")

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from fieldcheck.jsonable import jsonable as _jsonable, to_numpy
+from fieldcheck.errors import SiteError, UsageError, check_choice, check_int
 from fieldcheck.field.sites import Site
 
 
@@ -38,9 +39,27 @@ class PatchResult:
     dataset_hash: str = ""  # content hash of the data set (ContrastiveSet.content_hash): the examples' identity
 
     def __post_init__(self):
-        self.values = to_numpy(self.values)
-        self.baseline_clean = to_numpy(self.baseline_clean)
-        self.baseline_corrupt = to_numpy(self.baseline_corrupt)
+        try:
+            self.values = to_numpy(self.values)
+            self.baseline_clean = to_numpy(self.baseline_clean)
+            self.baseline_corrupt = to_numpy(self.baseline_corrupt)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"PatchResult: values and baselines must be numbers ({e})") from None
+        v = self.values
+        if v.ndim != 2:
+            raise UsageError(f"PatchResult: values must be [n_sites, batch], got shape {v.shape}")
+        for name in ("baseline_clean", "baseline_corrupt"):
+            b = getattr(self, name)
+            if b.shape != (v.shape[1],):
+                raise UsageError(f"PatchResult: {name} must be [batch] = ({v.shape[1]},) like the values' examples, "
+                                 f"got shape {b.shape}")
+        rows = 1 if self.jointly else len(self.sites)
+        if v.shape[0] != rows:
+            raise UsageError(f"PatchResult: values has {v.shape[0]} rows for {len(self.sites)} sites"
+                             f"{' patched jointly (one row)' if self.jointly else ''}; the shape must match the sites")
+        check_choice("direction", self.direction, ("denoise", "noise"))
+        if self.skipped is not None and np.shape(self.skipped) != v.shape:
+            raise UsageError(f"PatchResult: skipped must have the values' shape {v.shape}, got {np.shape(self.skipped)}")
 
     # --- derived ---------------------------------------------------------------------
     @property
@@ -81,15 +100,27 @@ class PatchResult:
 
     def select(self, keep) -> "PatchResult":
         """The sites for which ``keep(site)`` is true, as a PatchResult of the same run
-        (values, skipped and every other field carried over)."""
+        (values, skipped and every other field carried over). ``keep``: a function of a
+        :class:`~fieldcheck.sites.Site` (``lambda s: s.layer >= 20``). SiteError when it keeps no
+        site (the message lists the layers and positions the result has: a claim written for a
+        deeper model selects layers that do not exist); UsageError for a joint patch."""
         if self.jointly:
-            raise ValueError("a joint patch has one row for all its sites; select sites before patching")
+            raise UsageError("select(keep): a joint patch has one row for all its sites; select sites before "
+                             "patching")
+        if not callable(keep):
+            raise UsageError(f"select(keep): keep must be a function of a Site, e.g. lambda s: s.layer >= 20; "
+                             f"got {keep!r}")
         idx = [i for i, s in enumerate(self.sites) if keep(s)]
+        if not idx:
+            raise SiteError(f"select(keep) kept no site of the {len(self.sites)}: this result has "
+                            f"{_describe_sites(self.sites)}")
         return dataclasses.replace(self, sites=[self.sites[i] for i in idx], values=self.values[idx],
                                    skipped=None if self.skipped is None else self.skipped[idx])
 
     def top(self, k: int = 5) -> list[tuple[str, float]]:
-        """The k sites with the largest mean |effect|, as (label, mean effect)."""
+        """The k sites with the largest mean |effect|, as (label, mean effect) (fewer when the result
+        has fewer rows)."""
+        k = check_int("k", k, low=0)
         m = self.mean_effect
         order = np.argsort(-np.abs(m))[:k]
         return [(self.labels[i], float(m[i])) for i in order]
@@ -101,6 +132,7 @@ class PatchResult:
         Returns (grid, row labels, column labels, row axis name, column axis name): layer x position
         for residual sites, layer x head for head sites at a single position.
         """
+        check_choice("stat", stat, ("effect", "normalized", "values"))
         vals = getattr(self, stat).mean(axis=1)
         layers = sorted({s.layer for s in self.sites})
         heads = sorted({s.head for s in self.sites if s.head is not None})
@@ -185,6 +217,22 @@ class PatchResult:
         from fieldcheck.display import rich_html
 
         return rich_html(self, None if self.jointly or len(self.labels) < 2 else self.heatmap)
+
+
+def _describe_sites(sites: list[Site]) -> str:
+    """``"layers 0..29 of resid_pre at positions ['END']"``: what a list of sites covers."""
+    by_kind: dict = {}
+    for s in sites:
+        k = by_kind.setdefault(s.kind, (set(), []))
+        k[0].add(s.layer)
+        if s.pos not in k[1]:
+            k[1].append(s.pos)
+    parts = []
+    for kind, (layers, pos) in by_kind.items():
+        ls = sorted(layers)
+        lay = f"{ls[0]}..{ls[-1]}" if len(ls) > 2 and ls == list(range(ls[0], ls[-1] + 1)) else ", ".join(map(str, ls))
+        parts.append(f"{kind} at layers {lay} and positions {pos[:8]}{' ...' if len(pos) > 8 else ''}")
+    return "; ".join(parts) or "no sites"
 
 
 def dataset_hash_of(ds: Any) -> str:

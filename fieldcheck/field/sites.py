@@ -89,10 +89,16 @@ def _as_list(x, what: str) -> Union[list, str]:
         return [x]
     if isinstance(x, (range, list, tuple)):
         return list(x)
+    import numbers
+
     try:  # numpy / torch
-        return [int(v) for v in x]
+        vals = list(x) if not isinstance(x, (dict, set, bytes)) else None
     except TypeError:
-        raise SiteError(f"{what}={x!r} is not an int, a range/list, a name or 'all'") from None
+        vals = None
+    if vals is None or not all(isinstance(v, numbers.Integral) or (hasattr(v, "item") and float(v) == int(v))
+                               for v in vals):
+        raise SiteError(f"{what}={x!r} is not an int, a range/list, a name or 'all'")
+    return [int(v) for v in vals]
 
 
 class SiteSet:
@@ -268,6 +274,24 @@ def mlp_out(layers="all", positions="all") -> SiteSet:
 
 def site(kind: str, layer: int, pos: Pos, head: Optional[int] = None) -> SiteSet:
     """One site by kind name; unknown kinds raise SiteError listing the valid ones."""
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise SiteError(f"unknown site kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    if kind != "attn_head" and head is not None:
+        raise SiteError(f"{kind} sites have no head (got head={head!r}); heads are for attn_head sites")
     return _make(kind, layer, pos, head if kind == "attn_head" else None)
+
+
+def layer_index(layer, n_rows: int, what: str) -> int:
+    """The row of ``layer`` in a result indexed by layer with rows 0..n_rows-1 (negative counts from
+    the end: -1 is the last), for the lookups by layer of results (``LogitLens.at``,
+    ``GreenResult.at``). SiteError naming the layers that exist otherwise, e.g. ``layer 24 is not
+    in the logit lens: it has layers 0..18 (or -19..-1)``; a model of another depth than the one a
+    claim was written for meets exactly this."""
+    import numbers
+
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+        raise SiteError(f"layer {layer!r} is not an int; {what} has layers 0..{n_rows - 1}")
+    if not -n_rows <= layer < n_rows:
+        raise SiteError(f"layer {int(layer)} is not in {what}: it has layers 0..{n_rows - 1} (or -{n_rows}..-1, "
+                        "-1 the last)")
+    return int(layer) % n_rows

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from fieldcheck.errors import SourceError
+from fieldcheck.errors import SourceError, check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,23 @@ def mean() -> Source:
 def gaussian(scale: float, seed: int = 0) -> Source:
     """Additive Gaussian noise delta ~ N(0, scale^2 I), seeded per site by ``seed`` (the same site and seed give
     the same draw); SourceError for a negative or non-finite ``scale``."""
-    if not math.isfinite(scale) or scale < 0:
-        raise SourceError(f"gaussian scale must be a finite number >= 0, got {scale!r}")
-    return Source("gaussian", scale=float(scale), seed=int(seed))
+    check_number("gaussian scale", scale, low=0, error=SourceError)
+    seed = check_int("seed", seed, low=0, error=SourceError)
+    return Source("gaussian", scale=float(scale), seed=seed)
 
 
 def steer(vector) -> Source:
     """An additive direction: ``vector`` ``[d_model]`` (the same for every example) or ``[batch, d_model]`` (per
     example), e.g. a steering vector or a displacement between prompts; SourceError for another shape or
     NaN/inf."""
-    v = torch.as_tensor(vector)
+    try:
+        v = torch.as_tensor(vector)
+    except (TypeError, ValueError, RuntimeError):
+        raise SourceError(f"a steering vector must be numbers [d_model] or [batch, d_model], got "
+                          f"{type(vector).__name__}") from None
+    if v.dtype == torch.bool or v.numel() == 0:
+        raise SourceError(f"a steering vector must be non-empty numbers [d_model] or [batch, d_model], got "
+                          f"{v.dtype} of shape {tuple(v.shape)}")
     if not torch.is_floating_point(v):
         v = v.float()
     if v.ndim not in (1, 2):
@@ -116,7 +124,16 @@ def check_alpha(alpha) -> float:
 
 
 def noise_for(source: Source, site_label: str, shape, dtype, device) -> torch.Tensor:
-    """Seeded Gaussian noise for one site: the same site and seed give the same draw in any order."""
+    """Seeded Gaussian noise for one site: the same site and seed give the same draw in any order.
+    ``shape``: the tensor's shape (non-negative ints); SourceError otherwise or for a non-gaussian source."""
+    if not isinstance(source, Source) or source.kind != "gaussian":
+        raise SourceError(f"noise_for needs a gaussian(scale) source, got {source!r}")
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if dims is None or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in dims):
+        raise SourceError(f"noise_for: shape must be a tuple of sizes >= 0, got {shape!r}")
     h = int.from_bytes(hashlib.sha256(f"{source.seed}:{site_label}".encode()).digest()[:8], "little")
     g = torch.Generator(device="cpu").manual_seed(h)
     return (torch.randn(shape, generator=g, dtype=torch.float64) * source.scale).to(dtype=dtype, device=device)
