@@ -45,6 +45,7 @@ class FieldcheckPlugin:
         self.load_times: dict[str, dict] = {}
         self.claims: dict[str, dict] = {}      # nodeid -> claim entry (controller)
         self.durations: dict[str, float] = {}
+        self.extra_timing: dict = {}           # more volatile members of the report's timing (ray, shards)
         self.started = time.time()
         self.report: Optional[dict] = None
         self.baseline: Optional[dict] = None
