@@ -6,6 +6,9 @@
                                     family and the engine that will run (light cone or hooks);
                                     FOLDERs: local HF model folders to describe too
     fieldcheck models path NAME     print the cache folder of an alias
+    fieldcheck report merge SHARD.json... -o RUN.json [--html RUN.html]
+                                    join CI shards' reports into the run's report
+                                    (fieldcheck.reports.commands; exit 3: refused)
 
 Exit codes: 0 success, 1 a fieldcheck error (the message says what to do), 2 bad usage.
 """
@@ -125,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     path.add_argument("name")
     path.set_defaults(func=_cmd_path)
     models.set_defaults(func=None, _parser=models)
+    from fieldcheck.reports.commands import add_report_commands
+
+    add_report_commands(sub)
     return p
 
 

@@ -56,3 +56,8 @@ class DeviceError(FieldcheckError, ValueError):
 
 class UsageError(FieldcheckError, ValueError):
     """An argument has a value outside its documented choices (engine, direction, which, ...)."""
+
+
+class MergeError(FieldcheckError):
+    """Partial reports (CI shards, distributed tasks) that do not belong to one run: different
+    models, seeds, settings or code, a shard missing or given twice, a claim in two of them."""

@@ -10,6 +10,9 @@ module only wires pytest's hooks to the parts, one module per concern:
     outputs     the run report (correction, baseline comparison) and the files written
     terminal    the summary printed at the end
     baselines   saved runs and the comparison rules
+    shards      --fc-shard K/N: this process runs one shard of the claim files
+    worker      --fc-ray, inside a task: the Ray task and the pytest process it starts
+    distributed --fc-ray, the driver: tasks planned, submitted, their reports replayed
 
 Nothing heavy is imported at start-up: torch, transformer_lens and the model load only when a
 test requests ``fc_model`` or ``field``.
@@ -31,6 +34,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     session.configure(config)
+    from .session import get_state
+
+    opts = get_state(config).opts
+    if opts.task is not None:
+        from .worker import TaskRecorder
+
+        config.pluginmanager.register(TaskRecorder(config, get_state(config)), "fieldcheck-task")
+        return
+    if opts.shard is not None:
+        from .shards import ShardSelector
+
+        config.pluginmanager.register(ShardSelector(get_state(config)), "fieldcheck-shard")
+    if opts.ray is not None:
+        from .distributed import RayDriver, check_ray_installed
+
+        check_ray_installed()
+        config.pluginmanager.register(RayDriver(get_state(config)), "fieldcheck-ray")
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -66,16 +86,28 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     state = get_state(config)
     if state is None:
         return
+    from .shards import get_selector
+
+    shard = get_selector(config)
     if not is_controller(config):
         config.workeroutput["fieldcheck_models"] = json.dumps(
-            {"infos": state.model_infos, "times": state.load_times, "released": state.released},
-            sort_keys=True, default=str)
+            {"infos": state.model_infos, "times": state.load_times, "released": state.released,
+             "shard": shard.info if shard is not None else None}, sort_keys=True, default=str)
         return
+    if state.opts.task is not None:   # a Ray task's pytest: the driver builds the report
+        return
+    shard_info = (shard.info or state.shard_info) if shard is not None else None
+    if shard is not None and not (shard_info or {}).get("files") and \
+            session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK   # a shard that got no files is a success
     if not state.claims and not (state.opts.report_json or state.opts.report_html or
-                                 state.opts.save or state.baseline is not None):
+                                 state.opts.save or state.baseline is not None or shard is not None):
         return
     state.report = outputs.build(state)
-    failing = bool(state.report["summary"]["failed_after_correction"])
+    if shard is not None:
+        state.report["shard"] = shard_info
+    failing = bool(state.report["summary"]["failed_after_correction"]) and not (
+        shard is not None and shard.provisional())
     comp = state.report.get("comparison")
     if comp and comp["regressions"]:
         failing = True
@@ -93,6 +125,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if state is None or state.report is None or not is_controller(config):
         return
     terminal.write_summary(terminalreporter, state)
+    from .distributed import get_driver
+    from .shards import get_selector
+
+    for part in (get_driver(config), get_selector(config)):
+        for line in (part.terminal_lines() if part is not None else []):
+            terminalreporter.write_line(line)
+    for msg in (get_driver(config).failures if get_driver(config) is not None else []):
+        terminalreporter.write_line(f"fieldcheck: {msg.splitlines()[0]}", red=True, bold=True)
 
 
 def pytest_unconfigure(config) -> None:

@@ -46,6 +46,7 @@ class FieldcheckPlugin:
         self.claims: dict[str, dict] = {}      # nodeid -> claim entry (controller)
         self.durations: dict[str, float] = {}
         self.extra_timing: dict = {}           # more volatile members of the report's timing (ray, shards)
+        self.shard_info: Optional[dict] = None  # an xdist run's shard (from its workers)
         self.started = time.time()
         self.report: Optional[dict] = None
         self.baseline: Optional[dict] = None
@@ -167,6 +168,7 @@ class FieldcheckPlugin:
                 for k, v in got.get("times", {}).items():
                     self.load_times.setdefault(k, v)
                 self.released.extend(got.get("released", []))
+                self.shard_info = self.shard_info or got.get("shard")
             except (TypeError, ValueError):
                 pass
 
