@@ -174,12 +174,20 @@ def merge(reports: list[tuple[str, dict]], *, compare_with: Optional[str] = None
         "started": min((t.get("started") for t in timings if t.get("started")), default=None),
         "finished": max((t.get("finished") for t in timings if t.get("finished")), default=None),
         "duration_s": max((float(t.get("duration_s") or 0) for t in timings), default=0.0),
-        "claims": dict(sorted(kv for t in timings for kv in (t.get("claims") or {}).items())),
-        "models": dict(sorted(kv for t in timings for kv in (t.get("models") or {}).items())),
+        "claims": _union(t.get("claims") for t in timings),
+        "models": _union(t.get("models") for t in timings),
         "shards": [{"path": str(p), "index": int(r["shard"]["index"]),
                     "duration_s": (r.get("timing") or {}).get("duration_s")} for p, r in reports],
     }
     return assemble(claims, run, s, timing=timing)
+
+
+def _union(dicts) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in (d or {}).items():
+            out.setdefault(k, v)
+    return dict(sorted(out.items()))
 
 
 def merge_files(paths: list[str], *, compare_with: Optional[str] = None) -> dict:
