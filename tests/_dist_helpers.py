@@ -95,7 +95,8 @@ def run(pytester, *args, report: str = "r.json", inprocess: bool = False):
     if path.exists():
         path.unlink()
     go = pytester.runpytest_inprocess if inprocess else pytester.runpytest_subprocess
-    res = go("-p", "no:cacheprovider", "-p", "no:xdist", "--fc-report-json", report, *args)
+    res = go("-p", "no:cacheprovider", "-p", "no:xdist", f"--rootdir={pytester.path}",
+             "--fc-report-json", report, *args)
     return res, (json.loads(path.read_text()) if path.exists() else None)
 
 

@@ -98,7 +98,8 @@ class RayDriver:
         if own:
             kw = dict(include_dashboard=False, log_to_driver=False, namespace="fieldcheck")
             if address == "local":
-                ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE, **kw)
+                ray.init(address="local", num_cpus=os.cpu_count() or 1,   # a new cluster, never one found
+                         object_store_memory=LOCAL_OBJECT_STORE, **kw)
             else:
                 ray.init(address=address, **kw)
         self.timing = {"address": address, "connect_s": round(time.perf_counter() - t0, 3),
@@ -161,12 +162,15 @@ class RayDriver:
                     why = (f"no result from node {payload.get('node')} (pytest exit code "
                            f"{payload.get('pytest_exit')}): {payload.get('output_tail', '')[-800:]}")
                     self._fail(session, {**t, "ids": lost}, by_id, why)
-                wall = got - submitted[t["name"]]
+                sent = submitted[t["name"]]
                 self.timing["tasks"].append({
                     "name": t["name"], "model": t["model"], "claims": len(t["ids"]),
-                    "node": payload.get("node"), "wall_s": round(wall, 3),
-                    "task_s": payload.get("task_s"), "session_s": payload.get("session_s"),
-                    "overhead_s": round(wall - float(payload.get("task_s") or 0.0), 3)})
+                    "node": payload.get("node"), "wall_s": round(got - sent, 3),
+                    # submission to the start of the last attempt: Ray's scheduling, a worker's
+                    # start, any wait for a free CPU/GPU, and the attempts that died
+                    "dispatch_s": round(float(payload.get("started_at", sent)) - sent, 3),
+                    "return_s": round(got - float(payload.get("finished_at", got)), 3),
+                    "task_s": payload.get("task_s"), "session_s": payload.get("session_s")})
 
     def _absorb(self, payload: dict) -> None:
         st, m = self.state, payload.get("models") or {}
@@ -222,12 +226,12 @@ class RayDriver:
         tasks = t.get("tasks") or []
         if not t:
             return []
-        over = [x["overhead_s"] for x in tasks if x.get("overhead_s") is not None]
         lines = [f"fieldcheck ray: {len(tasks)} task(s) on {t.get('address')} ({t.get('nodes')} node(s), "
-                 f"connected in {t.get('connect_s')} s; Ray's overhead per task "
-                 f"{(sum(over) / len(over)) if over else 0:.2f} s)"]
+                 f"connected in {t.get('connect_s')} s)"]
         for x in sorted(tasks, key=lambda x: x["name"]):
-            lines.append(f"  {x['name']}: {x['claims']} test(s) on {x['node']}, {x['wall_s']} s")
+            start = float(x["task_s"] or 0) - float(x["session_s"] or 0)
+            lines.append(f"  {x['name']}: {x['claims']} test(s) on {x['node']} in {x['wall_s']} s (dispatch "
+                         f"{x['dispatch_s']} s, pytest start {start:.1f} s, claims {x['session_s']} s)")
         return lines
 
 

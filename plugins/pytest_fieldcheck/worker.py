@@ -58,7 +58,7 @@ def die_with_parent() -> None:
 def run_task(task: dict) -> dict:
     """Run one task's claims (``task``: name, cwd, args, ids, files, env) in a pytest process and
     return its payload (reports, models, code identity, timings, node)."""
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), time.time()
     cwd = Path(task["cwd"])
     host = socket.gethostname()
     if not cwd.is_dir():
@@ -88,6 +88,7 @@ def run_task(task: dict) -> dict:
                             f"{proc.returncode} without results:\n{tail}")
         payload = json.loads(out.read_text())
     payload.update(node=host, pytest_exit=proc.returncode, task_s=round(time.perf_counter() - t0, 4),
+                   started_at=started_at, finished_at=time.time(),
                    output_tail=tail if proc.returncode not in (0, 1) else "")
     return payload
 
