@@ -203,7 +203,7 @@ def test_chunked_equals_unchunked(setup):
     from fieldcheck.field.engine import LightConeEngine
 
     T = ds.seq_len
-    per_row = LightConeEngine(field.fm)._bytes_per_row(T, T)  # the largest row (all positions)
+    per_row = LightConeEngine(field.fm).bytes_per_row(T, T)  # the largest row (all positions)
     small = Field(model, memory_budget=3 * per_row)
     chunked = small.patch(ds, sites, progress=False)
     assert chunked.cost["rows"] == whole.cost["rows"] > 30

@@ -100,11 +100,16 @@ class EdgeScores:
 
 
 def _score_chunk_size(field, ds) -> int:
-    """Examples per backward: the gradient at every receiver input is kept for the chunk."""
+    """Examples per backward under the field's memory budget: per example, the gradient at every
+    receiver input and the senders' deltas (float32 at least), and the activations the backward
+    pass keeps (every head's own copy of its inputs)."""
     fm = field.fm
     n_recv = fm.n_layers * (3 * fm.n_heads + 1) + 1
     n_send = 1 + fm.n_layers * (fm.n_heads + 1)
-    per_ex = (n_recv + 2 * n_send) * ds.seq_len * fm.d_model * 4
+    T, item = ds.seq_len, max(4, field.run(ds).clean.resid.element_size())
+    d_mlp = getattr(fm, "d_mlp", 4 * fm.d_model)
+    per_ex = (n_recv + 2 * n_send) * T * fm.d_model * item + fm.n_layers * T * (
+        (3 * fm.n_heads + 12) * fm.d_model + 4 * d_mlp + 2 * fm.n_heads * T) * item
     return max(1, min(ds.n, int(field.memory_budget // max(per_ex, 1))))
 
 

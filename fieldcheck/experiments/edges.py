@@ -274,7 +274,7 @@ def _per_head_qkv(fm, l: int, inp: torch.Tensor, q_of, k_of, v_of):
     (GPT-2, Llama/Mistral, checked against ``fm.qkv`` by the tests); None for others (the
     caller then uses ``fm.qkv``)."""
     kind = type(fm).__name__
-    if kind not in ("GPT2Functional", "LlamaFunctional"):
+    if kind not in ("GPT2Functional", "LlamaFunctional") or fm.dispatch is not None:  # dispatched: fm.qkv
         return None
     from fieldcheck.field import arch
     H, Hkv, dh = fm.n_heads, fm.n_kv_heads, fm.d_head

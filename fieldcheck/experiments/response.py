@@ -56,15 +56,17 @@ def _forward_collect(fm, x0: torch.Tensor):
     return acts
 
 
-def _metric_at_end(field, m, r, x_final_full: torch.Tensor) -> torch.Tensor:
-    """Metric per example from the full final residual ``[B, T, d]``."""
-    B = x_final_full.shape[0]
-    ex = torch.arange(B, device=x_final_full.device)
+def _metric_at_end(field, m, r, x_final_full: torch.Tensor, ex: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Metric per example from the full final residual ``[b, T, d]`` of examples ``ex`` (default: all)."""
+    b = x_final_full.shape[0]
+    rows = torch.arange(b, device=x_final_full.device)
+    ex = rows if ex is None else ex.to(x_final_full.device)
+    pos = r.metric_pos.to(x_final_full.device)[ex]
     ref = None
     if m.name == "kl":
-        xc = r.clean.resid[-1][ex, r.metric_pos]
+        xc = r.clean.resid[-1][ex, pos]
         ref = torch.log_softmax(field.fm.unembed(field.fm.final_norm(xc)).float(), -1)
-    return m(field.fm, x_final_full[ex, r.metric_pos], ex, r.ds, ref)
+    return m(field.fm, x_final_full[rows, pos], ex, r.ds, ref)
 
 
 @dataclass
@@ -136,19 +138,51 @@ class Sensitivity:
         return rich_html(self, self.heatmap)
 
 
-def _sens_from_x0(field, r, m, x0: torch.Tensor) -> tuple[dict, torch.Tensor]:
+def _sens_one_pass(field, r, m, x0: torch.Tensor, ex: Optional[torch.Tensor] = None) -> tuple[dict, torch.Tensor]:
+    home = x0.device
     x0 = x0.detach().requires_grad_(True)
     with torch.enable_grad():
         acts = _forward_collect(field.fm, x0)
-        val = _metric_at_end(field, m, r, acts["resid"][-1])
+        val = _metric_at_end(field, m, r, acts["resid"][-1], ex)
         inputs = acts["resid"] + acts["mid"] + acts["mlp_out"] + acts["attn_out"] + acts["z"]
         grads = torch.autograd.grad(val.sum(), inputs, allow_unused=True)
     L = field.n_layers
-    g = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(inputs, grads)]
+    g = [(torch.zeros_like(t) if gr is None else gr).to(home) for t, gr in zip(inputs, grads)]
     out = {"resid": torch.stack(g[:L + 1]), "mid": torch.stack(g[L + 1:2 * L + 1]),
            "mlp_out": torch.stack(g[2 * L + 1:3 * L + 1]), "attn_out": torch.stack(g[3 * L + 1:4 * L + 1]),
            "z": torch.stack(g[4 * L + 1:])}
-    return out, val.detach()
+    return out, val.detach().to(home)
+
+
+def examples_per_backward(fm, T: int, itemsize: int, budget: int) -> int:
+    """Examples one forward+backward through every site may take under ``budget`` bytes: per
+    example and layer, the activations autograd keeps (about 12 d_model + 4 d_mlp + 2 heads x T
+    numbers per position) and the gradients returned (5 d_model per position)."""
+    d_mlp = getattr(fm, "d_mlp", 4 * fm.d_model)
+    per_ex = fm.n_layers * T * ((17 * fm.d_model + 4 * d_mlp) * itemsize + 2 * fm.n_heads * T * 4)
+    return max(1, int(budget // max(per_ex, 1)))
+
+
+def _sens_from_x0(field, r, m, x0: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """Sensitivities of every site for embeddings ``x0 [batch, pos, d_model]``, in chunks of
+    examples under the field's memory budget; non-finite gradients are an error naming the layer."""
+    from fieldcheck.field.memory import oom_hint
+    from fieldcheck.field.precision import check_grads
+
+    B, T = x0.shape[:2]
+    size = examples_per_backward(field.fm, T, x0.element_size(), field.memory_budget)
+    parts = []
+    with oom_hint(f"computing sensitivities of {min(size, B)} example(s) per backward", field.memory_budget):
+        for s0 in range(0, B, size):
+            ex = torch.arange(s0, min(B, s0 + size), device=x0.device)
+            parts.append(_sens_one_pass(field, r, m, x0[s0:s0 + size], None if size >= B else ex))
+    if len(parts) == 1:
+        out, val = parts[0]
+    else:
+        out = {k: torch.cat([p[0][k] for p in parts], dim=1) for k in parts[0][0]}
+        val = torch.cat([p[1] for p in parts])
+    check_grads(out, f"the sensitivity dm/dphi ({m.name})", x0.dtype)
+    return out, val
 
 
 def sensitivity(field, ds, metric="logit_diff", run: str = "corrupt") -> Sensitivity:
