@@ -59,6 +59,24 @@ def test_an_offloaded_final_norm_is_refused_by_name(saved):
         fc.Field(m)
 
 
+def test_out_of_memory_names_the_option_to_lower():
+    """A real allocation failure (an impossible size) inside a chunked step and inside the
+    one-off forward of a data set's runs: the error says what to lower."""
+    from fieldcheck.errors import MemoryBudgetError
+    from fieldcheck.field.memory import oom_hint
+
+    with pytest.raises(MemoryBudgetError, match=r"patching a chunk .*lower the memory budget \(now 2\.0 GiB\): "
+                                                r"--fc-memory-budget, or Field\(model, memory_budget=\.\.\.\), e\.g\. 512\.0 MiB"):
+        with oom_hint("patching a chunk of 9 rows", 2 * 2**30):
+            torch.empty(2**62, dtype=torch.uint8)
+    with pytest.raises(MemoryBudgetError, match="not chunked: use fewer examples"):
+        with oom_hint("running the prompts", chunked=False):
+            torch.empty(2**62, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="not memory"):   # other errors pass through
+        with oom_hint("x", 1):
+            raise ValueError("not memory")
+
+
 class HostReads(TorchFunctionMode):
     """Counts reads of tensor values into Python (each one a device->host sync on a GPU)."""
 
