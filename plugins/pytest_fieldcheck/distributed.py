@@ -26,7 +26,7 @@ from typing import Optional
 import pytest
 
 from .collection import PROPERTY
-from .fixtures import model_param, uses_our_fixture
+from .common import model_param, uses_our_fixture
 from .session import FieldcheckPlugin
 from .shards import file_weights, plugin_sources, suite_files
 from .worker import WorkerLost, run_task, task_env, worker_args

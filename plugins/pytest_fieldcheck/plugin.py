@@ -1,18 +1,21 @@
 """pytest-fieldcheck: the hooks that turn claims into reports.
 
 Registered through the ``pytest11`` entry point ``fieldcheck = pytest_fieldcheck.plugin``. This
-module only wires pytest's hooks to the parts, one module per concern:
+module only wires pytest's hooks to the parts, one module per concern, each importing only the
+ones listed before it:
 
     options     the --fc-* options and ini keys, validated into an Options
-    session     per-session state (models, fields, claims) and the settings it changes
+    baselines   saved runs and the comparison rules
+    common      what the others share: the state's lookup, the controller test, an item's
+                marker, model parameter and fixtures (imports no other part)
     fixtures    fc_model, field, fc_seed, fc_config and the fieldcheck marker
     collection  which tests are claims; their ClaimResults, outcomes and errors
-    outputs     the run report (correction, baseline comparison) and the files written
-    terminal    the summary printed at the end
-    baselines   saved runs and the comparison rules
+    session     per-session state (models, fields, claims) and the settings it changes
     shards      --fc-shard K/N: this process runs one shard of the claim files
     worker      --fc-ray, inside a task: the Ray task and the pytest process it starts
     distributed --fc-ray, the driver: tasks planned, submitted, their reports replayed
+    outputs     the run report (correction, baseline comparison) and the files written
+    terminal    the summary printed at the end
 
 Nothing heavy is imported at start-up: torch, transformer_lens and the model load only when a
 test requests ``fc_model`` or ``field``.
@@ -24,7 +27,11 @@ import json
 import pytest
 
 from . import collection, outputs, session, terminal
-from .fixtures import fc_config, fc_model, fc_seed, fc_session_seed, field  # noqa: F401  (fixtures of the plugin)
+from .common import get_state, is_controller
+from .distributed import RayDriver, check_ray_installed, get_driver
+from .shards import ShardSelector, get_selector
+from .worker import TaskRecorder
+from .fixtures import fc_config, fc_model, fc_seed, fc_session_seed, field, parametrize_models  # noqa: F401  (fixtures of the plugin)
 from .options import add_options, resolve_device  # noqa: F401  (resolve_device: public helper)
 
 
@@ -34,28 +41,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     session.configure(config)
-    from .session import get_state
-
     opts = get_state(config).opts
     if opts.task is not None:
-        from .worker import TaskRecorder
-
         config.pluginmanager.register(TaskRecorder(config, get_state(config)), "fieldcheck-task")
         return
     if opts.shard is not None:
-        from .shards import ShardSelector
-
         config.pluginmanager.register(ShardSelector(get_state(config)), "fieldcheck-shard")
     if opts.ray is not None:
-        from .distributed import RayDriver, check_ray_installed
-
         check_ray_installed()
         config.pluginmanager.register(RayDriver(get_state(config)), "fieldcheck-ray")
 
 
 def pytest_generate_tests(metafunc) -> None:
-    from .fixtures import parametrize_models
-
     parametrize_models(metafunc)
 
 
@@ -80,14 +77,10 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus) -> None:
-    from .session import get_state, is_controller
-
     config = session.config
     state = get_state(config)
     if state is None:
         return
-    from .shards import get_selector
-
     shard = get_selector(config)
     if not is_controller(config):
         config.workeroutput["fieldcheck_models"] = json.dumps(
@@ -119,15 +112,10 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    from .session import get_state, is_controller
-
     state = get_state(config)
     if state is None or state.report is None or not is_controller(config):
         return
     terminal.write_summary(terminalreporter, state)
-    from .distributed import get_driver
-    from .shards import get_selector
-
     for part in (get_driver(config), get_selector(config)):
         for line in (part.terminal_lines() if part is not None else []):
             terminalreporter.write_line(line)
@@ -136,8 +124,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 
 
 def pytest_unconfigure(config) -> None:
-    from .session import get_state
-
     state = get_state(config)
     if state is not None:
         state.restore()
