@@ -80,7 +80,7 @@ def merge_time(n_claims: int, n_shards: int) -> dict:
     d = Path(tempfile.mkdtemp(prefix="fc-bench-merge-"))
     # a real gate shard on two tiny models, its claims replicated into many files
     sys.path.insert(0, str(ROOT / "tests"))
-    from _dist_helpers import MODEL_CLAIMS, tiny_folders
+    from _gate_helpers import MODEL_CLAIMS, tiny_folders
 
     for name, text in MODEL_CLAIMS.items():
         (d / f"{name}.py").write_text(text)
@@ -120,23 +120,11 @@ def merge_time(n_claims: int, n_shards: int) -> dict:
 
 
 def smollm2_gate(files: list[str]) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _gate_helpers import perturbed_smollm2
 
-    from fieldcheck.models.loading import pull
-
-    src, _ = pull("smollm2-135m")
     tmp = Path(tempfile.mkdtemp(prefix="fc-bench-gate-"))
-    hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    with torch.no_grad():
-        for layer in range(24, 28):
-            hf.model.layers[layer].self_attn.o_proj.weight.mul_(0.3)
-    cand = tmp / "smollm2-oproj-x0.3"
-    hf.save_pretrained(cand)
-    del hf
-    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (src / f).exists():
-            shutil.copy(src / f, cand / f)
+    cand = perturbed_smollm2(tmp / "smollm2-oproj-x0.3")
     gate = ["--fc-model", str(cand), "--fc-baseline-model", "smollm2-135m", *files]
     serial_s, serial, _ = _pytest(ROOT, *gate)
     ray_s, dist, _ = _pytest(ROOT, *gate, "--fc-ray")

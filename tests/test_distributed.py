@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from _dist_helpers import MODEL_CLAIMS, run, same_report, tiny_folders
+from _gate_helpers import MODEL_CLAIMS, run, same_report, tiny_folders
 from pytest_fieldcheck.worker import worker_args
 
 pytest_plugins = "pytester"

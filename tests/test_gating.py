@@ -34,6 +34,7 @@ from fieldcheck.claim.comparison import (example_values, paired_change, pairing_
 from fieldcheck.claim.result import ClaimResult  # noqa: E402
 from fieldcheck import reports  # noqa: E402
 from pytest_fieldcheck import baselines  # noqa: E402
+from _gate_helpers import GATE_CLAIMS, perturbed_smollm2, tiny_folders  # noqa: E402
 
 pytest_plugins = "pytester"
 
@@ -209,25 +210,7 @@ def ind(fc_model):
         f.write(json.dumps({"alive": alive, "hash": ds.content_hash(),
                             "worker": os.environ.get("PYTEST_XDIST_WORKER")}) + "\\n")
     return ds
-
-
-def test_moves(field, ind):
-    fc.assert_effect(field.patch(ind, mlp_out(0, "END"), direction="noise"), effect > -50,
-                     decide="point")
-
-
-def test_improves(field, ind):
-    fc.assert_effect(field.patch(ind, mlp_out(0, "END")), effect > -50, decide="point")
-
-
-def test_fails_everywhere(field, ind):
-    """Fails on every model (not a regression); its traceback must not keep the model alive."""
-    fc.assert_effect(field.patch(ind, attn_out(1, "END")), effect > 50, decide="point")
-
-
-def test_no_model():
-    assert True
-'''
+''' + GATE_CLAIMS
 
 
 @pytest.fixture(scope="module")
@@ -236,19 +219,7 @@ def folders(tmp_path_factory):
     is zeroed. Measured: noising that MLP at END moves the logit difference by 0.73 on the base
     model and by 0 on the copy (paired change -0.73 [-1.28, -0.24], p 0.008: test_moves);
     denoising it, -0.83 -> 0 (a change toward `effect > -50`: test_improves)."""
-    from fieldcheck.testing import tiny_hf_model
-
-    root = tmp_path_factory.mktemp("models")
-    out = {}
-    for name, scale in (("base", 1.0), ("same", 1.0), ("pert", 0.0)):
-        hf, tok = tiny_hf_model("gpt2", n_layers=2, d_model=64, n_heads=4, seed=0)
-        with torch.no_grad():
-            hf.transformer.h[0].mlp.c_proj.weight.mul_(scale)
-            hf.transformer.h[0].mlp.c_proj.bias.mul_(scale)
-        hf.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        out[name] = str(root / name)
-    return out
+    return tiny_folders(tmp_path_factory.mktemp("models"), names=("base", "same", "pert"))
 
 
 def _run(pytester, monkeypatch, *args, subprocess=False):
@@ -415,21 +386,7 @@ def test_early_residual(field, ioi):
 
 @pytest.mark.pretrained
 def test_smollm2_perturbed_copy(pytester, monkeypatch, smollm2, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    from fieldcheck.models.loading import pull
-
-    src, _ = pull("smollm2-135m")
-    hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    with torch.no_grad():
-        for layer in range(24, 28):
-            hf.model.layers[layer].self_attn.o_proj.weight.mul_(0.3)
-    cand = tmp_path / "smollm2-oproj-x0.3"
-    hf.save_pretrained(cand)
-    del hf
-    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (src / f).exists():
-            shutil.copy(src / f, cand / f)
+    cand = perturbed_smollm2(tmp_path / "smollm2-oproj-x0.3")
     pytester.makepyfile(test_smol=SMOL_CLAIMS)
     res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fc-model", str(cand),
                                         "--fc-baseline-model", "smollm2-135m",

@@ -18,7 +18,7 @@ import matplotlib.pyplot  # noqa: E402,F401
 import torch  # noqa: E402,F401
 import transformer_lens.model_bridge  # noqa: E402,F401
 
-from _dist_helpers import MODEL_CLAIMS, run, same_report, tiny_folders  # noqa: E402
+from _gate_helpers import MODEL_CLAIMS, run, same_report, tiny_folders  # noqa: E402
 from fieldcheck.cli import main as cli  # noqa: E402
 from fieldcheck.errors import UsageError  # noqa: E402
 from fieldcheck.reports.shards import durations_by_file, parse_shard, plan, weights  # noqa: E402
