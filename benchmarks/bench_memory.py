@@ -18,9 +18,10 @@ layers, ``d`` d_model, ``H`` heads, ``K`` kv heads, ``h`` d_head, ``m`` d_mlp, `
 
     weights   = P b
     runs      = 2 B T (L (3 d + 2 K h) + d) b                       (the clean and corrupted caches)
-    sweep     = min(M, rows x bytes_per_row(T))                      (LightConeEngine.bytes_per_row)
-    eap_ig    = min(M, B x per_example) + S R 8                      (discovery._score_chunk_size's
-                per_example; S senders x R receivers of float64 scores), at least one example
+    sweep     = min(M, B L bytes_per_row(T))                         (the rows of one source position;
+                LightConeEngine.bytes_per_row, an upper bound)
+    eap_ig    = max(e, min(M, B e)) + S R 8                          (e: discovery.eap_bytes_per_example,
+                calibrated on Qwen2.5-0.5B; S senders x R receivers of float64 scores)
     peak      = runtime + weights + runs + max(sweep, eap_ig, sensitivities)
 
 ``runtime`` (Python, torch, the tokenizer) is measured once per process (the peak before loading).
@@ -30,8 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -100,34 +101,42 @@ def probe(workload: str, spec: str, n: int, dtype: str, budget: str, device: str
     return out
 
 
-def gate(spec: str, files: list[str]) -> dict:
+def gate(spec: str, files: list[str], budget: str) -> dict:
+    """The gate's pytest process: its own peak (``wait4``'s rusage of that child alone)."""
     from fieldcheck.models.loading import pull
 
     folder, _ = pull(spec)
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                           "--fc-model", spec, "--fc-baseline-model", str(folder), *files],
-                          cwd=ROOT, capture_output=True, text=True)
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                                 "--fc-model", spec, "--fc-baseline-model", str(folder),
+                                 "--fc-memory-budget", budget, *files], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        out.seek(0)
+        tail = out.read().decode(errors="replace")[-400:]
     return {"workload": "gate", "files": files, "seconds": round(time.perf_counter() - t, 1),
-            "peak": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
-            "exit": proc.returncode, "tail": proc.stdout[-400:]}
+            "peak": usage.ru_maxrss * 1024, "exit": os.waitstatus_to_exitcode(status), "tail": tail}
 
 
 def predict(shape: dict, B: int, T: int, b: int, budget: int) -> dict:
-    """The formula of the module doc for a model ``shape`` (P, L, d, H, K, h, m, V)."""
+    """The formula of the module doc for a model ``shape`` (P, L, d, H, K, h, m, V), with the
+    library's own per-row and per-example estimates."""
+    from types import SimpleNamespace
+
+    from fieldcheck.experiments.discovery import eap_bytes_per_example
+    from fieldcheck.field.engine import LightConeEngine
+
     L, d, H, K, h, m = (shape[k] for k in "LdHKhm")
+    fm = SimpleNamespace(n_layers=L, d_model=d, n_heads=H, n_kv_heads=K, d_head=h, d_mlp=m)
     weights = shape["P"] * b
     runs = 2 * B * T * (L * (3 * d + 2 * K * h) + d) * b
-    per_pos = (8 * d + 3 * m + 4 * H * h) * b + 3 * H * T * 4          # LightConeEngine.bytes_per_row
-    # a resid_pre sweep: rows of the positions from the first differing one (about T/3 of them here)
-    # at each layer, every row of length <= T
-    rows = B * L * max(1, T // 3)
-    sweep = min(budget, rows * (per_pos * T + 2 * K * T * h * b))
+    # a resid_pre sweep runs the rows of one source position at a time (B examples x L layers),
+    # each chunk at most the budget (the engine's own estimate: an upper bound)
+    sweep = min(budget, B * L * LightConeEngine(fm).bytes_per_row(T, T, b))
+    e = eap_bytes_per_example(fm, T, b)
     n_recv, n_send = L * (3 * H + 1) + 1, 1 + L * (H + 1)
-    item = max(4, b)
-    per_ex = (n_recv + 2 * n_send) * T * d * item + L * T * ((3 * H + 12) * d + 4 * m + 2 * H * T) * item
-    eap = max(per_ex, min(budget, B * per_ex)) + n_send * n_recv * 8
-    return {"weights": weights, "runs": runs, "sweep": sweep, "eap_ig": eap}
+    eap = max(e, min(budget, B * e)) + n_send * n_recv * 8
+    return {"weights": weights, "runs": runs, "sweep": sweep, "eap_ig": eap, "eap_per_example": e}
 
 
 def main(argv=None) -> int:
@@ -148,7 +157,7 @@ def main(argv=None) -> int:
     out = {"model": a.model, "n": a.n, "dtype": a.dtype, "device": a.device, "results": []}
     for w in a.workloads.split(","):
         if w == "gate":
-            res = gate(a.model, a.gate_files.split(","))
+            res = gate(a.model, a.gate_files.split(","), a.budget)
         else:
             p = subprocess.run([sys.executable, __file__, "--probe", w, "--model", a.model, "--n", str(a.n),
                                 "--dtype", a.dtype, "--budget", a.budget, "--device", a.device],

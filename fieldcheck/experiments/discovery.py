@@ -107,16 +107,21 @@ class EdgeScores:
 
 def _score_chunk_size(field, ds) -> int:
     """Examples per backward under the field's memory budget: per example, the gradient at every
-    receiver input and the senders' deltas (float32 at least), and the activations the backward
-    pass keeps (every head's own copy of its inputs)."""
-    fm = field.fm
+    receiver input and the senders' deltas (float32 at least) and the activations the backward
+    pass keeps (every head's own copy of its inputs), twice: the backward's transient gradients
+    are about as large again (calibrated on Qwen2.5-0.5B, benchmarks/README.md "Memory")."""
+    return max(1, min(ds.n, int(field.memory_budget // max(eap_bytes_per_example(field.fm, ds.seq_len), 1))))
+
+
+def eap_bytes_per_example(fm, T: int, itemsize: int = 4) -> int:
+    """Peak bytes one example adds to an EAP/EAP-IG backward (see ``_score_chunk_size``)."""
     n_recv = fm.n_layers * (3 * fm.n_heads + 1) + 1
     n_send = 1 + fm.n_layers * (fm.n_heads + 1)
-    T, item = ds.seq_len, max(4, field.run(ds).clean.resid.element_size())
+    item = max(4, itemsize)
     d_mlp = getattr(fm, "d_mlp", 4 * fm.d_model)
-    per_ex = (n_recv + 2 * n_send) * T * fm.d_model * item + fm.n_layers * T * (
+    kept = (n_recv + 2 * n_send) * T * fm.d_model * item + fm.n_layers * T * (
         (3 * fm.n_heads + 12) * fm.d_model + 4 * d_mlp + 2 * fm.n_heads * T) * item
-    return max(1, min(ds.n, int(field.memory_budget // max(per_ex, 1))))
+    return 2 * kept
 
 
 def edge_scores(field, ds, method: str = "eap-ig", steps: int = 5, ablation: str = "corrupt",
