@@ -136,9 +136,21 @@ class RayDriver:
                                  retry_exceptions=[WorkerLost], **res).remote(t)
             pending[ref] = t
             submitted[t["name"]] = time.time()
-        root = Path(config.rootpath)
+        try:
+            self._gather(ray, session, pending, submitted, by_id)
+        except BaseException:   # interrupted (Ctrl-C, a failing hook): stop what still runs
+            for ref in pending:
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:
+                    pass
+            raise
+
+    def _gather(self, ray, session, pending: dict, submitted: dict, by_id: dict) -> None:
+        """Replay each task's reports as it finishes; fail the tasks that cannot be used."""
         from fieldcheck.reports.shards import code_identity
 
+        root = Path(session.config.rootpath)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
