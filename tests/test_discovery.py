@@ -105,7 +105,7 @@ def test_discover_circuit_edges_and_nodes(setup):
     assert n.level == "node" and len(n) == 3
     ns = dict(f.edge_scores(ds, method="eap").ranking("node"))
     assert set(n.parts) == set(sorted(ns, key=lambda p: -abs(ns[p]))[:3])
-    assert "input" not in n.parts
+    assert "embed" not in n.parts
     with pytest.raises(UsageError, match="k must be"):
         f.discover_circuit(ds, k=0)
     with pytest.raises(UsageError, match="level"):
