@@ -6,6 +6,11 @@
                                     family and the engine that will run (light cone or hooks);
                                     FOLDERs: local HF model folders to describe too
     fieldcheck models path NAME     print the cache folder of an alias
+    fieldcheck report show RUN.json [--html OUT] [--failed] [--check]
+                                    print a JSON run report (fieldcheck.reports.views)
+    fieldcheck report compare NEW.json BASE.json [--fail RULE]...
+                                    compare two run reports as --fc-compare does (exit 1: a
+                                    regression)
 
 Exit codes: 0 success, 1 a fieldcheck error (the message says what to do), 2 bad usage.
 """
@@ -125,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     path.add_argument("name")
     path.set_defaults(func=_cmd_path)
     models.set_defaults(func=None, _parser=models)
+    report = sub.add_parser("report", help="show and compare JSON run reports")
+    rsub = report.add_subparsers(dest="report_command", metavar="ACTION")
+    from fieldcheck.reports.views import add_view_commands
+
+    add_view_commands(rsub)
+    report.set_defaults(func=None, _parser=report)
     return p
 
 

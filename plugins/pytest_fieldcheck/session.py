@@ -42,7 +42,8 @@ class FieldcheckPlugin:
         self.model_infos: dict[str, dict] = {}
         self.load_times: dict[str, dict] = {}
         self.claims: dict[str, dict] = {}      # nodeid -> claim entry (controller)
-        self.durations: dict[str, float] = {}
+        self.durations: dict[str, float] = {}            # claim nodeid -> seconds, setup and teardown included
+        self.phase_times: dict[str, dict[str, float]] = {}   # nodeid -> {setup/call/teardown: seconds}
         self.started = time.time()
         self.report: Optional[dict] = None
         self.baseline: Optional[dict] = None
