@@ -847,6 +847,10 @@ _NO_SPACE_AFTER = "\"'([{<\n\t /-"
 
 def _misses_space(tok: _Tok, prompt: str, answer: Any) -> bool:
     """Whether a string answer without a leading space follows a prompt that ends in a word, while the
-    same answer with a space is one token: the model's next token is almost surely the spaced one."""
-    return (isinstance(answer, str) and bool(answer) and answer[0].isalnum() and bool(prompt)
-            and prompt[-1] not in _NO_SPACE_AFTER and tok.single_token(" " + answer) is not None)
+    same answer with a space is another single token: the model's next token is almost surely the
+    spaced one."""
+    if not (isinstance(answer, str) and answer and answer[0].isalnum() and prompt
+            and prompt[-1] not in _NO_SPACE_AFTER):
+        return False
+    spaced = tok.single_token(" " + answer)
+    return spaced is not None and spaced != tok.single_token(answer)
