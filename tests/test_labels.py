@@ -3,8 +3,6 @@ sites, patching, attention, DLA, circuits and discovery; strings and site object
 numbers; an unknown label names the nearest valid ones; the 0.1 spellings warn."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
