@@ -212,7 +212,8 @@ class Field(FieldCore):
         ds: a ContrastiveSet. senders: attn_head / attn_out / mlp_out sites (positions: ints,
         names or "all"). receivers: "final" (the logits), ``fc.receiver_heads(layer, heads,
         "qkv")``, ``fc.receiver_mlps(layers)``, ``fc.downstream(...)``, or a list of them; they
-        read at all positions. direction: "denoise" (default: the senders' clean values into the
+        read at all positions; labels work too (``"L5.H1.q"``, ``"L5.H1"`` for its q, k and v,
+        ``"L6.mlp"``, ``"logits"``). direction: "denoise" (default: the senders' clean values into the
         corrupted run) or "noise". metric: as in :meth:`patch`. jointly: True (default) patches
         all senders together (one row), False one row per sender.
 

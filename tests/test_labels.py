@@ -112,6 +112,20 @@ def test_attention_takes_labels_tuples_and_sites(setup):
         f.attention(ds, ["L1.mlp"], key="S1")
 
 
+def test_path_patching_takes_labels_for_senders_and_receivers(setup):
+    from fieldcheck.experiments.paths import receiver_heads, receiver_mlps
+
+    f, ds = setup
+    a = f.path_patch(ds, ["L0.H1@END", "L0.mlp@END"], ["L1.H2.q", "L1.H0", "L1.mlp"])
+    b = f.path_patch(ds, attn_head(0, 1, "END") + mlp_out(0, "END"),
+                     [receiver_heads(1, 2, "q"), receiver_heads(1, 0, "qkv"), receiver_mlps(1)])
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(f.path_patch(ds, "L0.H1@END", "logits").values,
+                                  f.path_patch(ds, attn_head(0, 1, "END"), "final").values)
+    with pytest.raises(SiteError, match="receivers are head inputs 'L3.H2.q'"):
+        f.path_patch(ds, "L0.H1@END", "embed")
+
+
 def test_dla_takes_labels_and_sites_and_names_the_nearest(setup):
     f, ds = setup
     d = f.dla(ds)
