@@ -73,6 +73,7 @@ def test_eap_ig_with_one_step_at_the_clean_end_is_eap(setup):
     np.testing.assert_allclose(a.scores, c.scores, atol=0)
 
 
+@pytest.mark.slow   # 4 x 262 edge-ablated forwards: make test and CI, not make test-quick
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_eap_ig_ranks_edges_like_brute_force(arch):
     """Spearman rank correlation of EAP-IG scores (5 steps) with brute-force single-edge
