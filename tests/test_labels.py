@@ -196,3 +196,14 @@ def test_empty_circuits_are_refused(setup):
         f.evaluate_circuit(ds, [])
     with pytest.raises(UsageError, match=r"the circuit is empty"):
         as_circuit(())
+
+
+def test_reports_of_0_1_still_pair_with_new_ones():
+    """0.1 printed sites as L20@END / mlp:L5@P3; a baseline saved then still pairs site by site."""
+    from fieldcheck.claim.comparison import pairing_problem
+
+    assert [L.from_0_1(t) for t in ("L20@END", "mlp:L5@P3", "L3.H2@P7", "post:L1@S2", "L5.mlp@3")] == \
+        ["L20.resid_pre@END", "L5.mlp@3", "L3.H2@7", "L1.resid_post@S2", "L5.mlp@3"]
+    new = {"kind": "mean", "dataset": "abc", "n": 4, "labels": ["L20.resid_pre@END", "L5.mlp@3"]}
+    assert pairing_problem(new, dict(new, labels=["L20@END", "mlp:L5@P3"])) is None
+    assert pairing_problem(new, dict(new, labels=["L21@END", "mlp:L5@P3"])) == "different sites"

@@ -33,7 +33,7 @@ from typing import Iterable, Optional, Union
 
 from fieldcheck.errors import SiteError
 
-__all__ = ["Label", "parse", "canonical", "format_label", "unknown", "nearest", "SITE_KINDS", "GRAMMAR"]
+__all__ = ["Label", "parse", "canonical", "format_label", "unknown", "nearest", "from_0_1", "SITE_KINDS", "GRAMMAR"]
 
 Pos = Union[int, str]
 
@@ -165,3 +165,22 @@ def unknown(label, valid: Iterable[str], what: str = "component", where: str = "
         return SiteError(f"unknown {what} {str(label)!r}{src}; nearest valid: {', '.join(near)}")
     shown = ", ".join(valid[:6]) + (", ..." if len(valid) > 6 else "")
     return SiteError(f"unknown {what} {str(label)!r}{src} (it has {len(valid)}: {shown}); {GRAMMAR}")
+
+
+_OLD_SITE = re.compile(r"^(?:(mid|post|attn|mlp):)?L(\d+)(\.H\d+)?@(P(-?\d+)|.+)$")
+_OLD_PREFIX = {None: "resid_pre", "mid": "resid_mid", "post": "resid_post", "attn": "attn", "mlp": "mlp"}
+
+
+def from_0_1(text: str) -> str:
+    """A site label as fieldcheck 0.1 printed it (``L20@END``, ``mlp:L5@P3``, ``L3.H2@P7``) in this grammar
+    (``L20.resid_pre@END``, ``L5.mlp@3``, ``L3.H2@7``), so that reports saved by 0.1 pair with new ones;
+    any other text is returned as it is."""
+    m = _OLD_SITE.match(str(text))
+    if m is None:
+        return str(text)
+    prefix, layer, head, pos, int_pos = m.groups()
+    p = int_pos if int_pos is not None else pos
+    if head:
+        return f"L{layer}{head}@{p}"
+    return f"L{layer}.{_OLD_PREFIX[prefix]}@{p}"
+
