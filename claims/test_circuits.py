@@ -1,7 +1,7 @@
 """Circuits: the IOI circuit found by edge attribution, and how faithful it is at each size.
 
 EAP-IG (Hanna et al. 2024; 5 steps on the line between the corrupted and the clean embeddings)
-scores all 123,211 edges of SmolLM2-135M's edge graph (input, 270 heads and 30 MLPs as senders;
+scores all 123,211 edges of SmolLM2-135M's edge graph (embed, 270 heads and 30 MLPs as senders;
 every head's q/k/v input, every MLP input and the logits as receivers) on the session's 16 IOI
 pairs. The top-k edges form circuits of 0.1% to 100% of the edges (MIB's grid, Mueller et al.
 2025), evaluated on 16 *other* IOI prompts (a held-out set, so the ranking is not tested on the

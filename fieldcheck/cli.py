@@ -9,6 +9,11 @@
     fieldcheck report merge SHARD.json... -o RUN.json [--html RUN.html]
                                     join CI shards' reports into the run's report
                                     (fieldcheck.reports.commands; exit 3: refused)
+    fieldcheck report show RUN.json [--html OUT] [--failed] [--check]
+                                    print a JSON run report (fieldcheck.reports.views)
+    fieldcheck report compare NEW.json BASE.json [--fail RULE]...
+                                    compare two run reports as --fc-compare does (exit 1: a
+                                    regression)
 
 Exit codes: 0 success, 1 a fieldcheck error (the message says what to do), 2 bad usage.
 """

@@ -34,6 +34,7 @@ from fieldcheck.experiments.response import Selection, Sensitivity, Sweep
 from fieldcheck.experiments.transfer import TransferResult
 from fieldcheck.field.core import FieldCore
 from fieldcheck.field.results import PatchResult
+from fieldcheck.field.sources import Source
 
 __all__ = ["Field"]
 
@@ -213,7 +214,8 @@ class Field(FieldCore):
         ds: a ContrastiveSet. senders: attn_head / attn_out / mlp_out sites (positions: ints,
         names or "all"). receivers: "final" (the logits), ``fc.receiver_heads(layer, heads,
         "qkv")``, ``fc.receiver_mlps(layers)``, ``fc.downstream(...)``, or a list of them; they
-        read at all positions. direction: "denoise" (default: the senders' clean values into the
+        read at all positions; labels work too (``"L5.H1.q"``, ``"L5.H1"`` for its q, k and v,
+        ``"L6.mlp"``, ``"logits"``). direction: "denoise" (default: the senders' clean values into the
         corrupted run) or "noise". metric: as in :meth:`patch`. jointly: True (default) patches
         all senders together (one row), False one row per sender.
 
@@ -228,10 +230,11 @@ class Field(FieldCore):
                   engine: Optional[str] = None) -> AttentionResult:
         """Attention weight of each head from the ``query`` position to the ``key`` position, per example.
 
-        ds: a ContrastiveSet. heads: "all" (default), an ``attn_head(layers, heads)`` site set
-        (its positions are ignored), a list of Sites, or a list of ``(layer, head)`` tuples.
-        query, key: position names of ``ds`` or ints (defaults "END" and "IO": the IOI sets name
-        "IO"; other data sets need their own ``key``); the key may not come after the query.
+        ds: a ContrastiveSet. heads: "all" (default), a head label ``"L8.H1"``, an
+        ``attn_head(layers, heads)`` site set (its positions are ignored), or a list mixing labels,
+        Sites and ``(layer, head)`` tuples. query, key: position names of ``ds`` or ints (defaults
+        "END" and "IO": the IOI sets name "IO"; other data sets need their own ``key``); the key
+        may not come after the query.
         which: the run read, "clean" (default) or "corrupt". engine: None (the field's),
         "lightcone" (patterns from the cached run) or "hooks" (TransformerLens's
         ``hook_pattern``).
@@ -267,15 +270,16 @@ class Field(FieldCore):
 
         ds: a ContrastiveSet. components: "all" (default: embed, every head, every attention
         bias, every MLP, the constant bias), "heads", "layers" (``L{l}.attn`` = heads + bias,
-        ``L{l}.mlp``), a list of labels (``"L20.H3"``, ``"L21.mlp"``, ``"embed"``, ``"bias"``),
-        or attn_head/attn_out/mlp_out sites (positions ignored). which: "clean" (default),
+        ``L{l}.mlp``), a list of labels (``"L20.H3"``, ``"L21.mlp"``, ``"L21.attn"``,
+        ``"L21.attn_bias"``, ``"embed"``, ``"bias"``), or attn_head/attn_out/mlp_out sites
+        (positions ignored). which: "clean" (default),
         "corrupt" or "diff" (clean - corrupt). tol: the largest relative mismatch allowed
         between the sum of all terms and the run's logit difference (default 1e-3; 5e-2 for
         16-bit models); NumericalError past it.
 
         Returns a :class:`~fieldcheck.experiments.lens.DirectAttribution`: ``labels``,
         ``values [component, batch]``, ``total [batch]`` (the logit difference all terms add up
-        to); ``top(k, by=)``, ``select(labels)``, ``share()``. ``fc.assert_direct_effect(d,
+        to); ``top(k, by="abs"|"value")``, ``select(labels)``, ``share``. ``fc.assert_direct_effect(d,
         mean > 0.5)`` decides it.
         """
         return _lens.dla(self, ds, components, which=which, tol=tol)
@@ -293,16 +297,18 @@ class Field(FieldCore):
         return _lens.logit_lens(self, ds, position, which=which)
 
     # --- circuits --------------------------------------------------------------------------------------
-    def evaluate_circuit(self, ds, circuit: Union[Circuit, Sequence[str]], ablation: str = "corrupt",
+    def evaluate_circuit(self, ds, circuit: Union[Circuit, Sequence[str]], ablation: Union[str, Source] = "corrupt",
                          metric="logit_diff", seed: int = 0) -> CircuitResult:
         """Run the clean prompts with every edge outside ``circuit`` ablated, and the full and empty circuits.
 
-        ds: a ContrastiveSet. circuit: a ``fc.Circuit(edges=[...])`` / ``Circuit(nodes=["L3.H2",
-        "MLP5@END", ...])``, or a list of labels (read as edges when they contain ``->``, else as
-        nodes). ablation: the value an ablated edge carries: "corrupt" (default, the corrupted
-        run's, as MIB), "mean" (over the clean run's examples), "zero" or "resample" (another
-        example's clean run). metric: as in :meth:`patch`. seed: picks the other example of
-        "resample".
+        ds: a ContrastiveSet. circuit: a ``fc.Circuit(edges=["L0.H1->L2.H3.q", ...])`` /
+        ``Circuit(nodes=["L3.H2", "L5.mlp@END", ...])``, or a non-empty list of labels (read as
+        edges when they contain ``->``, else as nodes) or attn_head/mlp_out sites. ablation: the
+        value an ablated edge carries: "corrupt" (default, the corrupted run's, as MIB), "mean"
+        (over the clean run's examples), ``fc.sources.mean(by="template")`` (grouped: over the
+        examples of the same template, ``ds.example_meta[i]["template"]``), "zero" or "resample"
+        (another example's clean run). metric: as in :meth:`patch`. seed: picks the other example
+        of "resample".
 
         Returns a :class:`~fieldcheck.experiments.circuits.CircuitResult`: ``circuit``/
         ``full``/``empty [batch]`` metrics, ``cpr`` (MIB's circuit performance ratio
@@ -312,7 +318,7 @@ class Field(FieldCore):
         return _circuits.evaluate_circuit(self, ds, circuit, ablation=ablation, metric=metric, seed=seed)
 
     def faithfulness_curve(self, ds, scores: Optional[EdgeScores] = None, sizes=None, level: str = "edge",
-                           ablation: str = "corrupt", metric="logit_diff", method: str = "eap-ig", steps: int = 5,
+                           ablation: Union[str, Source] = "corrupt", metric="logit_diff", method: str = "eap-ig", steps: int = 5,
                            seed: int = 0, eval_ds=None) -> FaithfulnessCurve:
         """Faithfulness of the top-k parts of a ranking, for each size k (MIB's CPR and CMD areas).
 
@@ -334,7 +340,7 @@ class Field(FieldCore):
         return _circuits.faithfulness_curve(self, ds, scores=scores, sizes=sizes, level=level, ablation=ablation,
                                             metric=metric, method=method, steps=steps, seed=seed, eval_ds=eval_ds)
 
-    def minimality(self, ds, circuit, ablation: str = "corrupt", metric="logit_diff", seed: int = 0) -> Minimality:
+    def minimality(self, ds, circuit, ablation: Union[str, Source] = "corrupt", metric="logit_diff", seed: int = 0) -> Minimality:
         """What removing each part of a circuit costs: the circuit evaluated without each part in turn.
 
         ds, circuit, ablation, metric, seed: as in :meth:`evaluate_circuit` (one edge forward per
@@ -347,7 +353,7 @@ class Field(FieldCore):
         """
         return _circuits.minimality(self, ds, circuit, ablation=ablation, metric=metric, seed=seed)
 
-    def edge_scores(self, ds, method: str = "eap-ig", steps: int = 5, ablation: str = "corrupt",
+    def edge_scores(self, ds, method: str = "eap-ig", steps: int = 5, ablation: Union[str, Source] = "corrupt",
                     metric="logit_diff", seed: int = 0) -> EdgeScores:
         """Attribution scores of every edge of the model's edge graph (EAP or EAP-IG), in a few passes.
 
@@ -364,7 +370,7 @@ class Field(FieldCore):
                                       seed=seed)
 
     def discover_circuit(self, ds, k: int, level: str = "edge", method: str = "eap-ig", steps: int = 5,
-                         ablation: str = "corrupt", metric="logit_diff", seed: int = 0) -> Circuit:
+                         ablation: Union[str, Source] = "corrupt", metric="logit_diff", seed: int = 0) -> Circuit:
         """The circuit of the ``k`` edges (or nodes) with the largest |attribution score|.
 
         ds: a ContrastiveSet. k: the number of parts. level: "edge" (default) or "node" (a

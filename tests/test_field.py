@@ -85,7 +85,8 @@ def test_effect_normalized_and_direction_recorded(setup):
     np.testing.assert_allclose(r.effect, r.values - r.baseline_clean[None])
     gap = r.baseline_clean - r.baseline_corrupt
     np.testing.assert_allclose(r.normalized, (r.values - r.baseline_corrupt[None]) / gap[None])
-    assert [s.label for s in r.sites] == ["L0@S2", "L0@END", "L1@S2", "L1@END"]
+    assert [s.label for s in r.sites] == ["L0.resid_pre@S2", "L0.resid_pre@END", "L1.resid_pre@S2",
+                                          "L1.resid_pre@END"]
 
 
 def test_several_metrics_in_one_call(setup):
@@ -138,7 +139,7 @@ def test_site_labels_hooks_and_builtin_all():
     assert h.label == "L1.H2@END" and h.hook_name == "blocks.1.attn.hook_z"
     assert S.mlp_out(0, -1).resolve(2, 4, 5)[0].pos == 4
     both = S.resid_pre(0, 0) + S.mlp_out(1, 1)
-    assert [s.label for s in both.resolve(2, 4, 5)] == ["L0@P0", "mlp:L1@P1"]
+    assert [s.label for s in both.resolve(2, 4, 5)] == ["L0.resid_pre@0", "L1.mlp@1"]
 
 
 @pytest.mark.parametrize("make, match", [

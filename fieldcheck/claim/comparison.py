@@ -114,6 +114,14 @@ def value_of(ex: dict) -> float:
     return float(_stat(ex, np.arange(int(ex["n"]))))
 
 
+def _labels(values: dict) -> Optional[list]:
+    """The site labels of stored values, in the label grammar also when a 0.1 report printed them."""
+    from fieldcheck.field.labels import from_0_1
+
+    labels = values.get("labels")
+    return None if labels is None else [from_0_1(x) for x in labels]
+
+
 def pairing_problem(candidate: Optional[dict], baseline: Optional[dict]) -> Optional[str]:
     """None when the two results can be paired, else why not (in words)."""
     if not candidate or not baseline:
@@ -129,7 +137,7 @@ def pairing_problem(candidate: Optional[dict], baseline: Optional[dict]) -> Opti
                 f"{str(baseline['dataset'])[:12]}): the examples are not the same")
     if int(candidate["n"]) != int(baseline["n"]):
         return f"different numbers of examples ({candidate['n']} vs {baseline['n']})"
-    if candidate.get("labels") != baseline.get("labels"):
+    if _labels(candidate) != _labels(baseline):
         return "different sites"
     return None
 

@@ -128,7 +128,7 @@ def edge_scores(field, ds, method: str = "eap-ig", steps: int = 5, ablation: str
                 metric="logit_diff", seed: int = 0) -> EdgeScores:
     """Attribution scores of every edge (see the module doc): ``steps`` forward+backward passes
     for "eap-ig", one for "eap"."""
-    check_ablation(field, ablation)
+    ablation = check_ablation(field, ablation)
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; use 'eap' or 'eap-ig'")
     if method == "eap":

@@ -1,10 +1,10 @@
 """The edge graph of a model and the edge-ablation forward that circuits and discovery share.
 
-**Graph.** Senders are the components that write into the residual stream: ``input`` (the
+**Graph.** Senders are the components that write into the residual stream: ``embed`` (the
 embeddings, with the position embeddings where the model has them), every attention head
-``L{l}.H{h}`` (its output through its slice of W_O) and every MLP ``MLP{l}``. Receivers are the
+``L{l}.H{h}`` (its output through its slice of W_O) and every MLP ``L{l}.mlp``. Receivers are the
 inputs that read it: the query, key and value inputs of every head (``L{l}.H{h}.q``/``.k``/``.v``),
-every MLP's input (``MLP{l}``, the MLP reads its own copy of resid_mid) and ``logits`` (the final
+every MLP's input (``L{l}.mlp``, the MLP reads its own copy of resid_mid) and ``logits`` (the final
 residual). An edge ``sender->receiver`` exists when the sender is upstream of the receiver: a head
 of layer l reads the input, the heads and MLPs of layers < l; the MLP of layer l also reads the
 heads of layer l; the logits read every sender. Edges are position-agnostic (an edge carries its
@@ -31,6 +31,7 @@ saved); every head's queries, keys and values are computed from its own receiver
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -38,16 +39,20 @@ import numpy as np
 import torch
 
 from fieldcheck.errors import SiteError, UsageError
+from fieldcheck.field.labels import canonical, unknown
+from fieldcheck.field.sources import example_groups
 
 __all__ = ["EdgeGraph", "edge_graph", "ABLATIONS"]
 
 ABLATIONS = ("corrupt", "mean", "zero", "resample")
+#: grouped mean ablation, ``fieldcheck.sources.mean(by=KEY).describe()``
+MEAN_BY = re.compile(r"mean\(by=(.+)\)")
 
 
 class EdgeGraph:
     """Senders, receivers and edges of a model with ``n_layers`` blocks of ``n_heads`` heads.
 
-    Sender index: 0 = ``input``; head (l, h) = 1 + l (H + 1) + h; MLP l = 1 + l (H + 1) + H.
+    Sender index: 0 = ``embed``; head (l, h) = 1 + l (H + 1) + h; MLP l = 1 + l (H + 1) + H.
     Receiver index: q/k/v of head (l, h) = l (3H + 1) + 3h + {0, 1, 2}; MLP l = l (3H + 1) + 3H;
     ``logits`` = L (3H + 1). ``adjacency`` is ``[n_senders, n_receivers]`` (True where an edge exists).
     """
@@ -55,12 +60,12 @@ class EdgeGraph:
     def __init__(self, n_layers: int, n_heads: int):
         L, H = int(n_layers), int(n_heads)
         self.n_layers, self.n_heads = L, H
-        self.senders = ["input"]
+        self.senders = ["embed"]
         for l in range(L):
-            self.senders += [f"L{l}.H{h}" for h in range(H)] + [f"MLP{l}"]
+            self.senders += [f"L{l}.H{h}" for h in range(H)] + [f"L{l}.mlp"]
         self.receivers = []
         for l in range(L):
-            self.receivers += [f"L{l}.H{h}.{c}" for h in range(H) for c in "qkv"] + [f"MLP{l}"]
+            self.receivers += [f"L{l}.H{h}.{c}" for h in range(H) for c in "qkv"] + [f"L{l}.mlp"]
         self.receivers.append("logits")
         self._s_index = {n: i for i, n in enumerate(self.senders)}
         self._r_index = {n: i for i, n in enumerate(self.receivers)}
@@ -107,30 +112,36 @@ class EdgeGraph:
         return l * (3 * self.n_heads + 1) + 3 * self.n_heads
 
     def sender_index(self, name: str) -> int:
-        if name not in self._s_index:
-            raise SiteError(f"unknown sender {name!r}: senders are 'input', 'L{{layer}}.H{{head}}' and "
-                            f"'MLP{{layer}}' (this model: layers 0..{self.n_layers - 1}, heads 0..{self.n_heads - 1})")
-        return self._s_index[name]
+        """Index of a sender label (``"embed"``, ``"L3.H2"``, ``"L3.mlp"``; the 0.1 spellings ``"input"`` and
+        ``"MLP3"`` with a DeprecationWarning); SiteError listing the nearest senders otherwise."""
+        key = canonical(name, "sender")
+        if key not in self._s_index:
+            raise unknown(name, self.senders, "sender", f"the edge graph of this model (layers 0..{self.n_layers - 1}, "
+                          f"heads 0..{self.n_heads - 1}; senders are 'embed', heads 'L3.H2' and MLPs 'L3.mlp')")
+        return self._s_index[key]
 
     def receiver_index(self, name: str) -> int:
-        if name not in self._r_index:
-            raise SiteError(f"unknown receiver {name!r}: receivers are 'L{{layer}}.H{{head}}.q' (or .k, .v), "
-                            f"'MLP{{layer}}' and 'logits' (this model: layers 0..{self.n_layers - 1}, "
-                            f"heads 0..{self.n_heads - 1})")
-        return self._r_index[name]
+        """Index of a receiver label (``"L3.H2.q"`` (or .k, .v), ``"L3.mlp"``, ``"logits"``); SiteError listing the
+        nearest receivers otherwise."""
+        key = canonical(name, "receiver")
+        if key not in self._r_index:
+            raise unknown(name, self.receivers, "receiver", f"the edge graph of this model (layers "
+                          f"0..{self.n_layers - 1}, heads 0..{self.n_heads - 1}; receivers are head inputs "
+                          "'L3.H2.q' (.k, .v), MLPs 'L3.mlp' and 'logits')")
+        return self._r_index[key]
 
     def edge_index(self, label) -> tuple[int, int]:
         """(sender, receiver) indices of ``"sender->receiver"`` or a (sender, receiver) pair."""
         if isinstance(label, str):
             if "->" not in label:
-                raise SiteError(f"edge {label!r}: write 'sender->receiver', e.g. 'L0.H1->L2.H3.q' or 'MLP1->logits'")
+                raise SiteError(f"edge {label!r}: write 'sender->receiver', e.g. 'L0.H1->L2.H3.q' or 'L1.mlp->logits'")
             snd, rcv = (p.strip() for p in label.split("->", 1))
         else:
             snd, rcv = label
         s, r = self.sender_index(snd), self.receiver_index(rcv)
         if not self.adjacency[s, r]:
             raise SiteError(f"there is no edge {snd}->{rcv}: a receiver reads only senders upstream of it "
-                            "(heads of earlier layers, MLPs of earlier layers, the input; an MLP also reads its "
+                            "(heads of earlier layers, MLPs of earlier layers, embed; an MLP also reads its "
                             "own layer's heads)")
         return s, r
 
@@ -144,11 +155,11 @@ class EdgeGraph:
 
     def node_mask(self, nodes) -> np.ndarray:
         """Edge mask ``[n_senders, n_receivers]`` of a node circuit: every edge out of a kept node
-        (``input`` is always kept)."""
+        (``embed`` is always kept)."""
         keep = np.zeros(self.n_senders, dtype=bool)
         keep[0] = True
         for n in nodes:
-            if n in ("input", "logits"):
+            if canonical(n, "node") in ("embed", "logits"):
                 continue
             keep[self.sender_index(n)] = True
         return self.adjacency & keep[:, None]
@@ -210,26 +221,34 @@ def ablation_values(field, r, ablation: str, idx: torch.Tensor, seed: int = 0) -
     """The ablated sender outputs ``[sender, batch, pos, d_model]`` for examples ``idx``:
 
     - ``"corrupt"``: the corrupted run's (patching from the corrupted run, as in MIB);
-    - ``"mean"``: the mean over all examples of the clean run, per position;
+    - ``"mean"``: the mean over all examples of the clean run, per position; ``"mean(by=KEY)"``: the
+      mean over the examples that share ``example_meta[KEY]`` (grouped, e.g. per template);
     - ``"zero"``: zeros (the embeddings too);
     - ``"resample"``: the clean run of another example (a fixed random derangement, ``seed``).
     """
     fm = field.fm
     if ablation == "corrupt":
         return sender_values(fm, r.corrupt, idx)
-    if ablation == "mean":
-        key = ("mean", r.ds.content_hash())
+    by = MEAN_BY.fullmatch(ablation)
+    if ablation == "mean" or by:
+        key = (ablation, r.ds.content_hash())
         cache = getattr(field, "_edge_means", {})
         if key not in cache:
             n = r.ds.n
+            groups = torch.zeros(n, dtype=torch.long) if not by else example_groups(r.ds, by.group(1))
+            G = int(groups.max()) + 1
             acc = None
             for c in range(0, n, 16):
-                v = sender_values(fm, r.clean, torch.arange(c, min(n, c + 16), device=idx.device)).sum(1)
-                acc = v if acc is None else acc + v
-            cache = {key: acc / n}
+                ex = torch.arange(c, min(n, c + 16), device=idx.device)
+                v = sender_values(fm, r.clean, ex)                          # [S, b, T, d]
+                part = torch.zeros((G,) + v.shape[:1] + v.shape[2:], dtype=v.dtype, device=v.device)
+                part.index_add_(0, groups[c:c + len(ex)].to(v.device), v.transpose(0, 1))
+                acc = part if acc is None else acc + part
+            counts = torch.bincount(groups, minlength=G).to(acc.dtype).to(acc.device)
+            cache = {key: (acc / counts[:, None, None, None], groups)}
             field._edge_means = cache
-        m = cache[key]
-        return m[:, None].expand(-1, len(idx), -1, -1)
+        m, groups = cache[key]                                                # [G, S, T, d], [n]
+        return m[groups[idx.cpu()].to(m.device)].transpose(0, 1)
     if ablation == "zero":
         S = 1 + fm.n_layers * (fm.n_heads + 1)
         T = r.clean.tokens.shape[1]
@@ -237,7 +256,7 @@ def ablation_values(field, r, ablation: str, idx: torch.Tensor, seed: int = 0) -
     if ablation == "resample":
         perm = derangement(r.ds.n, seed).to(idx.device)
         return sender_values(fm, r.clean, perm[idx])
-    raise UsageError(f"unknown ablation {ablation!r}; use one of {', '.join(ABLATIONS)}")
+    raise UsageError(f"unknown ablation {ablation!r}; use one of {', '.join(ABLATIONS)} or mean(by=KEY)")
 
 
 def derangement(n: int, seed: int) -> torch.Tensor:

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from fieldcheck.errors import SiteError
+from fieldcheck.field.labels import parse
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.results import PatchResult, dataset_hash_of
 from fieldcheck.field.sites import Site, as_site_set
@@ -138,12 +139,23 @@ def receiver_mlps(layers="all") -> Receivers:
 
 
 def as_receivers(x) -> Receivers:
+    """Receivers from ``"final"`` / ``"logits"``, a label (``"L3.H2.q"``, ``"L3.H2"`` for its q, k and v,
+    ``"L3.mlp"``), receiver_heads/receiver_mlps objects, or a list of them."""
     if isinstance(x, Receivers):
         return x
     if isinstance(x, str):
         if x == FINAL:
             return Receivers(final=True)
-        raise SiteError(f"unknown receiver {x!r}: use 'final', receiver_heads(...), receiver_mlps(...) or a list")
+        lab = parse(x, "receiver")
+        if lab.kind == "logits":
+            return Receivers(final=True)
+        if lab.kind == "head":
+            return receiver_heads(lab.layer, lab.head, lab.port or "qkv")
+        if lab.kind == "mlp":
+            return receiver_mlps(lab.layer)
+        raise SiteError(f"unknown receiver {x!r}: receivers are head inputs 'L3.H2.q' (.k, .v; 'L3.H2' for all "
+                        "three), MLP inputs 'L3.mlp' and 'logits' (or 'final'), receiver_heads(...), "
+                        "receiver_mlps(...) or a list of them")
     if isinstance(x, (list, tuple)):
         out = Receivers()
         for r in x:

@@ -25,7 +25,7 @@ from fieldcheck.field.metrics import Metric, as_metric
 from fieldcheck.field.precision import check_cache
 from fieldcheck.field.results import PatchResult, dataset_hash_of
 from fieldcheck.field.sites import Site, as_site_set
-from fieldcheck.field.sources import Source, as_source, check_alpha, noise_for
+from fieldcheck.field.sources import Source, as_source, check_alpha, example_groups, group_mean, noise_for
 
 DIRECTIONS = ("denoise", "noise")
 
@@ -240,7 +240,7 @@ class FieldCore:
             v = torch.zeros_like(tgt)
             delta = -tgt
         elif src.kind == "mean":
-            v = tgt.mean(0, keepdim=True).expand_as(tgt)
+            v = group_mean(tgt, None if src.by is None else example_groups(ds, src.by))
             delta = v - tgt
         elif src.kind == "gaussian":
             delta = noise_for(src, site.label, tgt.shape, tgt.dtype, tgt.device)
@@ -278,10 +278,12 @@ class FieldCore:
         """Activation patching: insert a source at each site (or all jointly) and read the metric.
 
         ds: a ContrastiveSet. sites: a site set from :mod:`fieldcheck.sites` (``resid_pre(range(20,
-        30), "END")``, ``attn_head(5, 1, "IO")``, ...), a Site or a list of them; positions are
-        ints or the data set's position names. direction: "denoise" (default: the clean value into
+        30), "END")``, ``attn_head(5, 1, "IO")``, ...), a Site, a label (``"L20.resid_pre@END"``,
+        ``"L5.H1@IO"``; docs/writing-claims.md) or a list of them; positions are ints or the data
+        set's position names. direction: "denoise" (default: the clean value into
         the corrupted run, sufficiency) or "noise" (corrupted into clean, necessity). source: None
-        (the other run's value), "zero", "mean", ``fieldcheck.sources.gaussian(scale)`` or a
+        (the other run's value), "zero", "mean", ``fieldcheck.sources.mean(by="template")`` (the
+        mean over the examples of the same template), ``fieldcheck.sources.gaussian(scale)`` or a
         steering tensor ``[d]``/``[batch, d]``. alpha: the scale in ``phi + alpha * delta`` (1.0
         replaces the value). jointly: patch every site together (one row) instead of one row per
         site. metric: a metric name, a callable, or a list of them. engine: None (the field's),

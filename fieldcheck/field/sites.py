@@ -2,6 +2,8 @@
 
 A site is ``(kind, layer, pos[, head])``. ``pos`` is an int (negative counts from the end) or a
 position name of the data set (``"END"``, ``"S2"``), resolved per example when the site is used.
+A site prints as its label (:mod:`fieldcheck.field.labels`: ``L20.resid_pre@END``, ``L3.H2@IO``,
+``L5.mlp@7``), and every function that takes sites also takes these labels as strings.
 
     resid_pre(layers, positions)      blocks.{l}.hook_resid_pre     phi(l, t)
     resid_mid(layers, positions)      blocks.{l}.hook_resid_mid     after attention, before the MLP
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Union
 
 from fieldcheck.errors import SiteError
+from fieldcheck.field.labels import format_label, parse
 
 KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_head", "attn_out", "mlp_out")
 _HOOKS = {
@@ -31,8 +34,6 @@ _HOOKS = {
     "attn_out": "blocks.{l}.hook_attn_out",
     "mlp_out": "blocks.{l}.hook_mlp_out",
 }
-_PREFIX = {"resid_pre": "", "resid_mid": "mid:", "resid_post": "post:", "attn_head": "",
-           "attn_out": "attn:", "mlp_out": "mlp:"}
 
 Pos = Union[int, str]
 
@@ -48,13 +49,18 @@ class Site:
 
     @property
     def hook_name(self) -> str:
+        """The TransformerLens hook this site reads (``blocks.{l}.hook_resid_pre``, ...)."""
         return _HOOKS[self.kind].format(l=self.layer)
 
     @property
     def label(self) -> str:
-        p = self.pos if isinstance(self.pos, str) else f"P{self.pos}"
-        h = f".H{self.head}" if self.head is not None else ""
-        return f"{_PREFIX[self.kind]}L{self.layer}{h}@{p}"
+        """The site's label: ``L20.resid_pre@END``, ``L3.H2@IO``, ``L5.mlp@7`` (docs/writing-claims.md)."""
+        return format_label(self.kind, self.layer, self.head, pos=self.pos)
+
+    @property
+    def component(self) -> str:
+        """The label without the position: ``L3.H2``, ``L5.mlp``, ``L20.resid_pre``."""
+        return format_label(self.kind, self.layer, self.head)
 
     def __str__(self) -> str:
         return self.label
@@ -134,6 +140,29 @@ class SiteSet:
                 else:
                     max_pos = max(max_pos, int(p) if int(p) >= 0 else -int(p) - 1)
         return sorted(names), max_pos
+
+    def component_labels(self, n_layers: Optional[int] = None, n_heads: Optional[int] = None) -> list[str]:
+        """The labels of the components this set names, each at its positions (``"L3.H2@END"``), or without a
+        position where the set takes every position (``attn_head(3, 2)`` gives ``"L3.H2"``): how
+        circuits, attention and DLA read site objects. ``"all"`` layers or heads need ``n_layers`` /
+        ``n_heads`` (SiteError without them)."""
+        out: list[str] = []
+        specs = list(self._specs) + ([("sites", self._sites)] if self._sites is not None else [])
+        for spec in specs:
+            if spec[0] == "sites":
+                out.extend(s.label for s in spec[1])
+                continue
+            kind, layers, positions, heads = spec
+            if layers == "all" or (kind == "attn_head" and heads == "all"):
+                n = n_layers if layers == "all" else n_heads
+                if n is None:
+                    raise SiteError(f"{kind}(layers={_fmt(layers)}, heads={_fmt(heads)}) names 'all' of them, which "
+                                    "needs a model; give the layers and heads explicitly")
+            layers_ = list(range(n_layers)) if layers == "all" else layers
+            heads_ = (list(range(n_heads)) if heads == "all" else heads) if kind == "attn_head" else [None]
+            poss = [None] if positions == "all" else positions
+            out.extend(format_label(kind, l, h, pos=p) for l in layers_ for h in heads_ for p in poss)
+        return list(dict.fromkeys(out))
 
     def resolve(self, n_layers: int, n_heads: int, seq_len: int, position_names: Iterable[str] = ("END",)) -> list[Site]:
         """The concrete sites for a model with ``n_layers``/``n_heads`` and prompts of ``seq_len`` tokens."""
@@ -220,15 +249,38 @@ def _fmt(x) -> str:
     return repr(x)
 
 
+def from_label(label) -> SiteSet:
+    """The site set a label names (:mod:`fieldcheck.field.labels`): ``"L20.resid_pre@END"`` is
+    ``resid_pre(20, "END")``, ``"L3.H2@IO"`` is ``attn_head(3, 2, "IO")``; a label without a position
+    (``"L3.H2"``) means every position. SiteError for a label that is not a site (``embed``,
+    ``logits``, a head's q/k/v input) or not a label."""
+    lab = parse(label, "site")
+    kind = lab.site_kind
+    if kind is None:
+        raise SiteError(f"{str(lab)!r} is a component but not a site; sites are heads 'L3.H2', 'L3.attn', 'L3.mlp' "
+                        "and 'L3.resid_pre' (.resid_mid, .resid_post), each optionally '@position'")
+    pos = "all" if lab.pos is None else lab.pos
+    return _make(kind, lab.layer, pos, lab.head if kind == "attn_head" else None)
+
+
 def as_site_set(x) -> SiteSet:
-    """Accept a SiteSet, one Site, or a list of Sites."""
+    """Accept a SiteSet, one Site, a label (``"L20.resid_pre@END"``, ``"L3.H2@IO"``), or a list mixing
+    Sites, labels and site sets."""
     if isinstance(x, SiteSet):
         return x
     if isinstance(x, Site):
         return SiteSet.of([x])
-    if isinstance(x, (list, tuple)) and all(isinstance(s, Site) for s in x):
+    if isinstance(x, str):
+        return from_label(x)
+    if isinstance(x, (list, tuple)) and x and all(isinstance(s, Site) for s in x):
         return SiteSet.of(x)
-    raise SiteError(f"{x!r} is not a site set; build one with fieldcheck.sites.resid_pre(...), attn_head(...), ...")
+    if isinstance(x, (list, tuple)) and x and all(isinstance(s, (Site, SiteSet, str)) for s in x):
+        out = as_site_set(x[0])
+        for s in x[1:]:
+            out = out + as_site_set(s)
+        return out
+    raise SiteError(f"{x!r} is not a site set; build one with fieldcheck.sites.resid_pre(...), attn_head(...), ... "
+                    "or name sites by label ('L20.resid_pre@END', 'L3.H2@IO')")
 
 
 def _make(kind: str, layers, positions, heads=None) -> SiteSet:

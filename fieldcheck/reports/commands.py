@@ -2,6 +2,7 @@
 :mod:`fieldcheck.cli`): one function per action, registered by :func:`add_report_commands`.
 
     fieldcheck report merge SHARD.json... -o RUN.json [--html RUN.html] [--compare PATH]
+    fieldcheck report show RUN.json | compare NEW.json BASE.json   (fieldcheck.reports.views)
 
 Exit codes of ``merge``: 0 the merged run passes, 1 a claim fails (alone, after the correction
 over the merged families, or as a regression against the baseline), 3 the shards do not belong to
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+
+from fieldcheck.reports.views import add_view_commands
 
 #: exit code of a refused merge
 REFUSED = 3
@@ -58,7 +61,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def add_report_commands(sub) -> None:
     """Add ``report`` and its actions to the console script's subparsers ``sub``."""
-    report = sub.add_parser("report", help="work with JSON run reports (merge CI shards)")
+    report = sub.add_parser("report", help="work with JSON run reports (merge CI shards, show, compare)")
     rsub = report.add_subparsers(dest="report_command", metavar="ACTION")
     merge = rsub.add_parser(
         "merge", help="join the reports of CI shards (pytest --fc-shard K/N) into the run's report",
@@ -73,4 +76,5 @@ def add_report_commands(sub) -> None:
                             "not at the path they recorded")
     merge.add_argument("-q", "--quiet", action="store_true", help="print only the summary, not the table")
     merge.set_defaults(func=_cmd_merge)
+    add_view_commands(rsub)
     report.set_defaults(func=None, _parser=report)

@@ -19,9 +19,8 @@ def write_summary(terminalreporter, state: FieldcheckPlugin) -> None:
     if after:
         fam = getattr(state.opts, "correction_family", "file")
         tr.write_line(f"fieldcheck: {len(after)} claim(s) passed on their own but FAIL after the "
-                      f"{state.opts.correction} correction over {_n_p(rep)} p-values "
-                      f"(alpha={state.opts.alpha}, family: {fam}, {_families(rep)}):",
-                      red=True, bold=True)
+                      f"{state.opts.correction} correction {correction_scope(rep, fam)} "
+                      f"(alpha={state.opts.alpha}):", red=True, bold=True)
         for cid in after:
             tr.write_line(f"  {cid}", red=True)
         _recount(tr, after)
@@ -72,15 +71,21 @@ def _recount(tr, after: list) -> None:
     tr.stats.setdefault(AFTER_CORRECTION, []).extend(moved)
 
 
-def _families(rep: dict) -> str:
-    """``m = 3`` or ``m = 3-7``: the family sizes (claims per family) of the run."""
+_FAMILY_WORDS = {"file": "the claims of one test file", "session": "every claim of the run",
+                 "claim": "each claim alone"}
+
+
+def correction_scope(rep: dict, family: str) -> str:
+    """What the correction counted, in the words of docs/statistics.md: ``over 7 claims in 3
+    families (family = file: the claims of one test file; m = 2-3 claims per family)``. A claim
+    counts once (its p-value is its largest result's), however many criteria it has."""
+    from fieldcheck.reports.schema import NOT_ASSERTED, family_of, finite_number
+
+    counted = [c["id"] for c in rep["claims"] if c.get("outcome") not in NOT_ASSERTED
+               and any(finite_number(r.get("p_value")) for r in c.get("results", []))]
+    groups = {(c.get("model"), family_of(c["id"], family)) for c in rep["claims"] if c["id"] in set(counted)}
     sizes = sorted({r["family_size"] for c in rep["claims"] for r in c["results"]
                     if isinstance(r.get("family_size"), int)})
-    if not sizes:
-        return "m = 0"
-    return f"m = {sizes[0]}" if len(sizes) == 1 else f"m = {sizes[0]}-{sizes[-1]}"
-
-
-def _n_p(rep: dict) -> int:
-    return sum(1 for c in rep["claims"] for r in c["results"]
-               if isinstance(r.get("p_value"), (int, float)) and not isinstance(r.get("p_value"), bool))
+    m = "m = 0" if not sizes else f"m = {sizes[0]}" if len(sizes) == 1 else f"m = {sizes[0]}-{sizes[-1]}"
+    return (f"over {len(counted)} claim(s) in {len(groups)} famil{'y' if len(groups) == 1 else 'ies'} "
+            f"(family = {family}: {_FAMILY_WORDS.get(family, family)}; {m} claims per family)")
