@@ -76,7 +76,7 @@ def test_text_and_markers_on_a_real_tokenizer(smollm2):
     """SmolLM2's BPE: spaced words are single tokens, a multi-token subject names its last token,
     and positions count the BOS token."""
     clean = ["The Eiffel Tower is located in the city of", "The Colosseum is located in the city of"]
-    corrupt = ["The Statue Liberty is located in the city of", "The Big Ben is located in the city of"]
+    corrupt = ["The Statue of Liberty is located in the city of", "The Big Ben is located in the city of"]
     by_text = fc.ContrastiveSet.from_pairs(smollm2, clean[:1], corrupt[:1], [" Paris"], [" Rome"],
                                            positions={"subject": " Eiffel Tower", "city": " city"})
     toks = smollm2.to_str_tokens(clean[0])
