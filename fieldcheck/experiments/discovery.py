@@ -135,19 +135,33 @@ def edge_scores(field, ds, method: str = "eap-ig", steps: int = 5, ablation: str
             delta = abl - sender_values(fm, r.clean, idx)                   # [S, b, T, d]
         x_clean, x_abl = r.clean.resid[0][idx], abl[0]
         grads: dict = {}
+        step: dict = {}
+        sums: dict = {}
 
         def hook(kind, l, t):
+            if kind == "attn_sum":       # post-norm families: the block's pre-norm sum in this run
+                sums[l] = t.detach()
+                return
+
             def acc(gr, key=(kind, l)):
-                grads[key] = grads[key] + gr.detach() if key in grads else gr.detach().clone()
+                step[key] = gr.detach()
             t.register_hook(acc)
 
         b = torch.arange(len(idx), device=dev)
         for k in range(steps):
             a = 1.0 if method == "eap" else (k + 0.5) / steps
+            step.clear()
             with torch.enable_grad():
                 x0 = (x_abl + a * (x_clean - x_abl)).detach().requires_grad_(True)
                 xf = edge_forward(fm, g, x0, abl, None, hooks=hook)
                 field._metric(m, r, xf[b, r.metric_pos[idx]], idx).sum().backward()
+            if fm.attn_post_norm:
+                _post_norm_head_scores(fm, g, scores, delta, step, sums)
+            for key, gr in step.items():
+                grads[key] = grads[key] + gr if key in grads else gr.clone()
+        if fm.attn_post_norm:  # the heads' terms went through each block's norm above
+            for l in range(fm.n_layers):
+                delta[g.head_senders(l)] = 0
         with torch.no_grad():
             for l in range(fm.n_layers):
                 n = g.heads_before(l)
@@ -164,6 +178,31 @@ def edge_scores(field, ds, method: str = "eap-ig", steps: int = 5, ablation: str
                       dataset=getattr(ds, "name", ""),
                       cost={"forward_backward": steps * len(list(_chunks(ds.n, _score_chunk_size(field, ds)))),
                             "seconds": time.perf_counter() - t0})
+
+
+@torch.no_grad()
+def _post_norm_head_scores(fm, g: EdgeGraph, scores: torch.Tensor, delta: torch.Tensor, grads: dict,
+                           sums: dict) -> None:
+    """Add one gradient step's scores of the head senders of a post-norm family: a receiver that
+    drops the edge from head h of block l reads ``norm_l(y_l + delta_h)`` for ``norm_l(y_l)``, so
+    the first-order change is ``delta_h . J_l(y_l)^T grad_r`` (the norm's Jacobian at this run's
+    pre-norm sum ``y_l``; the edge forward's renormalized ablation, differentiated exactly)."""
+    L, H = fm.n_layers, fm.n_heads
+    for lp in range(L):
+        hs = g.head_senders(lp)
+        dr = delta[hs]                                                   # [H, b, T, d]
+        _, vjp = torch.func.vjp(lambda v, lp=lp: fm.attn_post(lp, v), sums[lp])
+        pull = torch.func.vmap(vjp)
+
+        def add(cols, G):                                                # G: [R, b, T, d]
+            (jt,) = pull(G)
+            scores[hs, cols] += torch.einsum("hbtd,rbtd->hr", dr, jt).double()
+
+        for l in range(lp + 1, L):
+            add(g.head_receivers(l), grads[("heads", l)])
+        for l in range(lp, L):
+            add([g.mlp_receiver(l)], grads[("mlp", l)][None])
+        add([g.logits], grads[("logits", L)][None])
 
 
 def discover_circuit(field, ds, k: int, level: str = "edge", method: str = "eap-ig", steps: int = 5,
