@@ -169,9 +169,11 @@ def collect(state: "FieldcheckPlugin", report) -> None:
     payload = _payload(report)
     nid = report.nodeid
     entry = state.claims.get(nid)
+    # every phase counts (a passed setup, where the claim's fixtures run, carries no payload);
+    # the report keeps the durations of the items that turn out to be claims
+    state.durations[nid] = state.durations.get(nid, 0.0) + float(getattr(report, "duration", 0.0) or 0.0)
     if payload is None and entry is None:
         return
-    state.durations[nid] = state.durations.get(nid, 0.0) + float(getattr(report, "duration", 0.0) or 0.0)
     if entry is None:
         entry = state.claims[nid] = {"id": nid, "outcome": "passed", "results": [], "error": None,
                                      "falsifying_example": None, "marker": {}}

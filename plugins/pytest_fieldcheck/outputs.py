@@ -26,9 +26,13 @@ def build(state: FieldcheckPlugin) -> dict:
         "started": datetime.fromtimestamp(state.started, timezone.utc).isoformat(timespec="seconds"),
         "finished": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(now - state.started, 3),
-        "claims": {k: round(v, 4) for k, v in sorted(state.durations.items())},
+        "claims": {k: round(v, 4) for k, v in sorted(state.durations.items()) if k in state.claims},
         "models": {k: v for k, v in sorted(state.load_times.items())},
     }
+    from . import timing as fixture_timing
+
+    timing["files"], timing["session_fixtures"] = fixture_timing.by_file(state.config, state.durations,
+                                                                         state.claims)
     if state.specs:
         run["models"] = [dict(state.model_infos.get(s) or {"spec": s, "loaded": False},
                               label=state.labels[s]) for s in state.specs]

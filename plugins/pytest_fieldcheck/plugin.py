@@ -6,9 +6,11 @@ module only wires pytest's hooks to the parts, one module per concern:
     options     the --fc-* options and ini keys, validated into an Options
     session     per-session state (models, fields, claims) and the settings it changes
     fixtures    fc_model, field, fc_seed, fc_config and the fieldcheck marker
+    expectations  the fc_xfail_on marker (a strict xfail on some models only)
     collection  which tests are claims; their ClaimResults, outcomes and errors
     outputs     the run report (correction, baseline comparison) and the files written
     terminal    the summary printed at the end
+    timing      fixture setup times, counted per claim file in the report and the summary
     baselines   saved runs and the comparison rules
 
 Nothing heavy is imported at start-up: torch, transformer_lens and the model load only when a
@@ -20,7 +22,7 @@ import json
 
 import pytest
 
-from . import collection, outputs, session, terminal
+from . import collection, expectations, outputs, session, terminal, timing
 from .fixtures import fc_config, fc_model, fc_seed, fc_session_seed, field  # noqa: F401  (fixtures of the plugin)
 from .options import add_options, resolve_device  # noqa: F401  (resolve_device: public helper)
 
@@ -31,6 +33,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     session.configure(config)
+    expectations.register(config)
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    expectations.apply(items, config)
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -55,7 +62,13 @@ def pytest_runtest_call(item):
 def pytest_runtest_makereport(item, call):
     report = yield
     collection.attach_results(item, call, report)
+    timing.attach(item, call, report)
     return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    return (yield from timing.fixture_setup(fixturedef, request))
 
 
 @pytest.hookimpl(tryfirst=True)

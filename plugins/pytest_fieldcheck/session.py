@@ -151,9 +151,11 @@ class FieldcheckPlugin:
 
     def pytest_runtest_logreport(self, report) -> None:
         if is_controller(self.config):
+            from . import timing
             from .collection import collect
 
             collect(self, report)
+            timing.collect(self.config, report)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
