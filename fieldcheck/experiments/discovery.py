@@ -59,27 +59,33 @@ class EdgeScores:
     def node_scores(self) -> np.ndarray:
         return self.scores.sum(1)
 
-    def ranking(self, level: str = "edge") -> list[tuple[str, float]]:
-        """Parts by decreasing |score|: (label, score)."""
+    def ranking(self, level: str = "edge", by: str = "abs") -> list[tuple[str, float]]:
+        """Parts by decreasing |score| (``by="abs"``), or from the most negative score up
+        (``by="signed"``: first the parts whose ablation lowers the metric most, i.e. that help the
+        model most; MIB ranks by signed score for its CPR): (label, score)."""
+        if by not in ("abs", "signed"):
+            raise UsageError(f"by must be 'abs' or 'signed', got {by!r}")
+        key = (lambda v: -np.abs(v)) if by == "abs" else (lambda v: v)
         if level == "edge":
             s, r = np.nonzero(self.graph.adjacency)
             v = self.scores[s, r]
-            order = np.argsort(-np.abs(v), kind="stable")
+            order = np.argsort(key(v), kind="stable")
             return [(self.graph.edge_label(int(s[i]), int(r[i])), float(v[i])) for i in order]
         if level == "node":
             v = self.node_scores[1:]
-            order = np.argsort(-np.abs(v), kind="stable")
+            order = np.argsort(key(v), kind="stable")
             return [(self.graph.senders[i + 1], float(v[i])) for i in order]
         raise UsageError(f"level must be 'edge' or 'node', got {level!r}")
 
-    def top(self, k: int, level: str = "edge") -> Circuit:
-        """The circuit of the ``k`` parts with the largest |score|."""
-        ranked = self.ranking(level)
+    def top(self, k: int, level: str = "edge", by: str = "abs") -> Circuit:
+        """The circuit of the ``k`` first parts of ``ranking(level, by)`` (largest |score| by default)."""
+        ranked = self.ranking(level, by)
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= len(ranked):
             raise UsageError(f"k must be an integer in 1..{len(ranked)} ({level}s of this model), got {k!r}")
         parts = ranked[:int(k)]
         kw = {"edges" if level == "edge" else "nodes": [p for p, _ in parts]}
-        return Circuit(**kw, scores=[s for _, s in parts], name=f"top {k} {level}s by {self.method}")
+        how = "" if by == "abs" else " (signed)"
+        return Circuit(**kw, scores=[s for _, s in parts], name=f"top {k} {level}s by {self.method}{how}")
 
     def summary(self) -> str:
         top = ", ".join(f"{p} ({s:+.3g})" for p, s in self.ranking("edge")[:5])
