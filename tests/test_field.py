@@ -142,6 +142,28 @@ def test_site_labels_hooks_and_builtin_all():
     assert [s.label for s in both.resolve(2, 4, 5)] == ["L0.resid_pre@0", "L1.mlp@1"]
 
 
+def test_layers_relative_to_the_depth_resolve_per_model():
+    """depth/last/first name layers by the model's depth: the same claim resolves on 30, 18 and 24
+    layers (SmolLM2, Gemma 3, Qwen2.5) and can never be out of range."""
+    late, band = S.depth(0.85, 1.0), S.depth(0.69, 0.77)
+    assert late.of(30) == [26, 27, 28, 29] and late.of(18) == [16, 17] and late.of(24) == [21, 22, 23]
+    assert band.of(30) == [21, 22, 23] and band.of(18) == [13] and band.of(24) == [17, 18]
+    assert S.depth(0.87).of(30) == [26] and S.depth(0.87).of(18) == [16] and S.depth(0.87).of(24) == [21]
+    assert S.depth(0.0).of(7) == [0] and S.depth(1.0).of(7) == [6] and S.depth(0, 1).of(3) == [0, 1, 2]
+    assert S.last(3).of(30) == [27, 28, 29] and S.last(40).of(2) == [0, 1] and S.first(2).of(5) == [0, 1]
+    sites = S.resid_pre(late, "END").resolve(18, 4, 5, ["END"])
+    assert [s.label for s in sites] == ["L16@END", "L17@END"]
+    assert [s.label for s in S.attn_head(S.last(1), 0, 0).resolve(2, 4, 5)] == ["L1.H0@P0"]
+    assert "depth(0.85, 1)" in repr(S.resid_pre(late, "END"))
+    cfg = type("Cfg", (), {"n_layers": 10})()
+    assert S.depth(0.5).of(type("M", (), {"cfg": cfg})()) == [5]
+    for bad, match in ((lambda: S.depth(1.5), "fraction"), (lambda: S.depth(0.5, 0.2), "above lo"),
+                       (lambda: S.last(0), "positive"), (lambda: S.resid_pre(0, S.depth(0.5)), "not positions"),
+                       (lambda: list(S.depth(0.2, 0.4)), "resolve it"), (lambda: S.depth(0.5).of("x"), "number of layers")):
+        with pytest.raises(SiteError, match=match):
+            bad()
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: S.resid_pre(7, 0), "layer 7 out of range"),
     (lambda: S.resid_pre(0, 40), "position 40 out of range"),

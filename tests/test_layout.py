@@ -53,7 +53,7 @@ def test_moved_names_keep_their_objects():
 ORDER = ["errors", "jsonable", "display", "config", "measures", "data", "models", "field", "experiments", "lab",
          "claim", "reports", "cli"]
 # the pytest plugin's modules, bottom to top (pytest_fieldcheck/plugin.py's docstring says what each holds)
-PLUGIN_ORDER = ["options", "baselines", "common", "fixtures", "collection", "session", "shards", "worker",
+PLUGIN_ORDER = ["options", "baselines", "common", "timing", "fixtures", "expectations", "collection", "session", "shards", "worker",
                 "distributed", "outputs", "terminal", "plugin"]
 ROOTS = {"fieldcheck": PKG, "pytest_fieldcheck": PLUGIN}
 

@@ -408,9 +408,13 @@ def _position(ds, name, arg: str, default) -> torch.Tensor:
 
 
 def repeated_random_tokens(model, n: int, length: int, seed: int = 0) -> torch.Tensor:
-    """``[n, 1 + 2*length]`` (without BOS where the tokenizer has none): [BOS] r r, r random ids."""
+    """``[n, 1 + 2*length]``: [BOS] r r, r random ids; ``[n, 2*length]`` (no BOS) for a model whose
+    prompts start without one (``model.cfg.default_prepend_bos`` False, Qwen2.5) or whose tokenizer
+    has none: each model is fed what it was trained with."""
     tok = getattr(model, "tokenizer", None)
     bos = getattr(tok, "bos_token_id", None) if tok is not None else None
+    if not getattr(model.cfg, "default_prepend_bos", True):
+        bos = None
     d_vocab = model.cfg.d_vocab
     special = set(getattr(tok, "all_special_ids", []) or []) if tok is not None else set()
     g = torch.Generator().manual_seed(int(seed))

@@ -301,14 +301,16 @@ class FaithfulnessCurve:
 
 def faithfulness_curve(field, ds, scores=None, sizes=None, level: str = "edge", ablation: str = "corrupt",
                        metric="logit_diff", method: str = "eap-ig", steps: int = 5, seed: int = 0,
-                       eval_ds=None) -> FaithfulnessCurve:
+                       eval_ds=None, by: str = "abs") -> FaithfulnessCurve:
     """Faithfulness of the top-k parts of a ranking for each k in ``sizes``.
 
     scores: an :class:`~fieldcheck.experiments.discovery.EdgeScores` (default: computed on ``ds``
     with ``method``/``steps``/``ablation``). sizes: counts of parts, or fractions in (0, 1] of all
     parts (default MIB's 0.1%, 0.2%, 0.5%, 1%, 2%, 5%, 10%, 20%, 50%, 100%). level: "edge" or
     "node". eval_ds: the data set the circuits are evaluated on (default ``ds``); ``ds`` then only
-    gives the scores, and with precomputed ``scores`` it is not used at all."""
+    gives the scores, and with precomputed ``scores`` it is not used at all. by: "abs" ranks parts
+    by |score| (MIB's CMD ranking), "signed" from the most helpful part on (MIB's CPR ranking; see
+    :func:`fieldcheck.experiments.mib.mib_scores`)."""
     ablation = check_ablation(field, ablation)
     if level not in ("edge", "node"):
         raise UsageError(f"level must be 'edge' or 'node', got {level!r}")
@@ -325,7 +327,7 @@ def faithfulness_curve(field, ds, scores=None, sizes=None, level: str = "edge", 
         ks.append(k)
     ks = sorted(set(ks))
     ev = ds if eval_ds is None else eval_ds
-    circuits = [scores.top(k, level) for k in ks]
+    circuits = [scores.top(k, level, by) for k in ks]
     masks = [c.mask(scores.graph) for c in circuits]
     vals = _masks_metric(field, ev, masks + [np.zeros_like(masks[0])], ablation, metric, seed)
     return FaithfulnessCurve(sizes=np.array(ks), fractions=np.array(ks, dtype=float) / total, circuit=vals[:-1],

@@ -176,8 +176,6 @@ def _check_family(fm) -> None:
 
     why = ("runs through the generic hooked path (no per-block functions)" if fm is None or getattr(fm, "generic", False)
            else "has a parallel residual (the MLP reads resid_pre)" if getattr(fm, "parallel", False)
-           else "normalizes the attention output, so heads do not add up" if getattr(fm, "attn_post_norm", False)
-           else "has sliding windows or soft-capped attention" if getattr(fm, "_per_layer_attention", False)
            else None)
     if why is not None:
         raise UnsupportedArchitecture(f"edge-level circuits are not available for {getattr(fm, 'family', 'this model')}: "
@@ -195,24 +193,20 @@ def edge_graph(field) -> EdgeGraph:
 
 
 # --- sender values ---------------------------------------------------------------------------
-def _W_O(fm, l: int) -> torch.Tensor:
-    """``[heads, d_head, d_model]``: every head's slice of the output projection of block ``l``."""
-    return torch.stack([fm.W_O_head(l, h) for h in range(fm.n_heads)])
-
-
 def _o_bias(fm, l: int, like: torch.Tensor) -> torch.Tensor:
     """The output projection's bias ``[d_model]`` (zeros where there is none)."""
-    z = torch.zeros(1, 1, fm.n_heads, fm.d_head, dtype=like.dtype, device=like.device)
-    return fm.o_proj(l, z)[0, 0]
+    b = fm.o_bias(l)
+    return torch.zeros(fm.d_model, dtype=like.dtype, device=like.device) if b is None else b.to(like.dtype)
 
 
 def sender_values(fm, cache, idx: torch.Tensor) -> torch.Tensor:
-    """Every sender's output in a cached run, examples ``idx``: ``[sender, batch, pos, d_model]``."""
-    L, H = fm.n_layers, fm.n_heads
+    """Every sender's output in a cached run, examples ``idx``: ``[sender, batch, pos, d_model]``.
+    A head's output is its result ``z_h @ W_O[h]`` (before the post-norm of post-norm families)."""
+    L = fm.n_layers
     z = cache.z[:, idx]                  # [L, B, T, H, dh]
     out = [cache.resid[0][idx][None]]
     for l in range(L):
-        out.append(torch.einsum("bthe,hed->hbtd", z[l], _W_O(fm, l)))
+        out.append(fm.head_results(l, z[l]))
         out.append(fm.mlp(l, cache.mid[l][idx])[None])
     return torch.cat(out)
 
@@ -271,16 +265,29 @@ def derangement(n: int, seed: int) -> torch.Tensor:
 
 
 # --- the edge-ablated forward ----------------------------------------------------------------
-def _mix(x: torch.Tensor, xa: torch.Tensor, D: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+def _mix(x: torch.Tensor, xa: Optional[torch.Tensor], D: torch.Tensor, K: torch.Tensor,
+         post: Optional[list] = None) -> torch.Tensor:
     """Receiver inputs ``[R, B, T, d]`` for keep weights ``K [n, R]`` over the first n senders'
-    deltas ``D [n, B, T, d]``: ``xa + K^T D`` (= ``x - (1 - K)^T D``), whichever is cheaper."""
+    deltas ``D [n, B, T, d]``: ``xa + K^T D`` (= ``x - (1 - K)^T D``), whichever is cheaper.
+
+    ``post`` (post-norm families): ``(heads, y, Dr, norm)`` of each block upstream, whose head rows
+    of ``D`` are zero; a receiver that drops some of a block's heads reads that block's attention
+    output renormalized, ``norm(y - sum_h drop_h Dr_h)`` in place of ``norm(y)`` (``y`` the block's
+    pre-norm sum in this run, ``Dr`` its heads' results minus their ablated results)."""
     drop = 1 - K
     live_keep = K.any(1) if K.dtype == torch.bool else (K != 0).any(1)
     live_drop = (drop != 0).any(1)
-    if int(live_drop.sum()) <= int(live_keep.sum()):
+    if post or int(live_drop.sum()) <= int(live_keep.sum()):
         if not bool(live_drop.any()):
             return x[None].expand(K.shape[1], *x.shape)
-        return x[None] - torch.einsum("sr,sbtd->rbtd", drop[live_drop].to(x.dtype), D[live_drop])
+        out = x[None] - torch.einsum("sr,sbtd->rbtd", drop[live_drop].to(x.dtype), D[live_drop])
+        for heads, y, Dr, norm in post or ():
+            dh = drop[heads].to(x.dtype)                       # [H, R]
+            rows = (dh != 0).any(0)
+            if bool(rows.any()):
+                ymix = y[None] - torch.einsum("hr,hbtd->rbtd", dh[:, rows], Dr)
+                out[rows] += norm(ymix) - norm(y)[None]
+        return out
     if not bool(live_keep.any()):
         return xa[None].expand(K.shape[1], *xa.shape)
     return xa[None] + torch.einsum("sr,sbtd->rbtd", K[live_keep].to(x.dtype), D[live_keep])
@@ -329,7 +336,7 @@ def _heads_attend(fm, l: int, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torc
     rep = H // Hkv
     if q_in.shape[0] == 1:
         q, k, v = fm.qkv(l, q_in[0], 0)
-        return fm.attend(q, k, v, 0)
+        return fm.attend(q, k, v, 0, l)
     U, B, T, d = q_in.shape
     hs = torch.arange(H, device=q_in.device)
     fast = _per_head_qkv(fm, l, q_in, q_of, k_of, v_of)
@@ -344,12 +351,12 @@ def _heads_attend(fm, l: int, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torc
         ks = k[k_of, :, hs // rep].transpose(0, 1)     # [B, H, T, dh]: head h's own keys
         vs = v[v_of, :, hs // rep].transpose(0, 1)
     if rep == 1:
-        return fm.attend(qs, ks, vs, 0)
+        return fm.attend(qs, ks, vs, 0, l)
     # fm.attend shares each key/value head between `rep` query heads; give each of the rep
     # heads of a group its own keys in its own copy of the batch, and read back its column
     Kb = torch.cat([ks[:, r::rep] for r in range(rep)])   # [rep * B, Hkv, T, dh]
     Vb = torch.cat([vs[:, r::rep] for r in range(rep)])
-    zb = fm.attend(qs.repeat(rep, 1, 1, 1), Kb, Vb, 0).view(rep, B, T, H, -1)
+    zb = fm.attend(qs.repeat(rep, 1, 1, 1), Kb, Vb, 0, l).view(rep, B, T, H, -1)
     return zb[hs % rep, :, :, hs].permute(1, 2, 0, 3)      # [B, T, H, dh]
 
 
@@ -363,17 +370,26 @@ def edge_forward(fm, graph: EdgeGraph, x0: torch.Tensor, abl: torch.Tensor, keep
     input sender is always kept). ``hooks(kind, l, tensor)`` (gradient mode) is called
     with every receiver input tensor (kind "heads" ``[3H, B, T, d]``, "mlp" ``[B, T, d]``,
     "logits" ``[B, T, d]``) before it is used, so that a caller can register gradient hooks;
-    receiver inputs are then separate tensors even where they are equal.
+    receiver inputs are then separate tensors even where they are equal. In post-norm families
+    it is also called with each block's pre-norm attention sum (kind "attn_sum" ``[B, T, d]``).
+
+    Post-norm families (``fm.attn_post_norm``: attn_out = norm(sum_h z_h W_O[h] + b)): a receiver
+    that drops some of a block's heads reads ``norm`` of that block's sum with those heads' results
+    replaced by their ablated results (renormalized for that receiver, as MIB's evaluation of
+    Gemma 2 does). Keeping every edge is the model and keeping none is the ablation run, exactly;
+    ablating every edge out of one head is exactly patching that head's output.
     """
     L, H = fm.n_layers, fm.n_heads
     S = graph.n_senders
     B, T, d = x0.shape
     grad_mode = hooks is not None
+    post_norm = bool(getattr(fm, "attn_post_norm", False))
     if keep is None:
         keep = torch.ones(S, graph.n_receivers, dtype=x0.dtype, device=x0.device)
     keep = keep.to(x0.dtype) * torch.as_tensor(graph.adjacency, device=x0.device).to(x0.dtype)
     # D: current minus ablated output of each sender so far (not needed in gradient mode)
     D = None if grad_mode else torch.empty(S, B, T, d, dtype=x0.dtype, device=x0.device)
+    post: list = []      # post-norm blocks so far: (head sender slice, y, Dr, norm)
     x = x0
     xa = abl[0]
     if D is not None:
@@ -388,23 +404,37 @@ def edge_forward(fm, graph: EdgeGraph, x0: torch.Tensor, abl: torch.Tensor, keep
             z = _heads_attend(fm, l, inp, inp, inp, idx[0::3], idx[1::3], idx[2::3])
         else:
             Ku, inv = torch.unique(keep[:n, hr].T, dim=0, return_inverse=True)  # distinct receivers [U, n]
-            inp = _mix(x, xa, D[:n], Ku.T)                            # [U, B, T, d]
+            inp = _mix(x, xa, D[:n], Ku.T, post)                      # [U, B, T, d]
             z = _heads_attend(fm, l, inp, inp, inp, inv[0::3], inv[1::3], inv[2::3])
         hs = graph.head_senders(l)
         ms = graph.mlp_sender(l)
-        x_mid = x + fm.o_proj(l, z)
+        if post_norm:
+            res = fm.head_results(l, z)                              # [H, B, T, d], before the norm
+            if pos_keep is not None:  # a head's result outside its positions is its ablated result
+                P = pos_keep[hs, :, :, None].to(x.dtype)
+                res = abl[hs] + P * (res - abl[hs])
+            y = res.sum(0) + _o_bias(fm, l, x)
+            if grad_mode:
+                hooks("attn_sum", l, y)
+            x_mid = x + fm.attn_post(l, y)
+            if not grad_mode:
+                D[hs] = 0
+                post.append((hs, y, res - abl[hs], lambda v, l=l: fm.attn_post(l, v)))
+        else:
+            x_mid = x + fm.o_proj(l, z)
         if grad_mode:
             m_in = x_mid.clone()
             hooks("mlp", l, m_in)
             x = x_mid + fm.mlp(l, m_in)
             continue
-        D[hs] = torch.einsum("bthe,hed->hbtd", z, _W_O(fm, l)) - abl[hs]
-        if pos_keep is not None:  # ablated at the positions outside the node's: for every receiver
-            P = pos_keep[hs, :, :, None].to(x.dtype)
-            x_mid = x_mid - ((1 - P) * D[hs]).sum(0)
-            D[hs] = D[hs] * P
+        if not post_norm:
+            D[hs] = fm.head_results(l, z) - abl[hs]
+            if pos_keep is not None:  # ablated at the positions outside the node's: for every receiver
+                P = pos_keep[hs, :, :, None].to(x.dtype)
+                x_mid = x_mid - ((1 - P) * D[hs]).sum(0)
+                D[hs] = D[hs] * P
         xa_mid = xa + abl[hs].sum(0) + _o_bias(fm, l, x)
-        m_in = _mix(x_mid, xa_mid, D[:ms], keep[:ms, graph.mlp_receiver(l)][:, None])[0]
+        m_in = _mix(x_mid, xa_mid, D[:ms], keep[:ms, graph.mlp_receiver(l)][:, None], post)[0]
         m = fm.mlp(l, m_in)
         D[ms] = m - abl[ms]
         x = x_mid + m
@@ -417,4 +447,4 @@ def edge_forward(fm, graph: EdgeGraph, x0: torch.Tensor, abl: torch.Tensor, keep
         out = x.clone()
         hooks("logits", L, out)
         return out
-    return _mix(x, xa, D, keep[:, graph.logits][:, None])[0]
+    return _mix(x, xa, D, keep[:, graph.logits][:, None], post)[0]

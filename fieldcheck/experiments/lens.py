@@ -12,7 +12,10 @@ component, ``d . (w * P(c)) / s`` with ``d = W_U[answer] - W_U[wrong]``, plus a 
 ``"bias"`` term ``d . b + b_U[answer] - b_U[wrong]``. The terms add up to the run's logit
 difference (checked at run time). The scale is what the frozen convention hides: a component's
 term is not the change in the metric if the component were removed (removing it changes ``s``).
-``which="diff"`` gives clean minus corrupted terms, each run with its own scale, comparable to
+In post-norm families (Gemma 2/3, OLMo-2: attn_out = norm(sum of head results)) a head's term is
+its share of attn_out with the post-norm's scale frozen the same way (``fm.head_shares``), so the
+heads of a block add up to its attention output and ``L{l}.attn_bias`` holds only the bias's
+share. ``which="diff"`` gives clean minus corrupted terms, each run with its own scale, comparable to
 the denoising effects of patching.
 
 **Logit lens** (``logit_lens``). The cached residual ``phi(l, t)`` of every layer decoded
@@ -280,8 +283,9 @@ def _terms(field, cache, ds, metric_pos) -> tuple[list[str], torch.Tensor, torch
         z = cache.z[l][b, metric_pos]  # [batch, head, d_head]
         attn_total = cache.mid[l][b, metric_pos] - cache.resid[l][b, metric_pos]
         heads_sum = torch.zeros_like(attn_total, dtype=torch.float64)
+        shares = fm.head_shares(l, z[:, None])[:, :, 0]  # [head, batch, d_model]: they add up to attn_out
         for h in range(field.n_heads):
-            out_h = z[:, h].double() @ fm.W_O_head(l, h).double()
+            out_h = shares[h].double()
             heads_sum = heads_sum + out_h
             labels.append(f"L{l}.H{h}")
             rows.append(term(out_h))

@@ -35,9 +35,10 @@ reactions (step 1's receiver inputs are target inputs + direct sender deltas; st
 model from the receivers with their recomputed outputs).
 
 Families with a norm on the attention output (Gemma 2/3, OLMo-2: attn_out = norm(o_proj(z))): the
-heads of one block do not add up, so head senders of one block at one position are sent as one
-delta (exact), and a head sender whose block also holds receiver heads is exact only up to that
-coupling: its delta is taken against the target run's other heads.
+heads of one block do not add up, so the head senders of a block are sent together as one delta,
+computed in the path run itself: the block's output with the senders at their source values minus
+its output there (other heads of the block may be receivers that changed). Path patching into
+every downstream receiver then equals joint patching exactly, as in the other families.
 """
 from __future__ import annotations
 
@@ -230,12 +231,14 @@ class _Sender:
         self.heads = heads if heads is not None else [site.head]
         if site.kind == "attn_head" and len(self.heads) == 1:
             self.z_tgt = tgt.z[l][b, self.pos, site.head]             # [B, d_head]
-            self.delta = fm.head_out_delta(l, tgt.z[l][b, self.pos], site.head, src.z[l][b, self.pos, site.head])
+            self.z_src = src.z[l][b, self.pos, site.head]
+            self.delta = fm.head_out_delta(l, tgt.z[l][b, self.pos], site.head, self.z_src)
         elif site.kind == "attn_head":
             full = tgt.z[l][b, self.pos]                               # [B, heads, d_head]
             self.z_tgt = full[:, self.heads]                           # [B, k, d_head]
+            self.z_src = src.z[l][b, self.pos][:, self.heads]
             new = full.clone()
-            new[:, self.heads] = src.z[l][b, self.pos][:, self.heads]
+            new[:, self.heads] = self.z_src
             self.delta = fm.o_proj(l, new[:, None])[:, 0] - fm.o_proj(l, full[:, None])[:, 0]
         elif getattr(fm, "generic", False) and site.kind in ("attn_out", "mlp_out"):  # the hooked fallback
             self.z_tgt = tgt.z[l][b, self.pos]
@@ -243,7 +246,7 @@ class _Sender:
             self.delta = fm.site_value(src, site.kind, l, b, self.pos) - self.m_tgt
         elif site.kind == "attn_out":
             self.z_tgt = tgt.z[l][b, self.pos]                         # [B, heads, d_head]
-            zs = src.z[l][b, self.pos]
+            self.z_src = zs = src.z[l][b, self.pos]
             self.delta = fm.o_proj(l, zs[:, None])[:, 0] - fm.o_proj(l, self.z_tgt[:, None])[:, 0]
         else:  # mlp_out
             mlp_in = lambda c: fm.mlp_in(c.resid[l][b, self.pos], c.mid[l][b, self.pos])[:, None]
@@ -310,10 +313,22 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
                 z[bidx[:, None], s.pos[:, None], hh[None, :]] = s.z_tgt.to(z.dtype)
             elif s.layer == l and s.site.kind == "attn_out":
                 z[bidx, s.pos] = s.z_tgt.to(z.dtype)
-        x_mid = x + fm.o_proj(l, z)
+        attn = fm.o_proj(l, z)
+        x_mid = x + attn
         D_pre = D.clone() if fm.parallel else D  # a parallel MLP reads resid_pre: not this block's senders
-        for s in senders:
-            if s.layer == l and s.site.kind in ("attn_head", "attn_out"):
+        here = [s for s in senders if s.layer == l and s.site.kind in ("attn_head", "attn_out")]
+        if here and fm.attn_post_norm:
+            # the block's heads do not add up (attn_out = norm(sum)): the senders' delta is the block's
+            # output with their source values minus its output here, where other heads may have
+            # changed as receivers (exact: path patching into everything downstream = joint patching)
+            zs = z.clone()
+            for s in here:
+                hh = (torch.tensor(s.heads, device=z.device) if s.site.kind == "attn_head"
+                      else torch.arange(fm.n_heads, device=z.device))
+                zs[bidx[:, None], s.pos[:, None], hh[None, :]] = s.z_src.reshape(B, len(hh), -1).to(z.dtype)
+            D = D + (fm.o_proj(l, zs) - attn)
+        else:
+            for s in here:
                 s.add_to(D)
         D_mlp = fm.mlp_in(D_pre, D)
         if l in mlps and bool((D_mlp != 0).any()):

@@ -120,6 +120,40 @@ class FunctionalModel:
         (before the post-norm where ``attn_post_norm``; use ``head_out_delta`` for residual deltas)."""
         raise NotImplementedError
 
+    def o_bias(self, l: int) -> Optional[torch.Tensor]:
+        """``[d_model]``: the output projection's bias of block ``l`` (before any post-norm), or None."""
+        return None
+
+    def attn_post(self, l: int, y: torch.Tensor) -> torch.Tensor:
+        """attn_out from the output projection's result ``y [..., d_model]`` (the sum of the head
+        results and the bias): the post-attention norm where ``attn_post_norm``, else ``y``."""
+        return y
+
+    def head_results(self, l: int, z: torch.Tensor) -> torch.Tensor:
+        """``[head, row, pos, d_model]``: each head's output ``z_h @ W_O[h]`` for ``z [row, pos, head,
+        d_head]``, before any post-norm and without the bias. With ``o_bias`` they add up to the
+        output projection's result; ``attn_post`` of that is ``o_proj(l, z)``."""
+        W = torch.stack([self.W_O_head(l, h) for h in range(self.n_heads)])   # [head, d_head, d_model]
+        return torch.einsum("rthe,hed->hrtd", z, W.to(z.dtype))
+
+    def head_shares(self, l: int, z: torch.Tensor) -> torch.Tensor:
+        """``[head, row, pos, d_model]``: each head's additive share of ``attn_out``. Without a
+        post-norm these are ``head_results``. With one (an RMSNorm ``g * y / s(y)``, linear in ``y``
+        once its scale ``s`` is fixed) each head's result goes through the norm with the scale of the
+        whole block's ``y`` frozen: the shares add up (with the bias's share) to ``o_proj(l, z)``
+        exactly, and a share is not what removing the head would change (that changes ``s``)."""
+        r = self.head_results(l, z)
+        if not self.attn_post_norm:
+            return r
+        b = self.o_bias(l)
+        y = r.sum(0) + (b.to(r.dtype) if b is not None else 0)
+        return self.attn_post_scaled(l, r, y)
+
+    def attn_post_scaled(self, l: int, parts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``parts [..., row, pos, d_model]`` through block ``l``'s post-attention norm with the
+        scale of ``y [row, pos, d_model]`` frozen (the identity without a post-norm)."""
+        return parts
+
     # --- shared -----------------------------------------------------------------------
     def mlp_in(self, x_pre: torch.Tensor, x_mid: torch.Tensor) -> torch.Tensor:
         """The residual the MLP reads: resid_mid, or resid_pre with a parallel residual."""
@@ -263,6 +297,18 @@ class _Norm:
     @property
     def b(self) -> Optional[torch.Tensor]:
         return getattr(self.m, "bias", None)
+
+    def frozen(self, parts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``parts [..., *x.shape]`` (which add up to ``x``) through this RMSNorm with the scale of
+        ``x`` frozen: linear in the parts, and they add up to ``self(x)``."""
+        if self.layer or self.b is not None:
+            raise UnsupportedArchitecture("a frozen-scale split of a LayerNorm post-norm (centering and bias)")
+        dtype = x.dtype
+        inv = torch.rsqrt(x.to(_upcast(dtype)).pow(2).mean(-1, keepdim=True) + self.eps)
+        w = self.w.to(inv.dtype)
+        gain = (1.0 + w) if self.offset else w
+        out = parts.to(inv.dtype) * inv
+        return (out * gain if self.gain_in_float else (out.to(dtype) * self.w)).to(dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.layer:
@@ -516,6 +562,17 @@ class DecoderFunctional(FunctionalModel):
         W = self.blocks[l]["o"][0]  # [d_model, n_heads*d_head]
         return W[:, h * self.d_head:(h + 1) * self.d_head].T
 
+    def o_bias(self, l):
+        return self.blocks[l]["o"][1]
+
+    def attn_post(self, l, y):
+        post = self.blocks[l]["post_attn"]
+        return y if post is None else post(y)
+
+    def attn_post_scaled(self, l, parts, y):
+        post = self.blocks[l]["post_attn"]
+        return parts if post is None else post.frozen(parts, y)
+
     def mlp(self, l, x_in):
         w = self.blocks[l]
         h = x_in if w["n2"] is None else w["n2"](x_in)
@@ -617,6 +674,9 @@ class GPT2Functional(FunctionalModel):
     def W_O_head(self, l, h):
         W = self.blocks[l]["o"][0]  # Conv1D: [in = n_heads*d_head, out = d_model]
         return W[h * self.d_head:(h + 1) * self.d_head, :]
+
+    def o_bias(self, l):
+        return self.blocks[l]["o"][1]
 
     def mlp(self, l, x_mid):
         w = self.blocks[l]

@@ -13,12 +13,15 @@ A site prints as its label (:mod:`fieldcheck.field.labels`: ``L20.resid_pre@END`
     mlp_out(layers, positions)        blocks.{l}.hook_mlp_out
 
 ``layers``/``heads``/``positions`` take an int, a range or list, ``"all"`` (or the builtin ``all``),
-and positions also a name. The constructors return a :class:`SiteSet`, resolved against a model
+and positions also a name. Layers can also be relative to the model's depth, resolved with the
+model: ``depth(0.85, 1)`` (the last 15%), ``depth(0.5)`` (the middle layer), ``last(3)``,
+``first(2)``, so that one claim runs on models of different depths. The constructors return a :class:`SiteSet`, resolved against a model
 and a data set by :meth:`SiteSet.resolve`, which raises :class:`SiteError` naming the valid range.
 """
 from __future__ import annotations
 
 import builtins
+import math
 from dataclasses import dataclass
 from typing import Iterable, Optional, Union
 
@@ -84,13 +87,85 @@ class Site:
         return 4 * self.layer + 3  # mlp_out
 
 
+@dataclass(frozen=True)
+class Depth:
+    """Layers given relative to the model's depth, resolved when the model is known, so that one
+    claim file runs on models of different depths (an out-of-range layer is impossible).
+
+    ``depth(lo, hi)``: the layers ``l`` with ``lo <= l / n_layers < hi`` (``hi = 1`` includes
+    the last layer); ``depth(f)``: the one layer nearest to ``f * n_layers``; ``last(k)``: the
+    last ``k`` layers; ``first(k)``: the first ``k``. ``.of(n)`` gives the list of layer indices
+    for a model of ``n`` layers (or anything with ``n_layers``: a Field, ``model.cfg``)."""
+
+    lo: float
+    hi: Optional[float] = None
+    count: Optional[int] = None     # last(k) / first(k): k layers from the end (-k) or the start (+k)
+
+    def of(self, n_layers) -> list[int]:
+        L = _n_layers(n_layers)
+        if self.count is not None:
+            k = min(abs(self.count), L)
+            return list(range(L - k, L)) if self.count < 0 else list(range(k))
+        if self.hi is None:
+            return [min(L - 1, max(0, int(math.floor(self.lo * L + 0.5))))]
+        hi = math.inf if self.hi >= 1 else self.hi
+        return [l for l in range(L) if self.lo <= l / L < hi]
+
+    def __iter__(self):
+        raise SiteError(f"{self!r} is relative to the model's depth: resolve it with .of(n_layers) "
+                        "(or .of(field)) before iterating")
+
+    def __repr__(self) -> str:
+        if self.count is not None:
+            return f"last({-self.count})" if self.count < 0 else f"first({self.count})"
+        return f"depth({self.lo:g})" if self.hi is None else f"depth({self.lo:g}, {self.hi:g})"
+
+
+def _n_layers(x) -> int:
+    n = x if isinstance(x, int) and not isinstance(x, bool) else getattr(x, "n_layers", None)
+    if n is None:
+        n = getattr(getattr(x, "cfg", None), "n_layers", None)
+    if not isinstance(n, int) or n < 1:
+        raise SiteError(f"cannot read a number of layers from {type(x).__name__}: give an int, a Field or a model")
+    return n
+
+
+def depth(lo: float, hi: Optional[float] = None) -> Depth:
+    """Layers at a fraction of the model's depth: ``depth(0.85, 1)`` the last 15% of the layers,
+    ``depth(0.5)`` the middle layer (see :class:`Depth`)."""
+    for name, v in (("lo", lo), ("hi", hi)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
+            raise SiteError(f"depth({lo!r}, {hi!r}): {name} must be a fraction of the depth in [0, 1]")
+    if hi is not None and hi <= lo:
+        raise SiteError(f"depth({lo!r}, {hi!r}): hi must be above lo")
+    return Depth(float(lo), None if hi is None else float(hi))
+
+
+def last(k: int) -> Depth:
+    """The last ``k`` layers of the model (all of them when it has fewer)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise SiteError(f"last({k!r}): k must be a positive number of layers")
+    return Depth(0.0, None, -k)
+
+
+def first(k: int) -> Depth:
+    """The first ``k`` layers of the model (all of them when it has fewer)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise SiteError(f"first({k!r}): k must be a positive number of layers")
+    return Depth(0.0, None, k)
+
+
 def _is_all(x) -> bool:
     return x is builtins.all or (isinstance(x, str) and x == "all")
 
 
-def _as_list(x, what: str) -> Union[list, str]:
+def _as_list(x, what: str) -> Union[list, str, Depth]:
     if _is_all(x):
         return "all"
+    if isinstance(x, Depth):
+        if what != "layers":
+            raise SiteError(f"{what}={x!r}: depth(...), last(...) and first(...) give layers, not {what}")
+        return x
     if isinstance(x, (int, str)) and not isinstance(x, bool):
         return [x]
     if isinstance(x, (range, list, tuple)):
@@ -177,7 +252,8 @@ class SiteSet:
             if kind not in KINDS:
                 raise SiteError(f"unknown site kind {kind!r}; valid kinds: {', '.join(KINDS)}")
             max_layer = n_layers + 1 if kind == "resid_pre" else n_layers  # resid_pre(n_layers) = final residual
-            layers_ = list(range(n_layers)) if layers == "all" else layers
+            layers_ = list(range(n_layers)) if layers == "all" else layers.of(n_layers) \
+                if isinstance(layers, Depth) else layers
             for l in layers_:
                 if not isinstance(l, int) or isinstance(l, bool):
                     raise SiteError(f"layer {l!r} is not an int; layers are 0..{n_layers - 1}")

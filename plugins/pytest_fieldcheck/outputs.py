@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import baselines
+from . import timing as fixture_timing
 from .session import FieldcheckPlugin
 
 
@@ -30,33 +31,13 @@ def build(state: FieldcheckPlugin) -> dict:
         "started": datetime.fromtimestamp(state.started, timezone.utc).isoformat(timespec="seconds"),
         "finished": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(now - state.started, 3),
-        "claims": {k: round(v, 4) for k, v in sorted(state.durations.items())},
-        "files": file_times(state.phase_times, state.claims),
+        "claims": {k: round(v, 4) for k, v in sorted(state.durations.items()) if k in state.claims},
         "models": {k: v for k, v in sorted(state.load_times.items())},
     }
+    timing["files"], timing["session_fixtures"] = fixture_timing.by_file(state.config, state.durations,
+                                                                         state.claims)
     timing.update(state.extra_timing)
     return assemble(state.claims.values(), run, settings(state), timing=timing)
-
-
-def file_times(phase_times: dict, claims) -> dict:
-    """Seconds per test file that holds a claim: ``fixtures_s`` (setup and teardown of its tests: the
-    module fixtures that build data sets or score edges, and a model's load in the first file that
-    needs it), ``calls_s`` (the test bodies), ``total_s`` and ``claims`` (how many)."""
-    out: dict = {}
-    files = {nid.split("::", 1)[0] for nid in claims}
-    for nid, ph in phase_times.items():
-        f = nid.split("::", 1)[0]
-        if f not in files:
-            continue
-        row = out.setdefault(f, {"claims": 0, "fixtures_s": 0.0, "calls_s": 0.0, "total_s": 0.0})
-        row["fixtures_s"] += ph.get("setup", 0.0) + ph.get("teardown", 0.0)
-        row["calls_s"] += ph.get("call", 0.0)
-        row["claims"] += nid in claims
-    for row in out.values():
-        row["total_s"] = row["fixtures_s"] + row["calls_s"]
-        for k in ("fixtures_s", "calls_s", "total_s"):
-            row[k] = round(row[k], 4)
-    return dict(sorted(out.items()))
 
 
 def settings(state: FieldcheckPlugin):

@@ -8,7 +8,9 @@ ones listed before it:
     baselines   saved runs and the comparison rules
     common      what the others share: the state's lookup, the controller test, an item's
                 marker, model parameter and fixtures (imports no other part)
+    timing      fixture setup times, counted per claim file in the report and the summary
     fixtures    fc_model, field, fc_seed, fc_config and the fieldcheck marker
+    expectations  the fc_xfail_on marker (a strict xfail on some models only)
     collection  which tests are claims; their ClaimResults, outcomes and errors
     session     per-session state (models, fields, claims) and the settings it changes
     shards      --fc-shard K/N: this process runs one shard of the claim files
@@ -26,7 +28,7 @@ import json
 
 import pytest
 
-from . import collection, outputs, session, terminal
+from . import collection, expectations, outputs, session, terminal, timing
 from .common import get_state, is_controller
 from .distributed import RayDriver, check_ray_installed, get_driver
 from .shards import ShardSelector, get_selector
@@ -41,6 +43,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     session.configure(config)
+    expectations.register(config)
     opts = get_state(config).opts
     if opts.task is not None:
         config.pluginmanager.register(TaskRecorder(config, get_state(config)), "fieldcheck-task")
@@ -50,6 +53,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if opts.ray is not None:
         check_ray_installed()
         config.pluginmanager.register(RayDriver(get_state(config)), "fieldcheck-ray")
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    expectations.apply(items, config)
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -72,7 +79,13 @@ def pytest_runtest_call(item):
 def pytest_runtest_makereport(item, call):
     report = yield
     collection.attach_results(item, call, report)
+    timing.attach(item, call, report)
     return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    return (yield from timing.fixture_setup(fixturedef, request))
 
 
 @pytest.hookimpl(tryfirst=True)

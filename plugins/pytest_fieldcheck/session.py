@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import pytest
 
-from . import baselines
+from . import baselines, timing
 from .collection import collect
 from .common import STATE_NAME, is_controller, pinned_model, settings_module, uses_our_fixture
 from .options import Options, read_options, resolve_device, usage_error
@@ -151,6 +151,7 @@ class FieldcheckPlugin:
     def pytest_runtest_logreport(self, report) -> None:
         if is_controller(self.config):
             collect(self, report)
+            timing.collect(self.config, report)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:

@@ -46,6 +46,10 @@ def write_summary(terminalreporter, state: FieldcheckPlugin) -> None:
                           f"baseline ({', '.join(comp['rules'])}):", red=True, bold=True)
             for r in comp["regressions"]:
                 tr.write_line(f"  {r}", red=True)
+    from .timing import summary_lines
+
+    for line in summary_lines(rep.get("timing") or {}):
+        tr.write_line(line)
     for w in state.written:
         tr.write_line(f"fieldcheck {w}")
     for e in state.write_errors:
