@@ -227,7 +227,7 @@ def _group_delta(group, runs, deltas, ds, T, dev, direction) -> dict[str, torch.
     return out
 
 
-def _metric_rows(field, m, r, ds, x_final: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
+def metric_rows(field, m, r, ds, x_final: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
     ref = None
     if m.name == "kl":
         xc = r.clean.resid[-1][ex, r.metric_pos[ex]]
@@ -267,7 +267,7 @@ def _patch_lightcone(field, ds, r, groups, runs, deltas, direction, m, values, s
     if rows:
         x_final = engine.run(tgt, rows, metric_pos, progress=bar)
         ex = torch.tensor([b for _, b in slots], device=dev)
-        got = _metric_rows(field, m, r, ds, x_final, ex).double().cpu()
+        got = metric_rows(field, m, r, ds, x_final, ex).double().cpu()
         for (gi, b), v in zip(slots, got.tolist()):
             values[gi, b] = v
             skipped[gi, b] = False
@@ -290,7 +290,7 @@ def _patch_full(field, ds, r, groups, runs, deltas, direction, m, values, skippe
             edits = {h: (lambda dl: (lambda y, *rest: y + dl.to(y.dtype).reshape(y.shape)))(dl)
                      for h, dl in by_hook.items()}
             xf = forward_with(fm, tgt.resid[0], edits)
-            values[gi] = _metric_rows(field, m, r, ds, xf[ex, r.metric_pos], ex).double().cpu()
+            values[gi] = metric_rows(field, m, r, ds, xf[ex, r.metric_pos], ex).double().cpu()
             skipped[gi] = False
     return {"engine": "full forwards", "forwards": len(groups)}
 
@@ -338,7 +338,7 @@ def hook_gradients(field, ds, hooks: Sequence[str], direction: str, metric, meth
                     xf = forward_with(fm, leaf, {}, start=start)
                 else:
                     xf = forward_with(fm, tgt.resid[l], {h: lambda y, *rest: leaf.reshape(y.shape)}, start=start)
-                val = _metric_rows(field, m, r, ds, xf[ex, r.metric_pos], ex)
+                val = metric_rows(field, m, r, ds, xf[ex, r.metric_pos], ex)
                 (g,) = torch.autograd.grad(val.sum(), leaf)
             acc += g
         out[h] = acc / steps
