@@ -77,8 +77,8 @@ _MOVED = {
     "claim_result": "fieldcheck.claim.result",
 }
 # Subpackages and top-level modules reachable as attributes (fc.config, fc.field, ...).
-_SUBPACKAGES = {"errors", "jsonable", "display", "config", "cli", "data", "models", "field", "experiments", "claim",
-                "reports"}
+_SUBPACKAGES = {"errors", "jsonable", "display", "config", "cli", "data", "models", "field", "sae", "experiments",
+                "claim", "reports"}
 
 
 def _target(short: str) -> str:
@@ -122,7 +122,7 @@ def __getattr__(name: str):
         return importlib.import_module(f"fieldcheck.{name}")
     # assertions and criteria statistics are re-exported at top level
     for mod in ("fieldcheck.claim.assertions", "fieldcheck.claim.attention_assertions", "fieldcheck.claim.criteria",
-                "fieldcheck.claim.circuit_assertions"):
+                "fieldcheck.claim.circuit_assertions", "fieldcheck.claim.feature_assertions"):
         m = importlib.import_module(mod)
         if hasattr(m, name) and not name.startswith("_"):
             return getattr(m, name)

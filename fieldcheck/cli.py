@@ -6,6 +6,9 @@
                                     family and the engine that will run (light cone or hooks);
                                     FOLDERs: local HF model folders to describe too
     fieldcheck models path NAME     print the cache folder of an alias
+    fieldcheck sae train MODEL --hook HOOK | --example
+                                    train a TopK SAE offline, save it in SAELens's format
+    fieldcheck sae info DIR         describe a SAELens folder (fieldcheck.sae.command)
 
 Exit codes: 0 success, 1 a fieldcheck error (the message says what to do), 2 bad usage.
 """
@@ -122,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     path.add_argument("name")
     path.set_defaults(func=_cmd_path)
     models.set_defaults(func=None, _parser=models)
+
+    from fieldcheck.sae.command import add_parser as add_sae
+    add_sae(sub)
     return p
 
 

@@ -21,7 +21,7 @@ from fieldcheck.field.engine import Injection, LightConeEngine, Row, RunCache, r
 from fieldcheck.errors import DatasetError, ModelNotAvailable, NumericalError, PatchError, SourceError, UsageError
 from fieldcheck.field.metrics import Metric, as_metric
 from fieldcheck.field.results import PatchResult, dataset_hash_of
-from fieldcheck.field.sites import Site, SiteSet, as_site_set
+from fieldcheck.field.sites import FeatureSite, FeatureSiteSet, Site, SiteSet, as_site_set
 from fieldcheck.field.sources import Source, as_source, check_alpha, noise_for
 
 DIRECTIONS = ("denoise", "noise")
@@ -245,6 +245,9 @@ class Field:
         return sensitivity(self, ds, *args, **kw)
 
     def predict(self, ds, sites, *args, **kw):
+        if _is_feature_sites(sites):
+            from fieldcheck.experiments.features import predict_features
+            return predict_features(self, ds, sites, *args, **kw)
         from fieldcheck.experiments.response import predict
         return predict(self, ds, sites, *args, **kw)
 
@@ -283,7 +286,13 @@ class Field:
         """Patch each site (or all jointly) and read the metric at the metric position.
 
         Returns a PatchResult (a dict name -> PatchResult when several metrics are given).
+        Feature sites (``fieldcheck.sites.features(sae, ...)``) are patched as dictionary features
+        (``fieldcheck.experiments.features.patch_features``; sources "other", "zero", "mean", "steer").
         """
+        if _is_feature_sites(sites):
+            from fieldcheck.experiments.features import patch_features
+            return patch_features(self, ds, sites, direction=direction, source=source, alpha=alpha, jointly=jointly,
+                                  metric=metric, progress=progress)
         if direction not in DIRECTIONS:
             raise UsageError(f"direction must be 'denoise' (clean into corrupted: sufficiency) or 'noise' "
                              f"(corrupted into clean: necessity), got {direction!r}")
@@ -408,6 +417,41 @@ class Field:
     def discover_circuit(self, ds, k, level="edge", **kw):
         from fieldcheck.experiments.discovery import discover_circuit
         return discover_circuit(self, ds, k, level, **kw)
+
+    # --- dictionary features (fieldcheck.experiments.features, .feature_circuits, .feature_views) ---
+    def feature_activations(self, ds, sae, latents="all", which="clean"):
+        from fieldcheck.experiments.features import feature_activations
+        return feature_activations(self, ds, sae, latents, which)
+
+    def node_attribution(self, ds, saes, **kw):
+        from fieldcheck.experiments.feature_circuits import node_attribution
+        return node_attribution(self, ds, saes, **kw)
+
+    def feature_circuit(self, ds, saes, k=20, **kw):
+        from fieldcheck.experiments.feature_circuits import feature_circuit
+        return feature_circuit(self, ds, saes, k, **kw)
+
+    def evaluate_feature_circuit(self, ds, nodes, saes=None, **kw):
+        from fieldcheck.experiments.feature_circuits import evaluate_feature_circuit
+        return evaluate_feature_circuit(self, ds, nodes, saes, **kw)
+
+    def selectivity(self, sae, latent, on, off, position="max", threshold=0.0):
+        from fieldcheck.experiments.feature_views import selectivity
+        return selectivity(self, sae, latent, on, off, position, threshold)
+
+    def top_examples(self, sae, latents, texts, k=10, **kw):
+        from fieldcheck.experiments.feature_views import top_examples
+        return top_examples(self, sae, latents, texts, k, **kw)
+
+    def feature_dla(self, ds, sae, latents="all", **kw):
+        from fieldcheck.experiments.feature_views import feature_dla
+        return feature_dla(self, ds, sae, latents, **kw)
+
+
+def _is_feature_sites(sites) -> bool:
+    if isinstance(sites, FeatureSiteSet) or isinstance(sites, FeatureSite):
+        return True
+    return isinstance(sites, (list, tuple)) and bool(sites) and all(isinstance(s, FeatureSite) for s in sites)
 
 
 def _dedupe(sites: list[Site]) -> list[Site]:
