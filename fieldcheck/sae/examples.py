@@ -17,14 +17,23 @@ EXAMPLES = {
 
 
 def example(model, progress: bool = True, field=None):
-    """The example SAE of a built-in model (``model`` loaded by fieldcheck, or its alias's Field):
-    loaded from the cache, or trained once and cached."""
-    from fieldcheck.sae.train import train
+    """The example SAE of a built-in model (``model``: its alias, or the model loaded by fieldcheck):
+    loaded from the cache, or trained once and cached. Pass the alias to get the same SAE whatever
+    model a claim runs on (``--fc-baseline-model``: one SAE, applied to both models)."""
+    from fieldcheck.sae.saelens import CFG, load
+    from fieldcheck.sae.train import TrainConfig, cached_out, train
 
-    spec = str((getattr(model, "fieldcheck_info", {}) or {}).get("spec", ""))
+    spec = model if isinstance(model, str) else str((getattr(model, "fieldcheck_info", {}) or {}).get("spec", ""))
     if spec not in EXAMPLES:
         raise ModelNotAvailable(f"there is no example SAE for {spec or 'this model'}; example SAEs exist for "
                                 f"{', '.join(EXAMPLES)}. Train one with fieldcheck.sae.train(model, hook) or "
                                 "`fieldcheck sae train MODEL --hook ...`")
     kw = dict(EXAMPLES[spec])
-    return train(model, kw.pop("hook"), progress=progress, field=field, **kw)
+    hook = kw.pop("hook")
+    folder = cached_out(spec, TrainConfig(hook=hook, **kw))
+    if (folder / CFG).is_file():  # the same SAE whatever model it is applied to (gating a candidate)
+        return load(folder)
+    if isinstance(model, str):
+        from fieldcheck.models.loading import load_model
+        model = load_model(model)
+    return train(model, hook, progress=progress, field=field, **kw)

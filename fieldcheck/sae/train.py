@@ -136,8 +136,12 @@ class ActivationCache:
 
 def default_out(model, cfg: TrainConfig) -> Path:
     """Where a trained SAE is cached: ``$FIELDCHECK_HOME/sae/<model>/<hook>-topk-<d_sae>-k<k>-<hash>``."""
+    return cached_out(_model_id(model), cfg)
+
+
+def cached_out(model_id: str, cfg: TrainConfig) -> Path:
     h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    model_dir = _model_id(model).replace("/", "_").strip(".") or "model"
+    model_dir = str(model_id).replace("/", "_").strip(".") or "model"
     return fieldcheck_home() / "sae" / model_dir / f"{cfg.hook}-topk-{cfg.d_sae}-k{cfg.k}-{h}"
 
 

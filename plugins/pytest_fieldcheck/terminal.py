@@ -15,6 +15,8 @@ def write_summary(terminalreporter, state: FieldcheckPlugin) -> None:
         o = state.opts
         tr.write_line(f"alpha={o.alpha} correction={o.correction} decide={o.decide} seed={o.seed} "
                       f"model={o.model}")
+        for line in sae_lines(rep):
+            tr.write_line(line, yellow=True)
     after = rep["summary"]["failed_after_correction"]
     if after:
         fam = getattr(state.opts, "correction_family", "file")
@@ -84,3 +86,23 @@ def _families(rep: dict) -> str:
 def _n_p(rep: dict) -> int:
     return sum(1 for c in rep["claims"] for r in c["results"]
                if isinstance(r.get("p_value"), (int, float)) and not isinstance(r.get("p_value"), bool))
+
+
+def sae_lines(rep: dict) -> list[str]:
+    """One line per dictionary applied to a model other than the one it was trained on, with its
+    explained variance there (from the ClaimResults' ``details["sae"]``)."""
+    seen: dict = {}
+    for c in rep.get("claims", []):
+        for r in c.get("results", []):
+            for s in (r.get("details") or {}).get("sae") or []:
+                if s.get("other_model"):
+                    seen.setdefault((s.get("sae"), s.get("trained_on"), s.get("applied_to")), []).append(s)
+    out = []
+    for (name, trained, applied), rows in sorted(seen.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        ev = [x.get("explained_variance") for x in rows if x.get("explained_variance") is not None]
+        own = rows[0].get("explained_variance_trained")
+        there = f"explained variance {min(ev):.3f}" + (f"-{max(ev):.3f}" if len(ev) > 1 and max(ev) != min(ev) else "")
+        out.append(f"fieldcheck: SAE {name} was trained on {trained} and is applied to {applied}: {there} there"
+                   + (f" ({own:.3f} on {trained})" if isinstance(own, (int, float)) else "")
+                   + f"; {len(rows)} result(s) use it")
+    return out
