@@ -10,7 +10,8 @@
 - ``assert_selective(sel, rate_on > 0.8, rate_off < 0.2, mean_diff > 1, auroc > 0.9)``: a feature
   fires on one set of prompts and not on another (``field.selectivity``): rates with
   Clopper-Pearson intervals and exact binomial p-values, the difference of means with Welch's t
-  interval and test, the AUROC with DeLong's normal interval and test.
+  interval and test, the AUROC with DeLong's normal interval and test (under perfect separation,
+  where DeLong's variance is 0, Hanley and McNeil's variance half a discordant pair away).
 """
 from __future__ import annotations
 
@@ -135,6 +136,11 @@ def delong(on: np.ndarray, off: np.ndarray) -> tuple[float, float]:
     auc = float(cmp.mean())
     v10, v01 = cmp.mean(1), cmp.mean(0)
     var = (v10.var(ddof=1) / on.size if on.size > 1 else 0.0) + (v01.var(ddof=1) / off.size if off.size > 1 else 0.0)
+    if var <= 0:  # perfect (or no) separation: DeLong's variance is 0; take Hanley and McNeil's at half a pair away
+        n1, n0 = on.size, off.size
+        a = min(max(auc, 0.5 / (n1 * n0)), 1 - 0.5 / (n1 * n0))
+        q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+        var = (a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0)
     return auc, math.sqrt(max(var, 0.0))
 
 
