@@ -40,6 +40,8 @@ def _cmd_pull(args: argparse.Namespace) -> int:
           f"{manifest['weights_sha256'][:16]}..., {time.perf_counter() - t0:.1f} s)")
     if manifest.get("notes"):
         print(f"note: {manifest['notes']}")
+    if manifest.get("licence"):
+        print(f"licence: {manifest['licence']}")
     return 0
 
 
@@ -50,7 +52,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from fieldcheck.models.info import family_and_engine
     from fieldcheck.models.loading import folder_family
 
-    states = [cache_state(name) for name in sorted(ALIASES)]
+    states = [cache_state(name) for name in ALIASES]  # the default first
     folders = []
     for path in args.folders:
         found = folder_family(path)
@@ -111,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     msub = models.add_subparsers(dest="models_command", metavar="ACTION")
 
     pull = msub.add_parser("pull", help="fetch/convert/cache a model (alias or .gguf file)")
-    pull.add_argument("name", help="an alias (smollm2-135m) or a path to a .gguf file")
+    pull.add_argument("name", help="an alias (smollm2-135m, gemma3-270m, qwen2.5-coder-0.5b) or a path to a "
+                                   ".gguf file")
     pull.add_argument("--verify", action="store_true",
                       help="re-hash every cached file instead of trusting unchanged mtimes")
     pull.set_defaults(func=_cmd_pull)

