@@ -62,24 +62,25 @@ class FeatureRun:
 
     def delta_f(self, direction: str, source: str, alpha: float) -> torch.Tensor:
         """``f_new - f_tgt`` ``[batch, pos, d_sae]`` (times alpha)."""
-        tgt = self.f["corrupt" if direction == "denoise" else "clean"]
-        if source == "other":
-            return alpha * (self.f["clean" if direction == "denoise" else "corrupt"] - tgt)
-        if source == "zero":
-            return -alpha * tgt
-        if source == "mean":
-            return alpha * (tgt.mean(0, keepdim=True) - tgt)
-        return torch.full_like(tgt, alpha)  # steer
+        if source == "steer":
+            return torch.full_like(self.f["clean"], alpha)
+        return _source_delta(self.f, direction, source, alpha)
 
     def delta_err(self, direction: str, source: str, alpha: float) -> torch.Tensor:
-        tgt = self.err["corrupt" if direction == "denoise" else "clean"]
-        if source == "other":
-            return alpha * (self.err["clean" if direction == "denoise" else "corrupt"] - tgt)
-        if source == "zero":
-            return -alpha * tgt
-        if source == "mean":
-            return alpha * (tgt.mean(0, keepdim=True) - tgt)
-        raise SourceError("steering adds a decoder row; an error node has none (patch it with 'other', 'zero' or 'mean')")
+        if source == "steer":
+            raise SourceError("steering adds a decoder row; an error node has none (patch it with 'other', 'zero' or "
+                              "'mean')")
+        return _source_delta(self.err, direction, source, alpha)
+
+
+def _source_delta(vals: dict, direction: str, source: str, alpha: float) -> torch.Tensor:
+    """alpha x (new - target) for per-run values ``{"clean": ..., "corrupt": ...}`` ``[batch, pos, ...]``."""
+    tgt = vals["corrupt" if direction == "denoise" else "clean"]
+    if source == "other":
+        return alpha * (vals["clean" if direction == "denoise" else "corrupt"] - tgt)
+    if source == "zero":
+        return -alpha * tgt
+    return alpha * (tgt.mean(0, keepdim=True) - tgt)  # mean
 
 
 _RUNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
