@@ -71,7 +71,7 @@ def run_tl(model, ds):
 
 
 def run_fc(model, ds):
-    from fieldcheck.field.core import Field
+    from fieldcheck.lab import Field
     from fieldcheck.sites import resid_pre
 
     t0 = time.perf_counter()

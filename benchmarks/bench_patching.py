@@ -133,7 +133,7 @@ def fc_sites(kind, layers, positions, heads=None):
 
 
 def run_fc(model, ds, kind, layers, positions, heads=None, memory_budget=None):
-    from fieldcheck.field.core import Field
+    from fieldcheck.lab import Field
 
     field = Field(model) if memory_budget is None else Field(model, memory_budget=memory_budget)
     res = field.patch(ds, fc_sites(kind, layers, positions, heads), progress=False)
@@ -303,7 +303,7 @@ def main(argv=None):
 
     # workload 3: first-order prediction vs one clean + one corrupted forward
     if importlib.util.find_spec("fieldcheck.experiments.response") is not None and not os.environ.get("BENCH_SKIP_PREDICT"):
-        from fieldcheck.field.core import Field
+        from fieldcheck.lab import Field
         from fieldcheck.field.sites import resid_pre
 
         dev = next(iter(model.parameters())).device

@@ -1,15 +1,22 @@
 """fieldcheck: mechanistic-interpretability claims about language models as pytest tests.
 
-Layout (one subpackage per concept; each imports only from the ones above it):
+Layout (one subpackage or module per concept; each imports only from the ones above it, also
+inside functions: tests/test_layout.py checks it and that no import cycle exists):
 
-    errors, config          exceptions and session settings
+    errors, jsonable,       exceptions, plain-data helpers (JSON, numpy), notebook display,
+    display, config         session settings
+    measures                quantities both the experiments and the claim language compute (alpha*)
     data/                   contrastive data sets, the built-in generators, hypothesis strategies
     models/                 loading models (aliases, hub names, folders, GGUF) and tiny test models
-    field/                  the field: sites, sources, metrics, the Field facade, its engines
-    experiments/            response objects built on the field: predictions, Green functions,
-                            transfer, path patching
+    field/                  the field core (FieldCore: cached runs, patching), sites, sources,
+                            metrics, the light-cone engine and its per-family functional forwards
+    sae/                    SAEs and transcoders: SAELens's format, offline training, splicing
+    experiments/            experiments on the field core: predictions, Green functions, transfer,
+                            path patching, attention, DLA and the logit lens, circuits
+    lab                     fieldcheck.Field: the field core with every experiment as a method
     claim/                  the claim language: criteria, statistics, assertions, ClaimResult
-    reports/                the JSON report schema, baselines and the HTML report
+    reports/                the JSON report schema, the terminal table, the HTML report
+    cli                     the ``fieldcheck`` command
 
 The public API is imported lazily so that ``import fieldcheck`` (and pytest start-up through
 the plugin) stays fast: torch and transformer_lens load on first use. Public modules keep
@@ -38,14 +45,14 @@ _LAZY = {
     # data
     "ContrastiveSet": "fieldcheck.data.contrastive",
     # field
-    "Field": "fieldcheck.field.core",
+    "Field": "fieldcheck.lab",
     "PatchResult": "fieldcheck.field.results",
     # receivers for path patching
     "receiver_heads": "fieldcheck.experiments.paths",
     "receiver_mlps": "fieldcheck.experiments.paths",
     "downstream": "fieldcheck.experiments.paths",
     # circuits
-    "Circuit": "fieldcheck.experiments.circuits",
+    "Circuit": "fieldcheck.experiments.circuit_spec",
     # claims
     "ClaimResult": "fieldcheck.claim.result",
     "ClaimFailed": "fieldcheck.claim.result",
@@ -77,8 +84,11 @@ _MOVED = {
     "claim_result": "fieldcheck.claim.result",
 }
 # Subpackages and top-level modules reachable as attributes (fc.config, fc.field, ...).
-_SUBPACKAGES = {"errors", "jsonable", "display", "config", "cli", "data", "models", "field", "sae", "experiments",
-                "claim", "reports"}
+_SUBPACKAGES = {"errors", "jsonable", "display", "config", "measures", "cli", "data", "models", "field", "sae", "experiments",
+                "lab", "claim", "reports"}
+# Modules whose ``__all__`` is re-exported at top level (assertions, criteria statistics, errors).
+_FLAT = ("fieldcheck.claim.assertions", "fieldcheck.claim.attention_assertions", "fieldcheck.claim.criteria",
+         "fieldcheck.claim.circuit_assertions", "fieldcheck.claim.feature_assertions", "fieldcheck.errors")
 
 
 def _target(short: str) -> str:
@@ -120,10 +130,9 @@ def __getattr__(name: str):
         return importlib.import_module(_target(name))
     if name in _SUBPACKAGES:
         return importlib.import_module(f"fieldcheck.{name}")
-    # assertions and criteria statistics are re-exported at top level
-    for mod in ("fieldcheck.claim.assertions", "fieldcheck.claim.attention_assertions", "fieldcheck.claim.criteria",
-                "fieldcheck.claim.circuit_assertions", "fieldcheck.claim.feature_assertions"):
+    # assertions, criteria statistics and errors are re-exported at top level (their __all__)
+    for mod in _FLAT:
         m = importlib.import_module(mod)
-        if hasattr(m, name) and not name.startswith("_"):
+        if name in getattr(m, "__all__", ()):
             return getattr(m, name)
     raise AttributeError(f"module 'fieldcheck' has no attribute {name!r}")

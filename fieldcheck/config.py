@@ -123,6 +123,11 @@ def reset() -> None:
     _current.set(Settings())
 
 
+def restore(settings: Settings) -> None:
+    """Put back ``settings`` (a Settings object saved earlier with :func:`get`), unvalidated."""
+    _current.set(settings)
+
+
 @contextlib.contextmanager
 def override(**kw) -> Iterator[Settings]:
     """Change settings inside a ``with`` block: ``with override(alpha=0.01): ...``."""

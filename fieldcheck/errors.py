@@ -1,6 +1,10 @@
 """The error hierarchy. Every error a user can cause is a ``FieldcheckError`` whose
 message names the bad input and the fix; it is never a deep torch traceback."""
 
+__all__ = ["FieldcheckError", "BaselineError", "CriterionError", "DatasetError", "DeviceError", "InsufficientData",
+           "MemoryBudgetError", "MetricError", "ModelNotAvailable", "NumericalError", "PatchError", "SiteError",
+           "SourceError", "UsageError"]
+
 
 class FieldcheckError(Exception):
     """Base class of every error fieldcheck raises on purpose."""

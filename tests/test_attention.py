@@ -11,7 +11,7 @@ from fieldcheck.claim.result import ClaimFailed
 from fieldcheck.errors import DatasetError, SiteError, UsageError
 from fieldcheck.experiments.attention import (AttentionResult, HeadScores, detection_patterns,
                                               patterns_from_cache, repeated_random_tokens)
-from fieldcheck.field.core import Field
+from fieldcheck.lab import Field
 from fieldcheck.sites import attn_head, resid_pre
 from fieldcheck.testing import tiny_model
 

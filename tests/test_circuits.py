@@ -20,7 +20,7 @@ from fieldcheck.experiments.circuits import (Circuit, CircuitResult, Faithfulnes
                                              evaluate_circuit, faithfulness_curve, minimality)
 from fieldcheck.experiments.edges import EdgeGraph, derangement, edge_graph
 from fieldcheck.experiments.paths import receiver_heads, receiver_mlps
-from fieldcheck.field.core import Field
+from fieldcheck.lab import Field
 from fieldcheck.sites import attn_head, mlp_out, resid_pre
 from fieldcheck.testing import tiny_model
 
@@ -105,7 +105,7 @@ def test_resample_empty_circuit_is_the_other_examples_clean_run(setup):
     assert not (perm == torch.arange(ds.n)).any()
     b = torch.arange(ds.n)
     xf = r.clean.resid[-1][perm, r.metric_pos]  # the metric reads the other example's final residual
-    ref = f._metric(fc.metrics.as_metric("logit_diff"), r, xf, b).numpy()
+    ref = f.metric_on(fc.metrics.as_metric("logit_diff"), r, xf, b).numpy()
     np.testing.assert_allclose(res.empty, ref, atol=1e-10)
 
 

@@ -14,7 +14,7 @@ from fieldcheck.errors import UsageError
 from fieldcheck.experiments.circuits import Circuit, _masks_metric
 from fieldcheck.experiments.discovery import EdgeScores
 from fieldcheck.experiments.edges import edge_graph
-from fieldcheck.field.core import Field
+from fieldcheck.lab import Field
 from fieldcheck.testing import tiny_model
 
 from _circuits_helpers import tiny_gqa_llama

@@ -26,7 +26,7 @@ import torch
 
 from fieldcheck.datasets import ioi
 from fieldcheck.errors import MemoryBudgetError
-from fieldcheck.field.core import Field
+from fieldcheck.lab import Field
 from fieldcheck.sites import attn_head, attn_out, mlp_out, resid_mid, resid_post, resid_pre
 from fieldcheck.sources import gaussian
 from _reference import tl_logit_diff, vals

@@ -9,7 +9,7 @@ import torch
 
 from fieldcheck import datasets
 from fieldcheck.errors import SiteError
-from fieldcheck.field.core import Field
+from fieldcheck.lab import Field
 from fieldcheck.experiments.green import _forward_from
 from fieldcheck.sites import attn_head, resid_post, resid_pre
 from fieldcheck.testing import tiny_model
@@ -114,7 +114,7 @@ def test_propagate_matches_patching(gpt2_32):
     r = f.run(ds)
     b = torch.arange(ds.n)
     x = r.corrupt.resid[-1][b, r.metric_pos] + p1.response[b, -1, r.metric_pos]
-    got = f._metric(__import__("fieldcheck.metrics", fromlist=["as_metric"]).as_metric("logit_diff"), r, x, b)
+    got = f.metric_on(__import__("fieldcheck.metrics", fromlist=["as_metric"]).as_metric("logit_diff"), r, x, b)
     want = f.patch(ds, site).values[0]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
     # and the patched value itself: phi(l, t) becomes the clean run's

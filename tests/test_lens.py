@@ -11,7 +11,7 @@ from fieldcheck.claim.result import ClaimFailed
 from fieldcheck.errors import CriterionError, NumericalError, SiteError, UsageError
 from fieldcheck.experiments.lens import DirectAttribution, LogitLens, final_norm_affine
 from fieldcheck.field.arch import UnsupportedArchitecture, _raw
-from fieldcheck.field.core import Field
+from fieldcheck.lab import Field
 from fieldcheck.sites import attn_head, attn_out, mlp_out, resid_pre
 from fieldcheck.testing import tiny_model
 

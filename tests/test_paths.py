@@ -9,7 +9,7 @@ import torch
 
 from fieldcheck import datasets
 from fieldcheck.errors import SiteError
-from fieldcheck.field.core import Field
+from fieldcheck.lab import Field
 from fieldcheck.metrics import as_metric
 from fieldcheck.experiments.paths import FINAL, PathResult, downstream, receiver_heads, receiver_mlps
 from fieldcheck.sites import attn_head, attn_out, mlp_out, resid_pre

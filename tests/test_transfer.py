@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fieldcheck import datasets
-from fieldcheck.field.core import Field
+from fieldcheck.lab import Field
 from fieldcheck.sites import attn_head, resid_pre
 from fieldcheck.testing import tiny_model
 

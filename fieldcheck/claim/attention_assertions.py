@@ -18,8 +18,8 @@ from typing import Any, Optional
 import numpy as np
 
 from fieldcheck import config
-from fieldcheck.claim.assertions import (_MAX_PLOT, _MAX_SITES, AssertionInputError, _attr, _check_n,
-                                         _finite, _num, _ratio_stat, _result, _run, _settings, _table)
+from fieldcheck.claim.deciding import (MAX_PLOT, MAX_SITES, AssertionInputError, as_table, check_finite, check_n,
+                                       fmt_num, make_result, need_attr, ratio_stat, resolve_settings, run_criteria)
 from fieldcheck.claim.criteria import Criterion, first_layer, rank, share  # noqa: F401 (re-exported)
 from fieldcheck.claim.result import ClaimResult
 from fieldcheck.claim.statistics import Estimate, adjust_pvalues, bootstrap, clears, mean_test
@@ -34,7 +34,7 @@ def _per_row_means(assertion: str, table: np.ndarray, labels: list[str], c: Crit
     alpha, intersection-union) or any of S rows (each at alpha / S, bounds at 1 - alpha / S),
     as ``assert_effect`` does for sites."""
     S, n = table.shape
-    _check_n("signflip", n, c, s)
+    check_n("signflip", n, c, s)
     ests = [mean_test(table[i], alpha=s.alpha, n_boot=s.n_boot, method=s.method, rng=rng, op=c.op, bar=c.bar)
             for i in range(S)]
     p = [e.p_value for e in ests]
@@ -55,24 +55,24 @@ def _per_row_means(assertion: str, table: np.ndarray, labels: list[str], c: Crit
     finite_p = [x for x in p if x is not None]
     agg.p_value = ((max(finite_p) if require == "all" else min(1.0, S * min(finite_p)))
                    if (S > 1 and finite_p) else chosen.p_value)
-    res = _result(assertion, c, agg, s)
+    res = make_result(assertion, c, agg, s)
     res.passed = bool(all(row_pass) if require == "all" else any(row_pass))
     order = np.argsort(key, kind="stable")
     res.details.update({"n_rows": S, "require": require, "row": labels[pick],
                         "rows": [{"row": labels[i], "estimate": ests[i].estimate, "low": ests[i].low,
                                   "high": ests[i].high, "p_value": p[i], "p_holm": p_holm[i],
-                                  "passed": row_pass[i]} for i in order[:_MAX_SITES]]})
+                                  "passed": row_pass[i]} for i in order[:MAX_SITES]]})
     if S > 1:
         res.method += (f"; per row, {'every' if require == 'all' else 'any'} of {S} "
                        + ("(intersection-union: each at alpha)" if require == "all"
                           else f"(Bonferroni: each at alpha / {S})"))
     res.plot = plot if (plot is not None and S > 1) else {
-        "kind": "hist", "values": table[pick][:_MAX_PLOT].tolist(), "bar": c.bar, "estimate": chosen.estimate,
+        "kind": "hist", "values": table[pick][:MAX_PLOT].tolist(), "bar": c.bar, "estimate": chosen.estimate,
         "title": f"{labels[pick]}: per-example values"}
     if not res.passed:
         bad = [i for i in order if not row_pass[i]][:3]
         where = "" if S == 1 else "; worst: " + ", ".join(
-            f"{labels[i]} ({_num(ests[i].estimate)} [{_num(ests[i].low)}, {_num(ests[i].high)}])" for i in bad)
+            f"{labels[i]} ({fmt_num(ests[i].estimate)} [{fmt_num(ests[i].low)}, {fmt_num(ests[i].high)}])" for i in bad)
         res.message = res.summary() + (f" ({labels[pick]})" if S > 1 else "") + where
     return res
 
@@ -100,17 +100,22 @@ def assert_attends(att: Any, *criteria: Criterion, require: str = "all", alpha: 
     each head (``att.weights [head, batch]`` from ``field.attention``, or head scores from
     ``field.head_scores(...).of(kind, heads)``), decided per head like ``assert_effect``:
     ``require="all"`` (each head at alpha) or ``"any"`` (each at alpha / n_heads). The report draws the
-    layer x head heatmap of mean weights and the deciding head's per-example weights."""
+    layer x head heatmap of mean weights and the deciding head's per-example weights.
+
+    ``*criteria``: comparisons of the statistics above with a number. ``alpha``, ``level``, ``decide``,
+    ``n_boot``, ``method``: decision options (module doc). Returns one ClaimResult per criterion;
+    ClaimFailed if one fails.
+    """
     name = "assert_attends"
-    s = _settings(alpha, level, decide, n_boot, method)
+    s = resolve_settings(alpha, level, decide, n_boot, method)
     _check_require(name, require)
 
     def prepare():
-        W = _table(_attr(att, "weights", name, "an AttentionResult (field.attention)"), "weights", name)
+        W = as_table(need_attr(att, "weights", name, "an AttentionResult (field.attention)"), "weights", name)
         labels = list(getattr(att, "labels", None) or [f"head {i}" for i in range(W.shape[0])])
         if len(labels) != W.shape[0]:
             raise AssertionInputError(f"{name}: {len(labels)} labels for {W.shape[0]} heads")
-        _finite(W, "the attention weights", labels)
+        check_finite(W, "the attention weights", labels)
         return W, labels
 
     def one(c, data, rng):
@@ -120,7 +125,7 @@ def assert_attends(att: Any, *criteria: Criterion, require: str = "all", alpha: 
                             "which": getattr(att, "which", None)})
         return res
 
-    return _run(name, criteria, ("mean",), s, prepare, one)
+    return run_criteria(name, criteria, ("mean",), s, prepare, one)
 
 
 def assert_direct_effect(dla: Any, *criteria: Criterion, require: str = "all", alpha: Optional[float] = None,
@@ -131,19 +136,24 @@ def assert_direct_effect(dla: Any, *criteria: Criterion, require: str = "all", a
     ``mean > 0.5``: each component's mean direct term (per component, as ``assert_effect``);
     ``share > 0.5``: the components' terms together over the total logit difference, a ratio
     of means over examples with a bootstrap interval (the terms use the final-norm scale of the
-    run itself; see ``fieldcheck.experiments.lens``)."""
+    run itself; see ``fieldcheck.experiments.lens``).
+
+    ``*criteria``: comparisons of the statistics above with a number. ``alpha``, ``level``, ``decide``,
+    ``n_boot``, ``method``: decision options (module doc). Returns one ClaimResult per criterion;
+    ClaimFailed if one fails.
+    """
     name = "assert_direct_effect"
-    s = _settings(alpha, level, decide, n_boot, method)
+    s = resolve_settings(alpha, level, decide, n_boot, method)
     _check_require(name, require)
 
     def prepare():
-        V = _table(_attr(dla, "values", name, "a DirectAttribution (field.dla)"), "values", name)
-        tot = _table(_attr(dla, "total", name, "a DirectAttribution (field.dla)"), "total", name)[0]
+        V = as_table(need_attr(dla, "values", name, "a DirectAttribution (field.dla)"), "values", name)
+        tot = as_table(need_attr(dla, "total", name, "a DirectAttribution (field.dla)"), "total", name)[0]
         labels = list(getattr(dla, "labels", None) or [f"component {i}" for i in range(V.shape[0])])
         if tot.size != V.shape[1]:
             raise AssertionInputError(f"{name}: total has {tot.size} examples, values {V.shape[1]}")
-        _finite(V, "the direct terms", labels)
-        _finite(tot, "the total logit difference")
+        check_finite(V, "the direct terms", labels)
+        check_finite(tot, "the total logit difference")
         return V, tot, labels
 
     def one(c, data, rng):
@@ -151,25 +161,25 @@ def assert_direct_effect(dla: Any, *criteria: Criterion, require: str = "all", a
         n = V.shape[1]
         if c.name == "mean":
             return _per_row_means(name, V, labels, c, s, rng, require, _plot_of(dla))
-        _check_n("bootstrap", n, c, s)
+        check_n("bootstrap", n, c, s)
         if not abs(tot.mean()) > 1e-9 * (np.abs(tot).mean() or 1.0):
-            res = _result(name, c, Estimate(math.nan, math.nan, math.nan, n, "not computed", None,
+            res = make_result(name, c, Estimate(math.nan, math.nan, math.nan, n, "not computed", None,
                                             1 - 2 * s.alpha), s)
             res.passed = False
             res.message = f"share is undefined: the total logit difference is 0 on average ({tot.mean():.3g})"
             return res
-        est = bootstrap(_ratio_stat(V.sum(0), tot, n), n, alpha=s.alpha, n_boot=s.n_boot, method=s.method,
+        est = bootstrap(ratio_stat(V.sum(0), tot, n), n, alpha=s.alpha, n_boot=s.n_boot, method=s.method,
                         rng=rng, op=c.op, bar=c.bar)
-        est.details.update({"components": labels[:_MAX_SITES], "n_components": len(labels),
+        est.details.update({"components": labels[:MAX_SITES], "n_components": len(labels),
                             "mean_total": float(tot.mean()), "mean_terms": float(V.sum(0).mean()),
                             "which": getattr(dla, "which", None)})
-        res = _result(name, c, est, s)
+        res = make_result(name, c, est, s)
         res.plot = _plot_of(dla) or {
-            "kind": "hist", "values": (V.sum(0) / np.where(tot == 0, np.nan, tot))[:_MAX_PLOT].tolist(),
+            "kind": "hist", "values": (V.sum(0) / np.where(tot == 0, np.nan, tot))[:MAX_PLOT].tolist(),
             "bar": c.bar, "estimate": est.estimate, "title": "per-example share"}
         return res
 
-    return _run(name, criteria, ("mean", "share"), s, prepare, one)
+    return run_criteria(name, criteria, ("mean", "share"), s, prepare, one)
 
 
 def assert_readable(lens: Any, *criteria: Criterion, leads: str = "wrong", alpha: Optional[float] = None,
@@ -181,18 +191,23 @@ def assert_readable(lens: Any, *criteria: Criterion, leads: str = "wrong", alpha
     leads at every later layer (``leads="wrong"``: beats the wrong answer; ``"top1"``: is the top
     token; an example where it never leads counts as n_layers + 1); sign-flip test.
     ``rank(layer=26) <= 2``: the median rank of the answer (0 = top) at a layer (default -1, the
-    final residual); bootstrap percentile interval on the integer grid."""
+    final residual); bootstrap percentile interval on the integer grid.
+
+    ``*criteria``: comparisons of the statistics above with a number. ``alpha``, ``level``, ``decide``,
+    ``n_boot``, ``method``: decision options (module doc). Returns one ClaimResult per criterion;
+    ClaimFailed if one fails.
+    """
     name = "assert_readable"
-    s = _settings(alpha, level, decide, n_boot, method)
+    s = resolve_settings(alpha, level, decide, n_boot, method)
     if leads not in ("wrong", "top1"):
         raise CriterionError(f"{name}: leads={leads!r}; use 'wrong' or 'top1'")
 
     def prepare():
-        R = _table(_attr(lens, "rank", name, "a LogitLens (field.logit_lens)"), "rank", name)
+        R = as_table(need_attr(lens, "rank", name, "a LogitLens (field.logit_lens)"), "rank", name)
         first = getattr(lens, "first_layer", None)
         F = np.asarray(first(leads), dtype=float) if callable(first) else None
         labels = [f"layer {i}" for i in range(R.shape[0])]
-        _finite(R, "the answer ranks", labels)
+        check_finite(R, "the answer ranks", labels)
         return R, F
 
     def one(c, data, rng):
@@ -202,11 +217,11 @@ def assert_readable(lens: Any, *criteria: Criterion, leads: str = "wrong", alpha
         if c.name == "first_layer":
             if F is None:
                 raise AssertionInputError(f"{name}: first_layer needs a LogitLens (with .first_layer)")
-            _check_n("signflip", n, c, s)
+            check_n("signflip", n, c, s)
             est = mean_test(F, alpha=s.alpha, n_boot=s.n_boot, method=s.method, rng=rng, op=c.op, bar=c.bar)
             est.details.update({"leads": leads, "never": int((F > L1 - 1).sum()), "median": float(np.median(F))})
-            res = _result(name, c, est, s)
-            res.plot = plot or {"kind": "hist", "values": F[:_MAX_PLOT].tolist(), "bar": c.bar,
+            res = make_result(name, c, est, s)
+            res.plot = plot or {"kind": "hist", "values": F[:MAX_PLOT].tolist(), "bar": c.bar,
                                 "estimate": est.estimate, "xlabel": "first layer"}
             return res
         layer = c.statistic.param("layer")
@@ -214,13 +229,13 @@ def assert_readable(lens: Any, *criteria: Criterion, leads: str = "wrong", alpha
             raise CriterionError(f"{name}: rank(layer={layer!r}): the lens has layers 0..{L1 - 1} (or -1 for the "
                                  "final residual)")
         r = R[layer]
-        _check_n("discrete", n, c, s)
+        check_n("discrete", n, c, s)
         est = bootstrap(lambda idx: np.median(r[idx], axis=-1), n, alpha=s.alpha, n_boot=s.n_boot,
                         method=s.method, rng=rng, op=c.op, bar=c.bar, discrete=True)
         est.details.update({"layer": layer % L1, "mean_rank": float(r.mean()), "top1_share": float((r == 0).mean())})
-        res = _result(name, c, est, s)
-        res.plot = plot or {"kind": "hist", "values": r[:_MAX_PLOT].tolist(), "bar": c.bar,
+        res = make_result(name, c, est, s)
+        res.plot = plot or {"kind": "hist", "values": r[:MAX_PLOT].tolist(), "bar": c.bar,
                             "estimate": est.estimate, "xlabel": f"answer rank at layer {layer % L1}"}
         return res
 
-    return _run(name, criteria, ("first_layer", "rank"), s, prepare, one)
+    return run_criteria(name, criteria, ("first_layer", "rank"), s, prepare, one)

@@ -17,8 +17,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from fieldcheck.claim.assertions import (AssertionInputError, _attr, _check_n, _finite, _result, _run,
-                                         _settings, _table, _vector)
+from fieldcheck.claim.deciding import (AssertionInputError, as_table, as_vector, check_finite, check_n, make_result,
+                                       need_attr, resolve_settings, run_criteria)
 from fieldcheck.claim.criteria import Criterion
 from fieldcheck.claim.result import ClaimResult
 from fieldcheck.claim.statistics import Estimate, bootstrap, resample_weights
@@ -32,7 +32,7 @@ def _trapezoid(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _undefined(name: str, c: Criterion, s, n: int, gap: float) -> ClaimResult:
-    res = _result(name, c, Estimate(math.nan, math.nan, math.nan, n, "not computed"), s)
+    res = make_result(name, c, Estimate(math.nan, math.nan, math.nan, n, "not computed"), s)
     res.passed = False
     res.message = (f"{c.statistic} is undefined: the full model and the empty circuit score the same on "
                    f"average (mean gap {gap:.3g})")
@@ -49,19 +49,23 @@ def assert_faithfulness_curve(curve: Any, *criteria: Criterion, alpha: Optional[
     """The top-k circuits of a ranking are faithful over sizes: ``area > 0.5`` (area under
     faithfulness over the share of edges, from 0 to the largest size measured) or ``cmd < 0.3``
     (area under |1 - faithfulness|). ``curve``: a FaithfulnessCurve (``.fractions [k]``,
-    ``.circuit [k, batch]``, ``.full``, ``.empty [batch]``); bootstrap over the examples."""
+    ``.circuit [k, batch]``, ``.full``, ``.empty [batch]``); bootstrap over the examples.
+
+    ``*criteria``: comparisons of the statistics above with a number. ``alpha``, ``level``, ``decide``,
+    ``n_boot``, ``method``: decision options (module doc). Returns one ClaimResult per criterion;
+    ClaimFailed if one fails.
+    """
     name = "assert_faithfulness_curve"
-    s = _settings(alpha, level, decide, n_boot, method)
+    s = resolve_settings(alpha, level, decide, n_boot, method)
 
     def prepare():
-        fr = _finite(np.asarray(_attr(curve, "fractions", name, "a FaithfulnessCurve"), dtype=float).ravel(),
+        fr = check_finite(np.asarray(need_attr(curve, "fractions", name, "a FaithfulnessCurve"), dtype=float).ravel(),
                      "the fractions")
-        circ = _finite(_table(_attr(curve, "circuit", name, "a FaithfulnessCurve"), "circuit", name),
-                       "the circuit metrics")
-        full = _finite(_vector(_attr(curve, "full", name, "a FaithfulnessCurve"), "full", name, circ.shape[1]),
-                       "the full metric")
-        empty = _finite(_vector(_attr(curve, "empty", name, "a FaithfulnessCurve"), "empty", name, circ.shape[1]),
-                        "the empty metric")
+        what = "a FaithfulnessCurve"
+        circ = check_finite(as_table(need_attr(curve, "circuit", name, what), "circuit", name), "the circuit metrics")
+        n = circ.shape[1]
+        full = check_finite(as_vector(need_attr(curve, "full", name, what), "full", name, n), "the full metric")
+        empty = check_finite(as_vector(need_attr(curve, "empty", name, what), "empty", name, n), "the empty metric")
         if circ.shape[0] != fr.size or (fr.size > 1 and np.any(np.diff(fr) <= 0)) or fr.min() <= 0:
             raise AssertionInputError(f"{name}: fractions must be increasing, > 0, one per row of circuit "
                                       f"(got {fr.size} fractions, {circ.shape[0]} rows)")
@@ -70,7 +74,7 @@ def assert_faithfulness_curve(curve: Any, *criteria: Criterion, alpha: Optional[
     def one(c: Criterion, d, rng) -> ClaimResult:
         fr, circ, full, empty = d
         n = full.size
-        _check_n("bootstrap", n, c, s)
+        check_n("bootstrap", n, c, s)
         den = full - empty
         if not _gap_ok(den, full, empty):
             return _undefined(name, c, s, n, float(den.mean()))
@@ -90,9 +94,9 @@ def assert_faithfulness_curve(curve: Any, *criteria: Criterion, alpha: Optional[
         est.details.update({"fractions": fr.tolist(), "faithfulness": f_hat.tolist()})
         plot = {"kind": "line", "x": fr.tolist(), "y": f_hat.tolist(), "xlabel": "share of edges",
                 "ylabel": "faithfulness"}
-        return _result(name, c, est, s, plot=plot)
+        return make_result(name, c, est, s, plot=plot)
 
-    return _run(name, criteria, ("area", "cmd"), s, prepare, one)
+    return run_criteria(name, criteria, ("area", "cmd"), s, prepare, one)
 
 
 def assert_minimal(minimality: Any, *criteria: Criterion, alpha: Optional[float] = None,
@@ -102,24 +106,29 @@ def assert_minimal(minimality: Any, *criteria: Criterion, alpha: Optional[float]
     sum(circuit - circuit without the part) / sum(full - empty). ``minimality``: a Minimality
     (``.without [parts, batch]``, ``.circuit``, ``.full``, ``.empty [batch]``,
     ``.parts``); bootstrap over the examples (every part resampled together, the minimum taken
-    in each resample)."""
+    in each resample).
+
+    ``*criteria``: comparisons of the statistics above with a number. ``alpha``, ``level``, ``decide``,
+    ``n_boot``, ``method``: decision options (module doc). Returns one ClaimResult per criterion;
+    ClaimFailed if one fails.
+    """
     name = "assert_minimal"
-    s = _settings(alpha, level, decide, n_boot, method)
+    s = resolve_settings(alpha, level, decide, n_boot, method)
 
     def prepare():
-        wo = _finite(_table(_attr(minimality, "without", name, "a Minimality (field.minimality)"), "without", name),
-                     "the metric without a part")
+        wo = check_finite(as_table(need_attr(minimality, "without", name, "a Minimality (field.minimality)"),
+                                   "without", name), "the metric without a part")
         n = wo.shape[1]
         got = {"without": wo}
         for attr in ("circuit", "full", "empty"):
-            got[attr] = _finite(_vector(_attr(minimality, attr, name, "a Minimality"), attr, name, n),
+            got[attr] = check_finite(as_vector(need_attr(minimality, attr, name, "a Minimality"), attr, name, n),
                                 f"the {attr} metric")
         got["parts"] = [str(p) for p in getattr(minimality, "parts", range(wo.shape[0]))]
         return got
 
     def one(c: Criterion, d, rng) -> ClaimResult:
         n = d["full"].size
-        _check_n("bootstrap", n, c, s)
+        check_n("bootstrap", n, c, s)
         den = d["full"] - d["empty"]
         if not _gap_ok(den, d["full"], d["empty"]):
             return _undefined(name, c, s, n, float(den.mean()))
@@ -135,6 +144,6 @@ def assert_minimal(minimality: Any, *criteria: Criterion, alpha: Optional[float]
         order = np.argsort(cost)
         est.details.update({"cheapest_parts": [(d["parts"][i], float(cost[i])) for i in order[:10]],
                             "n_parts": int(len(cost))})
-        return _result(name, c, est, s)
+        return make_result(name, c, est, s)
 
-    return _run(name, criteria, ("min_cost",), s, prepare, one)
+    return run_criteria(name, criteria, ("min_cost",), s, prepare, one)

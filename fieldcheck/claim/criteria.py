@@ -54,7 +54,9 @@ _OPS = {"__gt__": ">", "__ge__": ">=", "__lt__": "<", "__le__": "<="}
 
 class Statistic:
     """A named statistic, possibly with parameters; compare it with a number to get a
-    :class:`Criterion`."""
+    :class:`Criterion`. ``Statistic(name, **params)``: ``name`` one of ``STATISTICS``;
+    ``**params`` its parameters (``top_k_overlap(k=10)``, ``rank(layer=-1)``), passed to the
+    statistic when an assertion computes it (CriterionError for an unknown one)."""
 
     __slots__ = ("name", "params")
 
@@ -199,7 +201,8 @@ class Criterion:
 
 
 def stat(name: str, **params: Any) -> Statistic:
-    """The statistic called ``name`` (``stat("r2")``); CriterionError if there is none."""
+    """The statistic called ``name`` (``stat("r2")``); CriterionError if there is none.
+    ``**params``: its parameters, passed to :class:`Statistic` (``stat("top_k_overlap", k=10)``)."""
     return Statistic(name, **params)
 
 

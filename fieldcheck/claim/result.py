@@ -61,6 +61,8 @@ class ClaimResult:
     examples: Optional[dict[str, Any]] = None
 
     def summary(self) -> str:
+        """One line as the failure message prints it: ``recovered = 0.62 [0.55, 0.68] (90% CI, n=16), needs >
+        0.8: FAILED``."""
         lo_hi = ""
         if self.interval is not None:
             lo_hi = f" [{_fmt(self.interval[0])}, {_fmt(self.interval[1])}] ({round(self.level * 100)}% CI, n={self.n})"
@@ -72,6 +74,8 @@ class ClaimResult:
     __str__ = summary
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict of every field (the report schema's result entry: statistic, estimate, interval, op,
+        bar, passed, n, p-value, ...)."""
         d = asdict(self)
         d["interval"] = list(self.interval) if self.interval is not None else None
         return _jsonable(d)
@@ -109,6 +113,11 @@ def set_sink(sink: Optional[Callable[[ClaimResult], None]]) -> None:
     """Install (or remove, with None) the function that receives every recorded result."""
     global _sink
     _sink = sink
+
+
+def current_sink() -> Optional[Callable[[ClaimResult], None]]:
+    """The function that receives every recorded result now (None outside the plugin)."""
+    return _sink
 
 
 def record(result: ClaimResult) -> ClaimResult:

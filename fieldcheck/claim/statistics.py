@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from fieldcheck.errors import CriterionError, InsufficientData
+from fieldcheck.jsonable import to_numpy  # noqa: F401 (re-exported: fieldcheck.claim.statistics.to_numpy)
 
 #: fewest examples for a bootstrap confidence bound (below it the resampling distribution
 #: has too few distinct values for a 5% tail); a point decision needs 2.
@@ -39,19 +40,6 @@ OPS = (">", ">=", "<", "<=")
 
 
 # --- inputs --------------------------------------------------------------------------------
-def to_numpy(x: Any, dtype=np.float64) -> np.ndarray:
-    """A numpy array from a numpy array, torch tensor, list or scalar (copied to the CPU)."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor
-        x = x.detach().cpu()
-        if dtype is not None and hasattr(x, "double") and not str(x.dtype).endswith("bool"):
-            x = x.double()
-        x = x.numpy()
-    arr = np.asarray(x)
-    if dtype is not None:
-        arr = arr.astype(dtype, copy=False)
-    return arr
-
-
 def nonfinite(arr: np.ndarray) -> Optional[tuple[int, tuple[int, ...]]]:
     """None if every value is finite, else (how many are not, index of the first)."""
     bad = ~np.isfinite(arr)

@@ -429,11 +429,14 @@ def register(name: str, fn: Callable[..., ContrastiveSet]) -> None:
 
 
 def available() -> list[str]:
+    """The names of the built-in (and registered) data sets that ``load(name, model)`` builds, sorted."""
     return sorted(_REGISTRY)
 
 
 def load(name: str, model: Any, **kw: Any) -> ContrastiveSet:
-    """Build the built-in data set ``name`` (``"ioi"``, ``"factual_recall"``, ``"induction"``)."""
+    """Build the built-in data set ``name`` (``"ioi"``, ``"factual_recall"``, ``"induction"``, or one
+    registered with :func:`register`) for ``model``. ``**kw``: passed to that data set's generator
+    (e.g. ``n=16, seed=0``; an unknown keyword is a DatasetError). Returns a ContrastiveSet."""
     fn = _REGISTRY.get(name)
     if fn is None:
         raise DatasetError(f"unknown data set {name!r}: the built-ins are {available()} "

@@ -280,10 +280,12 @@ class ContrastiveSet:
     # -- basic properties -----------------------------------------------------------------
     @property
     def n(self) -> int:
+        """Number of examples (the ``batch`` axis of ``clean_tokens [batch, pos]``)."""
         return int(self.clean_tokens.shape[0])
 
     @property
     def seq_len(self) -> int:
+        """Number of tokens per prompt (the ``pos`` axis; clean and corrupted prompts have the same length)."""
         return int(self.clean_tokens.shape[1])
 
     def __len__(self) -> int:
@@ -291,6 +293,8 @@ class ContrastiveSet:
 
     @property
     def position_names(self) -> list[str]:
+        """The named positions of the set (``"END"`` always; ``"IO"``, ``"S1"``, ``"S2"`` for IOI, ...), usable
+        wherever a site or experiment takes a position."""
         return list(self.positions)
 
     def position(self, name: str | int) -> torch.Tensor:
@@ -446,6 +450,8 @@ class ContrastiveSet:
         os.replace(tmp, path)
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict: name, meta, n, seq_len, content hash, positions ``{name: [batch]}``, clean and
+        corrupted tokens ``[batch, pos]``, answers and wrong tokens ``[batch]`` and the records."""
         return {"name": self.name, "meta": self.meta, "n": self.n, "seq_len": self.seq_len,
                 "content_hash": self.content_hash(),
                 "positions": {k: v.tolist() for k, v in self.positions.items()},
@@ -455,6 +461,8 @@ class ContrastiveSet:
                 "records": self.to_records()}
 
     def summary(self) -> str:
+        """A readable summary: size, positions, hash, meta and the first three examples (clean and corrupted
+        prompt, answer, wrong token, first differing position)."""
         lines = [f"ContrastiveSet {self.name!r}: {self.n} examples x {self.seq_len} tokens, "
                  f"positions {sorted(self.positions)}, hash {self.content_hash()[:12]}"]
         if self.meta:
@@ -487,8 +495,15 @@ class ContrastiveSet:
                    example_meta: Sequence[Mapping[str, Any]] | None = None) -> "ContrastiveSet":
         """Build a set from parallel lists of prompts and answers.
 
-        ``positions`` maps a name to one int per example or to a single int for all; negative
-        ints count from the end. ``"END"`` is always added.
+        ``model``: the model whose tokenizer builds the tokens. ``clean``, ``corrupt``: the
+        prompts (one token length for all: see :meth:`split_by_length`). ``answers``, ``wrong``:
+        one-token strings (with their leading space, ``" Mary"``) or token ids. ``positions``
+        maps a name to one int per example or to a single int for all; the ints index the
+        *tokens*, which start with the BOS token where the model prepends one
+        (``model.cfg.default_prepend_bos``), so the first word is usually position 1; negative
+        ints count from the end. ``"END"`` (the last token, where the metric is read) is always
+        added. ``name``, ``meta``: shown in reports; ``example_meta``: one dict per example.
+        Returns a ContrastiveSet; DatasetError names the bad prompt or answer.
         """
         ex = _prepare(model, clean, corrupt, answers, wrong, positions, example_meta)
         lens = sorted({len(e["clean_ids"]) for e in ex})

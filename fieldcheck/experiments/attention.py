@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from fieldcheck.errors import DatasetError, SiteError, UsageError
+from fieldcheck.field.core import check_dataset
 from fieldcheck.display import pyplot
 from fieldcheck.jsonable import jsonable as _jsonable
 
@@ -54,7 +55,7 @@ def as_heads(heads: Any, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
     if isinstance(heads, Site) or isinstance(heads, SiteSet) or (
             isinstance(heads, (list, tuple)) and heads and all(isinstance(x, Site) for x in heads)):
         ss = as_site_set(heads)
-        names, max_pos = _position_hints(ss)
+        names, max_pos = ss.position_hints()
         sites = ss.resolve(n_layers, n_heads, max_pos + 1, names)
         bad = [s.label for s in sites if s.kind != "attn_head"]
         if bad:
@@ -63,24 +64,6 @@ def as_heads(heads: Any, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
         return list(dict.fromkeys((s.layer, s.head) for s in sites))
     raise SiteError(f"{heads!r} names no heads; use 'all', fieldcheck.sites.attn_head(layers, heads) "
                     "or a list of (layer, head) pairs")
-
-
-def _position_hints(ss) -> tuple[list[str], int]:
-    """Position names and the largest int position a site set mentions: the positions of the
-    sites do not matter here (attention reads its own query and key), so the set is resolved
-    against exactly those ("all" positions resolve over a one-token sequence)."""
-    names, max_pos = {"END"}, 0
-    specs = list(getattr(ss, "_specs", []))
-    if getattr(ss, "_sites", None) is not None:
-        specs.append(("sites", ss._sites))
-    for spec in specs:
-        pos = [s.pos for s in spec[1]] if spec[0] == "sites" else (spec[2] if isinstance(spec[2], list) else [])
-        for p in pos:
-            if isinstance(p, str):
-                names.add(p)
-            else:
-                max_pos = max(max_pos, int(p) if int(p) >= 0 else -int(p) - 1)
-    return sorted(names), max_pos
 
 
 def head_label(l: int, h: int) -> str:
@@ -151,10 +134,12 @@ class AttentionResult:
 
     @property
     def labels(self) -> list[str]:
+        """Head labels ``"L{layer}.H{head}"``, one per row of ``weights``."""
         return [head_label(l, h) for l, h in self.heads]
 
     @property
     def n(self) -> int:
+        """Number of examples (the ``batch`` axis of ``weights``)."""
         return self.weights.shape[1]
 
     @property
@@ -237,6 +222,8 @@ class AttentionResult:
         return fig
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: heads, labels, ``weights [head, batch]``, mean, query, key, their positions
+        ``[batch]``, which run, data set, method and cost (without the full patterns)."""
         return _jsonable({"heads": [list(h) for h in self.heads], "labels": self.labels,
                           "weights": self.weights, "mean": self.mean, "query": self.query, "key": self.key,
                           "which": self.which, "dataset": self.dataset, "method": self.method,
@@ -275,10 +262,12 @@ class HeadScores:
 
     @property
     def n_layers(self) -> int:
+        """Number of layers scored (the first axis of each ``scores[kind]``)."""
         return next(iter(self.scores.values())).shape[0]
 
     @property
     def n_heads(self) -> int:
+        """Number of heads per layer (the second axis of each ``scores[kind]``)."""
         return next(iter(self.scores.values())).shape[1]
 
     def mean(self, kind: str) -> np.ndarray:
@@ -291,11 +280,16 @@ class HeadScores:
         return self.scores[kind]
 
     def top(self, kind: str, k: int = 5) -> list[tuple[int, int]]:
+        """The ``k`` heads (default 5) with the largest mean ``kind`` score ("previous_token", "duplicate_token"
+        or "induction"), as ``(layer, head)`` tuples, best first."""
         m = self.mean(kind)
         flat = np.argsort(-m.ravel(), kind="stable")[:k]
         return [tuple(int(x) for x in np.unravel_index(i, m.shape)) for i in flat]
 
     def of(self, kind: str, heads="all") -> AttentionResult:
+        """The ``kind`` scores of ``heads`` ("all", an attn_head site set, Sites or (layer, head) pairs) as an
+        :class:`AttentionResult` with ``weights [head, batch]``, for
+        ``fc.assert_attends(scores.of("induction", [(5, 1)]), mean > 0.5)``."""
         s = self._get(kind)
         hs = as_heads(heads, self.n_layers, self.n_heads)
         w = np.stack([s[l, h] for l, h in hs])
@@ -307,10 +301,13 @@ class HeadScores:
                                method=f"{self.method}; normalize={self.normalize}", cost=dict(self.cost))
 
     def plot_data(self, kind: str) -> dict:
+        """A JSON-able heatmap dict (layer x head mean ``kind`` score) for the HTML report."""
         return {"kind": "heatmap", "z": self.mean(kind).tolist(), "xlabel": "head", "ylabel": "layer",
                 "title": f"{kind} score"}
 
     def heatmap(self, kind: str = "induction", ax=None):
+        """Layer x head heatmap of the mean ``kind`` score (default "induction") on ``ax`` (a new figure when
+        None); returns the matplotlib Figure."""
         plt = pyplot()
         g = self.mean(kind)
         if ax is None:
@@ -328,6 +325,8 @@ class HeadScores:
     plot = heatmap
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: sequence length, normalization, method, number of sequences, the mean ``[layer,
+        head]`` score of each kind, and cost."""
         return _jsonable({"length": self.length, "normalize": self.normalize, "method": self.method,
                           "n": int(self.tokens.shape[0]),
                           "mean": {k: self.mean(k) for k in self.scores}, "cost": self.cost})
@@ -352,11 +351,9 @@ class HeadScores:
 def attention(field, ds, heads="all", query: Any = "END", key: Any = "IO", which: str = "clean",
               engine: Optional[str] = None) -> AttentionResult:
     """Attention weight from ``query`` to ``key`` (position names of ``ds`` or ints) for each head."""
-    from fieldcheck.field.core import _check_ds
-
     if which not in ("clean", "corrupt"):
         raise UsageError(f"which must be 'clean' or 'corrupt', got {which!r}")
-    _check_ds(ds, field.model)
+    check_dataset(ds, field.model)
     t0 = time.perf_counter()
     hs = as_heads(heads, field.n_layers, field.n_heads)
     qpos = ds.position(query).to(field.device)
@@ -440,7 +437,7 @@ def head_scores(field, n: int = 8, length: int = 20, seed: int = 0, kinds: Seque
     engine = engine or ("lightcone" if field.fm is not None and not getattr(field.fm, "generic", False) else "hooks")
     dev_toks = toks.to(field.device)
     if engine == "lightcone":
-        cache = run_cache(field._need_fm(), dev_toks)
+        cache = run_cache(field.require_functional(), dev_toks)
         pats = ((l, patterns_from_cache(field.fm, cache.resid[l], cache.k[l], l)) for l in range(L))
         how = "one functional forward"
     else:

@@ -32,137 +32,15 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from fieldcheck.errors import SiteError, UsageError
-from fieldcheck.experiments.edges import ABLATIONS, EdgeGraph, ablation_values, edge_forward, edge_graph
+from fieldcheck.errors import UsageError
+from fieldcheck.experiments.circuit_spec import Circuit, check_ablation, example_chunks, as_circuit  # noqa: F401 (Circuit re-exported)
+from fieldcheck.experiments.discovery import edge_scores
+from fieldcheck.experiments.edges import ablation_values, edge_forward, edge_graph
 from fieldcheck.field.metrics import as_metric
-from fieldcheck.jsonable import jsonable
+from fieldcheck.jsonable import jsonable, to_numpy
 
 __all__ = ["Circuit", "CircuitResult", "FaithfulnessCurve", "Minimality", "evaluate_circuit",
            "faithfulness_curve", "minimality"]
-
-
-class Circuit:
-    """A circuit of ``edges`` (labels ``"sender->receiver"`` or (sender, receiver) pairs) or of
-    ``nodes`` (``"L3.H2"``, ``"MLP3"``). Give exactly one. ``scores`` (optional) holds the
-    attribution score of each part, in the order given (discovery fills it).
-
-    ``len(c)`` is the number of parts; ``c.without(part)`` the circuit without one part;
-    ``c.mask(graph)`` the kept edges as ``[n_senders, n_receivers]`` booleans."""
-
-    def __init__(self, edges: Optional[Sequence] = None, nodes: Optional[Sequence[str]] = None,
-                 scores: Optional[Sequence[float]] = None, name: str = ""):
-        if (edges is None) == (nodes is None):
-            raise UsageError("a Circuit takes edges=[...] or nodes=[...] (exactly one of them)")
-        if edges is not None:
-            parts = [e if isinstance(e, str) else f"{e[0]}->{e[1]}" for e in edges]
-            self.level = "edge"
-        else:
-            parts = [str(n) for n in nodes]
-            bad = [p for p in parts if "->" in p or p.split("@")[0].endswith((".q", ".k", ".v"))
-                   or p.startswith(("input@", "logits@"))]
-            if bad:
-                raise SiteError(f"node {bad[0]!r}: nodes are heads 'L{{layer}}.H{{head}}' and MLPs 'MLP{{layer}}'; "
-                                "for edges use Circuit(edges=[...])")
-            self.level = "node"
-        self.parts = tuple(dict.fromkeys(p.replace(" ", "") for p in parts))
-        self.scores = None if scores is None else tuple(float(s) for s in scores)
-        if self.scores is not None and len(self.scores) != len(self.parts):
-            raise UsageError(f"a Circuit got {len(self.scores)} scores for {len(self.parts)} parts")
-        self.name = name
-
-    @classmethod
-    def all_edges(cls, graph: EdgeGraph) -> "Circuit":
-        """Every edge of ``graph`` (the full model)."""
-        return cls(edges=[graph.edge_label(s, r) for s, r in graph.edges()], name="all edges")
-
-    @property
-    def edges(self) -> tuple[str, ...]:
-        return self.parts if self.level == "edge" else ()
-
-    @property
-    def nodes(self) -> tuple[str, ...]:
-        """The nodes of a node circuit; for an edge circuit the senders and receivers it touches."""
-        if self.level == "node":
-            return tuple(dict.fromkeys(p.split("@")[0] for p in self.parts))
-        out = []
-        for e in self.parts:
-            s, r = e.split("->", 1)
-            out += [s, r.rsplit(".", 1)[0] if r.endswith((".q", ".k", ".v")) else r]
-        return tuple(dict.fromkeys(out))
-
-    def mask(self, graph: EdgeGraph) -> np.ndarray:
-        """Kept edges ``[n_senders, n_receivers]`` (SiteError for a part the graph does not have)."""
-        if self.level == "node":
-            return graph.node_mask(self.nodes)
-        m = np.zeros(graph.adjacency.shape, dtype=bool)
-        for e in self.parts:
-            if "@" in e:
-                raise SiteError(f"edge {e!r}: edges are position-agnostic; keep a node at a position with "
-                                "Circuit(nodes=['L3.H2@END', ...])")
-            m[graph.edge_index(e)] = True
-        return m
-
-    @property
-    def positional(self) -> bool:
-        """Whether some node is kept only at some positions."""
-        return self.level == "node" and any("@" in p for p in self.parts)
-
-    def position_mask(self, graph: EdgeGraph, ds) -> Optional[torch.Tensor]:
-        """``[n_senders, batch, pos]``: 1 where a sender's output is kept (None without positional
-        nodes). A node named both with and without a position is kept everywhere."""
-        if not self.positional:
-            return None
-        P = torch.ones(graph.n_senders, ds.n, ds.seq_len)
-        at: dict[str, list] = {}
-        for p in self.parts:
-            node, _, pos = p.partition("@")
-            at.setdefault(node, []).append(pos or None)
-        b = torch.arange(ds.n)
-        for node, poss in at.items():
-            if None in poss:
-                continue
-            s = graph.sender_index(node)
-            P[s] = 0
-            for pos in poss:
-                name = int(pos) if pos.lstrip("-").isdigit() else pos
-                P[s, b, ds.position(name).cpu()] = 1
-        return P
-
-    def without(self, part: str) -> "Circuit":
-        if part not in self.parts:
-            raise SiteError(f"{part!r} is not part of this circuit")
-        keep = [p for p in self.parts if p != part]
-        return Circuit(**{("edges" if self.level == "edge" else "nodes"): keep}, name=self.name)
-
-    def __len__(self) -> int:
-        return len(self.parts)
-
-    def __iter__(self):
-        return iter(self.parts)
-
-    def __contains__(self, part) -> bool:
-        return part in self.parts
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Circuit) and self.level == other.level and set(self.parts) == set(other.parts)
-
-    def __hash__(self):
-        return hash((self.level, frozenset(self.parts)))
-
-    def __str__(self) -> str:
-        shown = ", ".join(self.parts[:8]) + (", ..." if len(self.parts) > 8 else "")
-        name = f" {self.name!r}" if self.name else ""
-        return f"Circuit{name}({len(self.parts)} {self.level}s: {shown})"
-
-    __repr__ = __str__
-
-    def to_dict(self) -> dict:
-        return {"level": self.level, "parts": list(self.parts), "name": self.name,
-                "scores": None if self.scores is None else list(self.scores)}
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().double().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=float)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> float:
@@ -191,17 +69,23 @@ class CircuitResult:
 
     @property
     def cpr(self) -> float:
+        """The circuit performance ratio sum(circuit - empty) / sum(full - empty) over the examples (MIB's
+        faithfulness; NaN when full equals empty)."""
         return _ratio(self.circuit - self.empty, self.full - self.empty)
 
     @property
     def cmd(self) -> float:
+        """The circuit-model difference |1 - cpr| (0 for a perfectly faithful circuit)."""
         return abs(1.0 - self.cpr)
 
     @property
     def n(self) -> int:
+        """Number of examples (the ``batch`` axis of the metrics)."""
         return int(self.full.size)
 
     def summary(self) -> str:
+        """A readable two-line summary: the circuit's size in parts and edges, the ablation, n, the mean metric
+        of the empty circuit, the circuit and the full model, cpr and cmd."""
         return (f"CircuitResult({self.spec.level} circuit of {len(self.spec)} parts = {self.n_edges} of "
                 f"{self.n_edges_total} edges, {self.ablation} ablation, n={self.n}, {self.metric})\n"
                 f"  mean metric: empty {self.empty.mean():.4g}, circuit {self.circuit.mean():.4g}, "
@@ -229,21 +113,12 @@ class CircuitResult:
         return rich_html(self, self.plot)
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: the circuit spec, per-example ``circuit``/``full``/``empty [batch]``, cpr, cmd,
+        ablation, metric, edge counts, data set and cost."""
         return jsonable({"circuit_spec": self.spec.to_dict(), "circuit": self.circuit, "full": self.full,
                          "empty": self.empty, "cpr": self.cpr, "cmd": self.cmd, "ablation": self.ablation,
                          "metric": self.metric, "n_edges": self.n_edges, "n_edges_total": self.n_edges_total,
                          "dataset": self.dataset, "cost": self.cost})
-
-
-def _check(field, ablation: str) -> None:
-    field._need_fm()
-    if ablation not in ABLATIONS:
-        raise UsageError(f"unknown ablation {ablation!r}; use one of {', '.join(ABLATIONS)}")
-
-
-def _chunks(n: int, size: int):
-    for c in range(0, n, size):
-        yield torch.arange(c, min(n, c + size))
 
 
 def _chunk_size(field, ds) -> int:
@@ -257,7 +132,7 @@ def _masks_metric(field, ds, masks: list, ablation: str, metric, seed: int = 0,
                   pos_masks: Optional[list] = None) -> np.ndarray:
     """The metric ``[len(masks), batch]`` with each keep mask ``[n_senders, n_receivers]`` (None: all)
     and, optionally, each sender position mask ``[n_senders, batch, pos]`` (None: every position)."""
-    fm = field._need_fm()
+    fm = field.require_functional()
     m = as_metric(metric)
     g = edge_graph(field)
     r = field.run(ds)
@@ -265,7 +140,7 @@ def _masks_metric(field, ds, masks: list, ablation: str, metric, seed: int = 0,
     out = torch.empty(len(masks), ds.n, dtype=torch.float64)
     with torch.no_grad():
         keeps = [None if k is None else torch.as_tensor(k, device=dev) for k in masks]
-        for idx in _chunks(ds.n, _chunk_size(field, ds)):
+        for idx in example_chunks(ds.n, _chunk_size(field, ds)):
             idx = idx.to(dev)
             abl = ablation_values(field, r, ablation, idx, seed)
             x0 = r.clean.resid[0][idx]
@@ -273,7 +148,7 @@ def _masks_metric(field, ds, masks: list, ablation: str, metric, seed: int = 0,
             for i, k in enumerate(keeps):
                 P = None if pos_masks is None or pos_masks[i] is None else pos_masks[i][:, idx.cpu()].to(dev)
                 xf = edge_forward(fm, g, x0, abl, k, pos_keep=P)
-                out[i, idx.cpu()] = field._metric(m, r, xf[torch.arange(len(idx), device=dev), pos], idx).double().cpu()
+                out[i, idx.cpu()] = field.metric_on(m, r, xf[torch.arange(len(idx), device=dev), pos], idx).double().cpu()
     return out.numpy()
 
 
@@ -285,29 +160,18 @@ def evaluate_circuit(field, ds, circuit: Union[Circuit, Sequence[str]], ablation
     else as nodes). ablation: "corrupt" (default), "mean", "zero" or "resample" (``seed`` picks
     the other example). Returns a :class:`CircuitResult` with ``circuit``, ``full`` and
     ``empty`` metrics ``[batch]``."""
-    _check(field, ablation)
+    check_ablation(field, ablation)
     c = as_circuit(circuit)
     g = edge_graph(field)
     t0 = time.perf_counter()
     mask = c.mask(g)
     vals = _masks_metric(field, ds, [mask, np.zeros_like(mask)], ablation, metric, seed,
                          pos_masks=[c.position_mask(g, ds), None])
-    full = _np(field.metric_values(ds, metric, "clean"))
+    full = to_numpy(field.metric_values(ds, metric, "clean"))
     return CircuitResult(spec=c, circuit=vals[0], full=full, empty=vals[1], ablation=ablation,
                          metric=as_metric(metric).name, n_edges=int(mask.sum()), n_edges_total=g.n_edges,
                          dataset=getattr(ds, "name", ""),
                          cost={"edge_forwards": 2, "seconds": time.perf_counter() - t0})
-
-
-def as_circuit(x) -> Circuit:
-    if isinstance(x, Circuit):
-        return x
-    if isinstance(x, (list, tuple)):
-        if x and all(isinstance(p, str) and "->" not in p for p in x):
-            return Circuit(nodes=list(x))
-        return Circuit(edges=list(x))
-    raise UsageError(f"{type(x).__name__} is not a circuit: give fieldcheck.Circuit(edges=[...]) or "
-                     "Circuit(nodes=[...]), or field.discover_circuit(ds, k=...)")
 
 
 # --- faithfulness over circuit sizes -----------------------------------------------------------------
@@ -340,11 +204,14 @@ class FaithfulnessCurve:
 
     @property
     def faithfulness(self) -> np.ndarray:
+        """``[n_sizes]`` faithfulness of each size: sum(circuit - empty) / sum(full - empty) over the examples
+        (NaN when full equals empty)."""
         den = float(np.sum(self.full - self.empty))
         return (self.circuit - self.empty[None]).sum(1) / den if den != 0 else np.full(len(self.sizes), np.nan)
 
     @property
     def n(self) -> int:
+        """Number of examples (the ``batch`` axis of the metrics)."""
         return int(self.full.size)
 
     @staticmethod
@@ -356,10 +223,14 @@ class FaithfulnessCurve:
 
     @property
     def area(self) -> float:
+        """Area under faithfulness over the share of parts kept, from 0 to the largest share measured
+        (trapezoids; MIB's CPR score)."""
         return self._areas(self.fractions, self.faithfulness)[0]
 
     @property
     def cmd_area(self) -> float:
+        """Area under |1 - faithfulness| over the share of parts kept (trapezoids; MIB's CMD score, lower is
+        better)."""
         return self._areas(self.fractions, self.faithfulness)[1]
 
     def smallest(self, bar: float = 0.8) -> Optional[int]:
@@ -379,6 +250,8 @@ class FaithfulnessCurve:
                              dataset=self.dataset)
 
     def summary(self) -> str:
+        """A readable summary: the ranking, ablation and n, faithfulness by size, area, cmd area and the smallest
+        size reaching 0.8."""
         rows = ", ".join(f"{int(k)}: {f:.3f}" for k, f in zip(self.sizes, self.faithfulness))
         s8 = self.smallest(0.8)
         return (f"FaithfulnessCurve({self.level}s ranked by {self.method or 'scores'}, {self.ablation} ablation, "
@@ -388,6 +261,9 @@ class FaithfulnessCurve:
     __str__ = __repr__ = summary
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: sizes, fractions, faithfulness ``[n_sizes]``, area, cmd_area, smallest size reaching
+        0.8, per-example metrics ``circuit [n_sizes, batch]`` and ``full``/``empty [batch]``, settings
+        and cost."""
         return jsonable({"sizes": self.sizes, "fractions": self.fractions, "faithfulness": self.faithfulness,
                          "area": self.area, "cmd_area": self.cmd_area, "smallest_0.8": self.smallest(0.8),
                          "circuit": self.circuit, "full": self.full, "empty": self.empty, "level": self.level,
@@ -420,8 +296,7 @@ def faithfulness_curve(field, ds, scores=None, sizes=None, level: str = "edge", 
     with ``method``/``steps``/``ablation``). sizes: counts of parts, or fractions in (0, 1] of all
     parts (default MIB's 0.1%, 0.2%, 0.5%, 1%, 2%, 5%, 10%, 20%, 50%, 100%). level: "edge" or
     "node". eval_ds: evaluate on another data set than the one the scores were computed on."""
-    from fieldcheck.experiments.discovery import edge_scores
-    _check(field, ablation)
+    check_ablation(field, ablation)
     if level not in ("edge", "node"):
         raise UsageError(f"level must be 'edge' or 'node', got {level!r}")
     t0 = time.perf_counter()
@@ -441,7 +316,7 @@ def faithfulness_curve(field, ds, scores=None, sizes=None, level: str = "edge", 
     masks = [c.mask(scores.graph) for c in circuits]
     vals = _masks_metric(field, ev, masks + [np.zeros_like(masks[0])], ablation, metric, seed)
     return FaithfulnessCurve(sizes=np.array(ks), fractions=np.array(ks, dtype=float) / total, circuit=vals[:-1],
-                             full=_np(field.metric_values(ev, metric, "clean")), empty=vals[-1], level=level,
+                             full=to_numpy(field.metric_values(ev, metric, "clean")), empty=vals[-1], level=level,
                              ablation=ablation, metric=as_metric(metric).name, method=scores.method,
                              dataset=getattr(ev, "name", ""), circuits=circuits,
                              cost={"edge_forwards": len(ks) + 1, "seconds": time.perf_counter() - t0,
@@ -469,14 +344,18 @@ class Minimality:
 
     @property
     def cost(self) -> np.ndarray:
+        """``[n_parts]`` share of the full model's effect lost without each part: sum(circuit - without) /
+        sum(full - empty) (NaN when full equals empty)."""
         den = float(np.sum(self.full - self.empty))
         return (self.circuit[None] - self.without).sum(1) / den if den != 0 else np.full(len(self.parts), np.nan)
 
     @property
     def n(self) -> int:
+        """Number of examples (the ``batch`` axis of the metrics)."""
         return int(self.full.size)
 
     def summary(self) -> str:
+        """A readable summary: the circuit's size, ablation, n and the five parts whose removal costs least."""
         order = np.argsort(self.cost)
         worst = ", ".join(f"{self.parts[i]} ({self.cost[i]:.3g})" for i in order[:5])
         return (f"Minimality({len(self.parts)} parts of a {self.spec.level} circuit, {self.ablation} ablation, "
@@ -489,6 +368,8 @@ class Minimality:
         return rich_html(self)
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: the circuit spec, parts, ``cost [n_parts]``, ``without [n_parts, batch]``,
+        ``circuit``/``full``/``empty [batch]``, ablation, metric and cost info."""
         return jsonable({"circuit_spec": self.spec.to_dict(), "parts": list(self.parts), "cost": self.cost,
                          "without": self.without, "circuit": self.circuit, "full": self.full,
                          "empty": self.empty, "ablation": self.ablation, "metric": self.metric,
@@ -497,7 +378,7 @@ class Minimality:
 
 def minimality(field, ds, circuit, ablation: str = "corrupt", metric="logit_diff", seed: int = 0) -> Minimality:
     """Evaluate ``circuit`` without each one of its parts (one edge forward per part)."""
-    _check(field, ablation)
+    check_ablation(field, ablation)
     c = as_circuit(circuit)
     g = edge_graph(field)
     t0 = time.perf_counter()
@@ -506,6 +387,6 @@ def minimality(field, ds, circuit, ablation: str = "corrupt", metric="logit_diff
     vals = _masks_metric(field, ds, masks, ablation, metric, seed,
                          pos_masks=[x.position_mask(g, ds) for x in cs] + [None])
     return Minimality(spec=c, parts=list(c.parts), without=vals[1:-1], circuit=vals[0],
-                      full=_np(field.metric_values(ds, metric, "clean")), empty=vals[-1], ablation=ablation,
+                      full=to_numpy(field.metric_values(ds, metric, "clean")), empty=vals[-1], ablation=ablation,
                       metric=as_metric(metric).name,
                       cost_info={"edge_forwards": len(masks), "seconds": time.perf_counter() - t0})

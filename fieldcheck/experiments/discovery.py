@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from fieldcheck.errors import UsageError
-from fieldcheck.experiments.circuits import Circuit, _check, _chunks
+from fieldcheck.experiments.circuit_spec import Circuit, check_ablation, example_chunks
 from fieldcheck.experiments.edges import EdgeGraph, ablation_values, edge_forward, edge_graph, sender_values
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.jsonable import jsonable
@@ -53,10 +53,13 @@ class EdgeScores:
     cost: dict = dc_field(default_factory=dict)
 
     def edge(self, label) -> float:
+        """The score of one edge, given as ``"sender->receiver"`` or a (sender, receiver) pair (SiteError when
+        the graph has no such edge)."""
         return float(self.scores[self.graph.edge_index(label)])
 
     @property
     def node_scores(self) -> np.ndarray:
+        """``[n_senders]``: each sender's outgoing scores summed (the first-order effect of ablating the node)."""
         return self.scores.sum(1)
 
     def ranking(self, level: str = "edge") -> list[tuple[str, float]]:
@@ -82,6 +85,7 @@ class EdgeScores:
         return Circuit(**kw, scores=[s for _, s in parts], name=f"top {k} {level}s by {self.method}")
 
     def summary(self) -> str:
+        """A readable summary: method, steps, ablation, the number of edges and the five largest scores."""
         top = ", ".join(f"{p} ({s:+.3g})" for p, s in self.ranking("edge")[:5])
         return (f"EdgeScores({self.method}, {self.steps} step(s), {self.ablation} ablation, {self.graph.n_edges} "
                 f"edges)\n  largest: {top}")
@@ -93,6 +97,8 @@ class EdgeScores:
         return rich_html(self)
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: method, ablation, metric, steps, data set, number of edges, the 50 top edges and
+        nodes with their scores, and cost."""
         return jsonable({"method": self.method, "ablation": self.ablation, "metric": self.metric,
                          "steps": self.steps, "dataset": self.dataset, "n_edges": self.graph.n_edges,
                          "top_edges": self.ranking("edge")[:50], "top_nodes": self.ranking("node")[:50],
@@ -112,7 +118,7 @@ def edge_scores(field, ds, method: str = "eap-ig", steps: int = 5, ablation: str
                 metric="logit_diff", seed: int = 0) -> EdgeScores:
     """Attribution scores of every edge (see the module doc): ``steps`` forward+backward passes
     for "eap-ig", one for "eap"."""
-    _check(field, ablation)
+    check_ablation(field, ablation)
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; use 'eap' or 'eap-ig'")
     if method == "eap":
@@ -128,7 +134,7 @@ def edge_scores(field, ds, method: str = "eap-ig", steps: int = 5, ablation: str
     H = fm.n_heads
     S = g.n_senders
     scores = torch.zeros(S, g.n_receivers, dtype=torch.float64, device=dev)
-    for idx in _chunks(ds.n, _score_chunk_size(field, ds)):
+    for idx in example_chunks(ds.n, _score_chunk_size(field, ds)):
         idx = idx.to(dev)
         with torch.no_grad():
             abl = ablation_values(field, r, ablation, idx, seed)
@@ -147,7 +153,7 @@ def edge_scores(field, ds, method: str = "eap-ig", steps: int = 5, ablation: str
             with torch.enable_grad():
                 x0 = (x_abl + a * (x_clean - x_abl)).detach().requires_grad_(True)
                 xf = edge_forward(fm, g, x0, abl, None, hooks=hook)
-                field._metric(m, r, xf[b, r.metric_pos[idx]], idx).sum().backward()
+                field.metric_on(m, r, xf[b, r.metric_pos[idx]], idx).sum().backward()
         with torch.no_grad():
             for l in range(fm.n_layers):
                 n = g.heads_before(l)
@@ -162,7 +168,7 @@ def edge_scores(field, ds, method: str = "eap-ig", steps: int = 5, ablation: str
     sc = scores.cpu().numpy() * g.adjacency
     return EdgeScores(graph=g, scores=sc, method=method, ablation=ablation, metric=m.name, steps=steps,
                       dataset=getattr(ds, "name", ""),
-                      cost={"forward_backward": steps * len(list(_chunks(ds.n, _score_chunk_size(field, ds)))),
+                      cost={"forward_backward": steps * len(list(example_chunks(ds.n, _score_chunk_size(field, ds)))),
                             "seconds": time.perf_counter() - t0})
 
 

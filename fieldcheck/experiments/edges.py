@@ -290,15 +290,15 @@ def _per_head_qkv(fm, l: int, inp: torch.Tensor, q_of, k_of, v_of):
         proj = [torch.einsum("hbtd,hde->hbte", n[o], Wh[i]) + bh[i][:, None, None]
                 for i, o in enumerate((q_of, k_of, v_of))]
         return tuple(p.transpose(0, 1) for p in proj)               # [B, H, T, dh]
-    n = arch._rms_norm(inp, w["ln1"], w["eps1"])
+    n = arch.rms_norm(inp, w["ln1"], w["eps1"])
     Wq = w["q"].view(H, dh, d)
     Wk = w["k"].view(Hkv, dh, d)[hs // rep]
     Wv = w["v"].view(Hkv, dh, d)[hs // rep]
     q, k, v = (torch.einsum("hbtd,hed->hbte", n[o], Wx).transpose(0, 1)
                for o, Wx in ((q_of, Wq), (k_of, Wk), (v_of, Wv)))
     cos, sin = fm._cos_sin(0, T, inp)
-    q = q * cos + arch._rotate_half(q) * sin
-    k = k * cos + arch._rotate_half(k) * sin
+    q = q * cos + arch.rotate_half(q) * sin
+    k = k * cos + arch.rotate_half(k) * sin
     return q, k, v
 
 

@@ -29,7 +29,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from fieldcheck.jsonable import jsonable as _jsonable_np
+from fieldcheck.display import pyplot
+from fieldcheck.jsonable import jsonable, to_numpy
 from fieldcheck.errors import SiteError, SourceError
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.sites import Site, as_site_set
@@ -122,30 +123,6 @@ def _cone_mask(B: int, L1: int, T: int, l: int, pos: torch.Tensor) -> torch.Tens
     return lay & tok
 
 
-def _mpl():
-    from fieldcheck.display import pyplot
-
-    return pyplot()
-
-
-def _jsonable(x):
-    """JSON-safe values (tensors to lists, NaN/inf to strings)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        x = x.double().numpy() if torch.is_floating_point(x) else x.numpy()
-    elif isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    elif isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return _jsonable_np(x)
-
-
-def _np(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=float)
-
-
 # --- Green response ------------------------------------------------------------------------------
 @dataclass
 class GreenResult:
@@ -183,12 +160,13 @@ class GreenResult:
 
     @property
     def n(self) -> int:
+        """Number of examples (the ``batch`` axis of ``response``)."""
         return int(self.response.shape[0])
 
     @property
     def mean_norm(self) -> np.ndarray:
         """``[L+1, pos]`` response norm averaged over examples."""
-        return _np(self.response_norm.mean(0))
+        return to_numpy(self.response_norm.mean(0))
 
     @property
     def spread_mean(self) -> np.ndarray:
@@ -223,16 +201,18 @@ class GreenResult:
             E = D - a * self.response
             num = E.flatten(1).norm(dim=1)
             den = D.flatten(1).norm(dim=1)
-            rel.append(_np(torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))))
+            rel.append(to_numpy(torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))))
             De, Ee = D[b, -1, mpos], E[b, -1, mpos]
             dn = De.norm(dim=-1)
-            rel_end.append(_np(torch.where(dn > 0, Ee.norm(dim=-1) / dn.clamp_min(1e-300), torch.zeros_like(dn))))
-            real_norm.append(_np(den))
+            rel_end.append(to_numpy(torch.where(dn > 0, Ee.norm(dim=-1) / dn.clamp_min(1e-300), torch.zeros_like(dn))))
+            real_norm.append(to_numpy(den))
         return LinearVsReal(np.array(alphas), np.stack(rel), np.stack(rel_end), np.stack(real_norm),
                             self.source_site.label)
 
     # --- reporting -----------------------------------------------------------------------
     def summary(self) -> str:
+        """A readable summary: source site, run, n, direction; the light-cone check, depth share, spread and
+        response sizes."""
         ds_ = np.asarray(self.depth_share, dtype=float)
         fin = ds_[np.isfinite(ds_)]
         sp = self.spread_mean
@@ -259,6 +239,9 @@ class GreenResult:
         return rich_html(self, self.plot)
 
     def to_dict(self, include_response: bool = False) -> dict:
+        """A JSON-safe dict of the summary statistics (``depth_share [batch]``, ``response_norm [batch, layer,
+        pos]``, ...); ``include_response=True`` adds the full ``response [batch, layer, pos,
+        d_model]``."""
         d = {"kind": "green", "source_site": self.source_site.to_dict(), "layer": self.layer,
              "positions": self.positions, "which": self.which, "direction": self.direction_desc,
              "direction_norm": self.direction_norm, "outside_cone_max": self.outside_cone_max,
@@ -267,11 +250,11 @@ class GreenResult:
              "metric_response": self.metric_response, "cost": self.cost, "n": self.n}
         if include_response:
             d["response"] = self.response
-        return _jsonable(d)
+        return jsonable(d)
 
     def plot(self, ax=None, log: bool = True, title: Optional[str] = None):
         """Heatmap layer x position of the mean response norm, with the light cone's edges marked."""
-        plt = _mpl()
+        plt = pyplot()
         g = self.mean_norm
         if ax is None:
             fig, ax = plt.subplots(figsize=(max(4, 0.35 * g.shape[1] + 2), max(3, 0.2 * g.shape[0] + 1.5)))
@@ -283,7 +266,7 @@ class GreenResult:
                 show = np.log10(show)
         im = ax.imshow(show, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
         fig.colorbar(im, ax=ax, label=("log10 " if log else "") + "mean |response|")
-        t = _np(self.positions)
+        t = to_numpy(self.positions)
         ax.axhline(self.layer - 0.5, color="red", lw=1)
         ax.axvline(float(t.min()) - 0.5, color="red", lw=1, ls="-" if t.min() == t.max() else "--")
         ax.set_xlabel("position t'")
@@ -315,7 +298,7 @@ def _response_stats(resp: torch.Tensor, l: int, pos: torch.Tensor):
     spread = torch.sqrt((w * dist2[:, None]).sum(-1) / wsum.clamp_min(1e-300))
     spread = torch.where(wsum > 0, spread, torch.full_like(spread, float("nan")))
     spread[:, :l] = float("nan")
-    return outside_max, rn, _np(depth), _np(spread)
+    return outside_max, rn, to_numpy(depth), to_numpy(spread)
 
 
 def green(field, ds, source_site, direction=None, which: str = "corrupt", metric=None,
@@ -332,7 +315,7 @@ def green(field, ds, source_site, direction=None, which: str = "corrupt", metric
 
     Cost: one forward-mode pass (about 2-3 forwards) of blocks l..L-1 over the batch, all positions.
     """
-    fm = field._need_fm()
+    fm = field.require_functional()
     s = _one_site(field, ds, source_site, "source_site")
     r, tgt, src = _target_run(field, ds, which)
     l = _phi_layer(s)
@@ -347,7 +330,7 @@ def green(field, ds, source_site, direction=None, which: str = "corrupt", metric
             parts.append(torch.func.jvp(lambda x_: _forward_from(fm, x_, l), (x[sl],), (tan[sl],))[1])
     resp = _full_lattice(torch.cat(parts, dim=1), l)
     outside, rn, depth, spread = _response_stats(resp, l, pos)
-    depth = np.where(_np(vec.norm(dim=-1)) > 0, depth, np.nan)
+    depth = np.where(to_numpy(vec.norm(dim=-1)) > 0, depth, np.nan)
     mresp = mname = None
     if metric is not None:
         m = as_metric(metric)
@@ -357,10 +340,10 @@ def green(field, ds, source_site, direction=None, which: str = "corrupt", metric
         xf, tf = tgt.resid[-1][b, mpos], resp[b, -1, mpos]
         with torch.no_grad():
             _, dm = torch.func.jvp(lambda v: m(fm, v, b, ds), (xf,), (tf.to(xf.dtype),))
-        mresp = _np(dm)
+        mresp = to_numpy(dm)
     return GreenResult(source_site=s, layer=l, positions=pos, response=resp, response_norm=rn,
                        outside_cone_max=outside, depth_share=depth, spread=spread,
-                       direction_norm=_np(vec.norm(dim=-1)), direction_desc=desc, which=which,
+                       direction_norm=to_numpy(vec.norm(dim=-1)), direction_desc=desc, which=which,
                        metric=mname, metric_response=mresp,
                        cost={"jvp_passes": 1, "blocks": fm.n_layers - l, "rows": ds.n, "positions": ds.seq_len},
                        _ctx={"field": field, "ds": ds, "direction": direction})
@@ -388,9 +371,12 @@ class Propagation:
 
     @property
     def n(self) -> int:
+        """Number of examples (the ``batch`` axis of ``response``)."""
         return int(self.response.shape[0])
 
     def summary(self) -> str:
+        """A readable one-line summary: source site, alpha, run, n, the light-cone check and the mean depth
+        share."""
         fin = self.depth_share[np.isfinite(self.depth_share)]
         return (f"Propagation(source {self.source_site.label}, alpha={self.alpha:g}, around the {self.which} run, "
                 f"n={self.n}): outside_cone_max {self.outside_cone_max:.3g}, depth_share mean "
@@ -404,7 +390,9 @@ class Propagation:
         return rich_html(self, self.plot)
 
     def to_dict(self) -> dict:
-        return _jsonable({"kind": "propagation", "source_site": self.source_site.to_dict(), "alpha": self.alpha,
+        """A JSON-safe dict: source site, alpha, run, positions, ``response_norm [batch, layer, pos]``,
+        outside_cone_max, depth_share, spread and n."""
+        return jsonable({"kind": "propagation", "source_site": self.source_site.to_dict(), "alpha": self.alpha,
                           "which": self.which, "positions": self.positions, "response_norm": self.response_norm,
                           "outside_cone_max": self.outside_cone_max, "depth_share": self.depth_share,
                           "spread": self.spread, "n": self.n})
@@ -419,7 +407,7 @@ def propagate(field, ds, source_site, alpha: float = 1.0, direction=None, which:
 
     Both runs go through the same blocks from the cached phi(l) (so alpha = 0 gives exactly 0).
     """
-    fm = field._need_fm()
+    fm = field.require_functional()
     s = _one_site(field, ds, source_site, "source_site")
     r, tgt, src = _target_run(field, ds, which)
     l = _phi_layer(s)
@@ -453,9 +441,13 @@ class LinearVsReal:
 
     @property
     def mean_rel_error(self) -> np.ndarray:
+        """``[n_alpha]`` relative error of the linear response over the whole lattice, averaged over the
+        examples."""
         return self.rel_error.mean(1)
 
     def summary(self) -> str:
+        """A readable one-line summary: for each alpha, the mean relative error over the lattice and at the final
+        residual."""
         rows = ", ".join(f"alpha={a:g}: {e:.3g} (end {ee:.3g})" for a, e, ee in
                          zip(self.alphas, self.mean_rel_error, self.rel_error_end.mean(1)))
         return f"LinearVsReal({self.source}, mean relative error of the linear response) {rows}"
@@ -468,12 +460,16 @@ class LinearVsReal:
         return rich_html(self, self.plot)
 
     def to_dict(self) -> dict:
-        return _jsonable({"kind": "linear_vs_real", "source": self.source, "alphas": self.alphas,
+        """A JSON-safe dict: source, ``alphas [n_alpha]``, ``rel_error``/``rel_error_end``/``real_norm [n_alpha,
+        batch]`` and the mean relative error."""
+        return jsonable({"kind": "linear_vs_real", "source": self.source, "alphas": self.alphas,
                           "rel_error": self.rel_error, "rel_error_end": self.rel_error_end,
                           "mean_rel_error": self.mean_rel_error, "real_norm": self.real_norm})
 
     def plot(self, ax=None):
-        plt = _mpl()
+        """Relative error of the linear response against alpha (log-log; whole lattice and final residual at END)
+        on ``ax`` (a new figure when None); returns the Figure."""
+        plt = pyplot()
         fig, ax = (plt.subplots(figsize=(5, 3.5)) if ax is None else (ax.figure, ax))
         ax.plot(self.alphas, self.mean_rel_error, "o-", label="whole lattice")
         ax.plot(self.alphas, self.rel_error_end.mean(1), "s--", label="final residual @ END")
@@ -579,7 +575,7 @@ class GreenSlice:
         ctx = self._ctx
         field = ctx["field"]
         ds = ds if ds is not None else ctx["ds"]
-        fm = field._need_fm()
+        fm = field.require_functional()
         r, tgt, src = _target_run(field, ds, ctx["which"])
         l1, l2 = _phi_layer(self.source_site), _phi_layer(self.target_site)
         p1 = _positions(ds, self.source_site, tgt.resid.device)
@@ -597,18 +593,20 @@ class GreenSlice:
         ok = rn > 0
 
         def rel(a):
-            return _np(torch.where(ok, (a - real).norm(dim=-1) / rn.clamp_min(1e-300), torch.full_like(rn, float("nan"))))
+            return to_numpy(torch.where(ok, (a - real).norm(dim=-1) / rn.clamp_min(1e-300), torch.full_like(rn, float("nan"))))
         cap = (real @ self.U.to(real.dtype)).norm(dim=-1)
         out = {"rel_error_slice": rel(pred), "rel_error_full": rel(lin),
-               "captured": _np(torch.where(ok, cap / rn.clamp_min(1e-300), torch.full_like(rn, float("nan")))),
-               "real_norm": _np(rn), "alpha": alpha, "n": ds.n}
+               "captured": to_numpy(torch.where(ok, cap / rn.clamp_min(1e-300), torch.full_like(rn, float("nan")))),
+               "real_norm": to_numpy(rn), "alpha": alpha, "n": ds.n}
         for k in ("rel_error_slice", "rel_error_full", "captured"):
             v = out[k]
             out[k + "_median"] = float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
         return out
 
     def summary(self) -> str:
-        s = _np(self.S)
+        """A readable one-line summary: the block, example, rank, explained fraction with its standard error, the
+        leading singular values and the passes used."""
+        s = to_numpy(self.S)
         return (f"GreenSlice(G({self.target_site.label}; {self.source_site.label}), example {self.example}, "
                 f"rank {self.rank}, n_iter {self.n_iter}): explained {self.explained:.3f} +- {self.explained_se:.3f} "
                 f"of ||G||_F^2 = {self.frob2:.4g}; singular values {', '.join(f'{v:.3g}' for v in s[:6])}"
@@ -623,21 +621,23 @@ class GreenSlice:
         return rich_html(self, self.plot)
 
     def to_dict(self, include_vectors: bool = False) -> dict:
+        """A JSON-safe dict: source and target sites, example, ``S [k]``, explained fraction and its standard
+        error, settings and cost; ``include_vectors=True`` adds ``U``/``V [d_model, k]``."""
         d = {"kind": "green_slice", "source_site": self.source_site.to_dict(),
              "target_site": self.target_site.to_dict(), "example": self.example, "S": self.S,
              "explained": self.explained, "explained_se": self.explained_se, "frob2": self.frob2,
              "rank": self.rank, "n_iter": self.n_iter, "oversample": self.oversample, "cost": self.cost}
         if include_vectors:
             d.update(U=self.U, V=self.V)
-        return _jsonable(d)
+        return jsonable(d)
 
     def plot(self, ax=None):
         """Singular values and the cumulative explained fraction."""
-        plt = _mpl()
+        plt = pyplot()
         fig, ax = (plt.subplots(figsize=(5, 3.5)) if ax is None else (ax.figure, ax))
-        s2 = _np(self.S) ** 2
+        s2 = to_numpy(self.S) ** 2
         ks = np.arange(1, s2.size + 1)
-        ax.bar(ks, _np(self.S), color="tab:blue")
+        ax.bar(ks, to_numpy(self.S), color="tab:blue")
         ax.set_xlabel("k")
         ax.set_ylabel("singular value")
         ax2 = ax.twinx()
@@ -661,7 +661,7 @@ def green_slice(field, ds, source_site, target_site, rank: int = 8, n_iter: int 
     Cost: (2 + 2 * n_iter) batched passes of ``rank + oversample`` columns (JVP for G @ ., VJP for
     G^T @ .) plus one JVP pass of ``n_probe`` probes for the explained fraction.
     """
-    fm = field._need_fm()
+    fm = field.require_functional()
     s1 = _one_site(field, ds, source_site, "source_site")
     s2 = _one_site(field, ds, target_site, "target_site")
     l1, l2 = _phi_layer(s1), _phi_layer(s2)

@@ -102,10 +102,12 @@ class DirectAttribution:
 
     @property
     def n(self) -> int:
+        """Number of examples (the ``batch`` axis of ``values``)."""
         return self.values.shape[1]
 
     @property
     def mean(self) -> np.ndarray:
+        """``[component]`` mean direct term over the examples, in the order of ``labels``."""
         return self.values.mean(1)
 
     @property
@@ -126,6 +128,8 @@ class DirectAttribution:
                                  self.n_layers, self.n_heads, self.sum_error, dict(self.cost))
 
     def top(self, k: int = 10, by: str = "abs") -> list[str]:
+        """The labels of the ``k`` components (default 10) with the largest mean term: by |mean| (``by="abs"``,
+        default) or by the signed mean (any other ``by``)."""
         m = self.mean
         key = -np.abs(m) if by == "abs" else -m
         return [self.labels[i] for i in np.argsort(key, kind="stable")[:k]]
@@ -140,6 +144,7 @@ class DirectAttribution:
         return g
 
     def plot_data(self) -> dict:
+        """A JSON-able heatmap dict (layer x head mean direct term of the heads) for the HTML report."""
         g = self.head_grid()
         return {"kind": "heatmap", "z": np.where(np.isfinite(g), g, np.nan).tolist(), "xlabel": "head",
                 "ylabel": "layer", "title": f"direct logit attribution of heads ({self.which})"}
@@ -179,6 +184,8 @@ class DirectAttribution:
         return fig
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: labels, ``values [component, batch]``, ``mean [component]``, ``total [batch]``,
+        which run, data set, the sum error and cost."""
         return _jsonable({"labels": self.labels, "values": self.values, "mean": self.mean, "total": self.total,
                           "which": self.which, "dataset": self.dataset, "sum_error": self.sum_error,
                           "convention": "final-norm scale frozen at the run's own value", "cost": self.cost})
@@ -212,9 +219,8 @@ def _components(field, components) -> Optional[list[str]]:
     if isinstance(components, (list, tuple)) and components and all(isinstance(c, str) for c in components):
         return list(components)
     if isinstance(components, (Site, SiteSet, list, tuple)):
-        from fieldcheck.experiments.attention import _position_hints
         ss = as_site_set(components)
-        names, max_pos = _position_hints(ss)
+        names, max_pos = ss.position_hints()
         out = []
         for s in ss.resolve(field.n_layers, field.n_heads, max_pos + 1, names):
             if s.kind == "attn_head":
@@ -359,10 +365,12 @@ class LogitLens:
 
     @property
     def n_layers(self) -> int:
+        """Number of blocks L (the layer axis runs over 0..L, L + 1 rows)."""
         return self.logit_diff.shape[0] - 1
 
     @property
     def n(self) -> int:
+        """Number of examples (the ``batch`` axis)."""
         return self.logit_diff.shape[1]
 
     def leads(self, leads: str = "wrong") -> np.ndarray:
@@ -429,6 +437,9 @@ class LogitLens:
         return fig
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: position, which run, data set, per-layer mean logit difference, median answer rank
+        and mean probability, ``first_layer [batch]``, ``logit_diff``/``rank [layer, batch]`` and
+        cost."""
         return _jsonable({"position": self.position, "which": self.which, "dataset": self.dataset,
                           "mean_logit_diff": self.logit_diff.mean(1), "median_rank": np.median(self.rank, 1),
                           "mean_prob": self.prob.mean(1), "first_layer": self.first_layer(),

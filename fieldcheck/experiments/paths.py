@@ -179,11 +179,13 @@ class PathResult(PatchResult):
     receivers: str = ""
 
     def summary(self) -> str:
+        """The PatchResult summary of the path patch, plus the receivers."""
         return super().summary().replace("PatchResult(", "PathResult(", 1) + f"\n  receivers: {self.receivers}"
 
     __repr__ = summary
 
     def to_dict(self) -> dict:
+        """The PatchResult dict (``values [rows, batch]``, baselines, ...) plus ``receivers``."""
         d = super().to_dict()
         d["receivers"] = self.receivers
         return d
@@ -331,7 +333,7 @@ def path_patch(field, ds, senders, receivers, direction: str = "denoise", metric
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     t_start = time.perf_counter()
-    fm = field._need_fm()
+    fm = field.require_functional()
     m = as_metric(metric)
     sites = _resolve_senders(field, ds, senders)
     rec = as_receivers(receivers)
@@ -347,7 +349,7 @@ def path_patch(field, ds, senders, receivers, direction: str = "denoise", metric
         for g in groups:
             snd = _senders(field, r, g, direction)
             x = _path_run(fm, tgt, snd, heads, mlps, final)
-            rows.append(field._metric(m, r, x[b, r.metric_pos], b))
+            rows.append(field.metric_on(m, r, x[b, r.metric_pos], b))
     clean, corrupt = field.baselines(ds, m)
     layers_run = field.n_layers - min(s.layer for s in sites) if (heads or mlps) else 0
     cost = {"engine": "path", "forwards": len(groups), "layers_per_forward": layers_run,

@@ -29,6 +29,7 @@ from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.results import PatchResult, dataset_hash_of
 from fieldcheck.field.sites import Site, as_site_set, resid_pre
 from fieldcheck.field.sources import as_source, check_alpha
+from fieldcheck.measures import alpha_star_of
 
 
 # --- differentiable forwards -------------------------------------------------------------------
@@ -101,6 +102,8 @@ class Sensitivity:
         return self.resid.norm(dim=-1).mean(1).cpu().numpy()
 
     def heatmap(self, ax=None, tokens=None):
+        """Layer x position heatmap of the mean |S(l, t)| (``norm()``) on ``ax`` (a new figure when None), with
+        ``tokens`` as position labels when given; returns the Figure."""
         from fieldcheck.display import pyplot
 
         plt = pyplot()
@@ -121,6 +124,8 @@ class Sensitivity:
         return fig
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: run, metric, ``norm [layer, pos]``, ``metric_value [batch]`` and cost (not the full
+        gradients)."""
         return _jsonable({"run": self.run, "metric": self.metric, "norm": self.norm(),
                           "metric_value": self.metric_value.cpu().numpy(), "cost": self.cost})
 
@@ -224,7 +229,7 @@ def predict(field, ds, sites, order: int = 1, method: str = "gradient", steps: i
     vals = torch.zeros(len(site_list), ds.n, dtype=torch.float64)
     n_second = 0
     for i, site in enumerate(site_list):
-        _, delta = field._injections(r, site, direction, src, alpha)
+        _, delta = field.injections(r, site, direction, src, alpha)
         delta = alpha * delta
         pos = _positions(ds, site, field.device)
         lin = (_site_grad(g, site, pos) * delta).sum(-1).double()
@@ -287,6 +292,7 @@ class LinearRegime:
     level: float = 0.9
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: alpha_star, its interval, tol, n and the confidence level."""
         return _jsonable(self.__dict__)
 
     def __repr__(self) -> str:
@@ -312,14 +318,17 @@ class Sweep:
 
     @property
     def effect(self) -> np.ndarray:
+        """``[n_alpha, batch]``: the metric at each alpha minus the unpatched baseline."""
         return self.values - self.baseline[None]
 
     @property
     def linear(self) -> np.ndarray:
+        """``[n_alpha, batch]``: the first-order prediction alpha * S . delta (the tangent line)."""
         return self.alphas[:, None] * self.slope[None]
 
     @property
     def n(self) -> int:
+        """Number of examples (the ``batch`` axis)."""
         return self.values.shape[1]
 
     def deviation(self) -> np.ndarray:
@@ -329,21 +338,24 @@ class Sweep:
             return np.abs(me - ml) / np.maximum(np.abs(ml), 1e-12)
 
     def linear_regime(self, tol: float = 0.1, n_boot: int = 1000, seed: int = 0, level: float = 0.9) -> LinearRegime:
-        from fieldcheck.claim.assertions import _alpha_star
-
+        """alpha*: the largest alpha up to which the mean effect stays within relative ``tol`` (default 0.1) of
+        the tangent line, with a percentile bootstrap interval (``n_boot`` resamples seeded by
+        ``seed``, confidence ``level``). Returns a :class:`LinearRegime`."""
         order = np.argsort(self.alphas)
         al, E, L = self.alphas[order], self.effect[order], self.linear[order]
         tiny = max(1e-12 * float(np.abs(L.mean(1)).max()), 1e-300)
-        est = float(_alpha_star(al, E.mean(1), L.mean(1), tol, tiny))
+        est = float(alpha_star_of(al, E.mean(1), L.mean(1), tol, tiny))
         rng = np.random.default_rng(seed)
         boots = []
         for _ in range(n_boot):
             idx = rng.integers(0, self.n, self.n)
-            boots.append(float(_alpha_star(al, E[:, idx].mean(1), L[:, idx].mean(1), tol, tiny)))
+            boots.append(float(alpha_star_of(al, E[:, idx].mean(1), L[:, idx].mean(1), tol, tiny)))
         lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2], method="inverted_cdf")
         return LinearRegime(est, (float(lo), float(hi)), tol, self.n, level)
 
     def plot(self, ax=None):
+        """Effect against alpha (a few examples in grey, the mean) with the mean first-order line, on ``ax`` (a
+        new figure when None); returns the Figure."""
         from fieldcheck.display import pyplot
 
         plt = pyplot()
@@ -363,6 +375,8 @@ class Sweep:
         return fig
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: site, ``alphas [n_alpha]``, ``effect``/``linear [n_alpha, batch]``, direction,
+        metric, source and the deviation ``[n_alpha]``."""
         return _jsonable({"site": self.site.to_dict(), "alphas": self.alphas, "effect": self.effect,
                           "linear": self.linear, "direction": self.direction, "metric": self.metric,
                           "source": self.source, "deviation": self.deviation()})
@@ -422,6 +436,8 @@ class Selection:
 
     @property
     def predicted_recovered(self) -> float:
+        """The predicted recovered fraction of the joint patch: sum(predicted) / sum(clean - corrupt gap) over
+        the examples."""
         return float(self.predicted.sum() / self.gap.sum())
 
     @property
@@ -430,6 +446,8 @@ class Selection:
         return float((self.real.values[0] - self.real.baseline_corrupt).sum() / self.gap.sum())
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: chosen sites, ``predicted [batch]``, the real joint patch, recall, ranking,
+        predicted and real recovered fractions, method and cost."""
         return _jsonable({"sites": [s.to_dict() for s in self.sites], "predicted": self.predicted,
                           "real": self.real.to_dict(), "recall": self.recall, "ranking": self.ranking,
                           "predicted_recovered": self.predicted_recovered, "real_recovered": self.real_recovered,

@@ -18,8 +18,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from fieldcheck.display import pyplot
 from fieldcheck.errors import SiteError
-from fieldcheck.experiments.green import _jsonable, _mpl, _np
+from fieldcheck.jsonable import jsonable, to_numpy
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.sites import Site, as_site_set
 from fieldcheck.field.sources import check_alpha, steer
@@ -59,48 +60,62 @@ class TransferResult:
 
     @property
     def n(self) -> int:
+        """Number of target examples (the ``batch`` axis)."""
         return int(self.before.size)
 
     @property
     def shift(self) -> np.ndarray:
+        """``[batch]`` metric after minus before adding the displacement (positive: toward the targets' answer)."""
         return self.after - self.before
 
     @property
     def gap(self) -> np.ndarray:
+        """``[batch]`` metric on the clean target minus on the corrupted target (what a full transfer would
+        close)."""
         return self.clean - self.before
 
     @property
     def gap_closed(self) -> np.ndarray:
+        """``[batch]`` shift / gap (1 = the displacement closes the whole gap; inf/NaN where the gap is 0)."""
         with np.errstate(divide="ignore", invalid="ignore"):
             return self.shift / self.gap
 
     @property
     def eligible(self) -> np.ndarray:
+        """``[batch]`` bool: the target preferred the wrong token before (logit difference <= 0), so it can flip."""
         return self.ld_before <= 0
 
     @property
     def flipped(self) -> np.ndarray:
+        """``[batch]`` bool: the target's logit difference was <= 0 before and is > 0 after."""
         return (self.ld_before <= 0) & (self.ld_after > 0)
 
     @property
     def rate(self) -> float:
+        """The flip rate over all targets (targets that already preferred the answer count as not flipped)."""
         return float(self.flipped.mean())
 
     @property
     def rate_ci(self) -> tuple[float, float]:
+        """Clopper-Pearson interval ``(low, high)`` of ``rate`` at the result's ``confidence``."""
         return _binom_ci(int(self.flipped.sum()), self.n, self.confidence)
 
     @property
     def rate_eligible(self) -> float:
+        """The flip rate among the eligible targets only (NaN when none is eligible)."""
         e = self.eligible
         return float(self.flipped[e].mean()) if e.any() else float("nan")
 
     @property
     def rate_eligible_ci(self) -> tuple[float, float]:
+        """Clopper-Pearson interval ``(low, high)`` of ``rate_eligible`` at ``confidence`` (NaN when none is
+        eligible)."""
         e = self.eligible
         return _binom_ci(int(self.flipped[e].sum()), int(e.sum()), self.confidence) if e.any() else (np.nan, np.nan)
 
     def summary(self) -> str:
+        """A readable summary: site, source and target sets, alpha, n; mean and median shift, gap closed, flip
+        rates with their interval."""
         lo, hi = self.rate_ci
         gc = self.gap_closed
         gcf = gc[np.isfinite(gc)]
@@ -121,7 +136,10 @@ class TransferResult:
         return rich_html(self, self.plot)
 
     def to_dict(self) -> dict:
-        return _jsonable({
+        """A JSON-safe dict: settings, per-target
+        ``before``/``after``/``clean``/``shift``/``gap_closed``/``flipped`` ``[batch]``, rates with
+        intervals, displacement norms and cost."""
+        return jsonable({
             "kind": "transfer", "site": self.site.to_dict(), "alpha": self.alpha, "pair": self.pair,
             "metric": self.metric, "dataset": self.dataset, "targets": self.targets, "n": self.n,
             "before": self.before, "after": self.after, "clean": self.clean, "shift": self.shift,
@@ -133,7 +151,7 @@ class TransferResult:
 
     def plot(self, ax=None, bins: int = 20):
         """Histogram of the per-target metric shifts (flipped targets in a second colour)."""
-        plt = _mpl()
+        plt = pyplot()
         fig, ax = (plt.subplots(figsize=(5, 3.5)) if ax is None else (ax.figure, ax))
         s = self.shift
         edges = np.histogram_bin_edges(s, bins=bins)
@@ -181,7 +199,7 @@ def transfer(field, ds_ab, site, targets=None, alpha: float = 1.0, metric="logit
     r = field.run(ds_ab)
     dev = r.metric_pos.device
     pos = ds_ab.position(s.pos).to(dev)
-    disp = (field._site_values(r, r.clean, s, pos) - field._site_values(r, r.corrupt, s, pos)).detach()
+    disp = (field.site_values(r, r.clean, s, pos) - field.site_values(r, r.corrupt, s, pos)).detach()
     if pair == "mean":
         vec = disp.mean(0)
     else:
@@ -197,7 +215,7 @@ def transfer(field, ds_ab, site, targets=None, alpha: float = 1.0, metric="logit
     return TransferResult(
         site=s, alpha=alpha, pair=pair, metric=m.name, before=main.baseline_corrupt.copy(),
         after=main.values[0].copy(), clean=main.baseline_clean.copy(), ld_before=ld.baseline_corrupt.copy(),
-        ld_after=ld.values[0].copy(), displacement_norm=_np(disp.norm(dim=-1)),
+        ld_after=ld.values[0].copy(), displacement_norm=to_numpy(disp.norm(dim=-1)),
         dataset=getattr(ds_ab, "name", ""), targets=getattr(targets, "name", ""), confidence=confidence,
         cost=dict(main.cost), dataset_hash=_pair_hash(ds_ab, targets, pair))
 

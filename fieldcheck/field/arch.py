@@ -215,7 +215,9 @@ def _upcast(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of ``x [..., d_model]`` with ``weight [d_model]`` and ``eps``, computed in float32 for
+    16-bit inputs and returned in the input's dtype (as the HF Llama/Qwen norms)."""
     dtype = x.dtype
     xf = x.to(_upcast(dtype))
     var = xf.pow(2).mean(-1, keepdim=True)
@@ -223,7 +225,8 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * xf.to(dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding's half rotation of ``x [..., d]``: ``cat(-x[d/2:], x[:d/2])``."""
     x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
     return torch.cat((-x2, x1), dim=-1)
 
@@ -252,7 +255,7 @@ class _Norm:
             out = xc * torch.rsqrt(var + self.eps) * self.w
             return out + self.b if self.b is not None else out
         if not self.gain_in_float:
-            return _rms_norm(x, self.w, self.eps)
+            return rms_norm(x, self.w, self.eps)
         dtype = x.dtype
         xf = x.to(_upcast(dtype))
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -446,11 +449,11 @@ class DecoderFunctional(FunctionalModel):
         cos, sin = self._rope(l, pos0, T, x)
         rot = cos.shape[-1]
         if rot == dh:
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
         else:  # partial rotary (GPT-NeoX, Phi-3): the first ``rot`` dims turn, the rest pass
-            q = torch.cat([q[..., :rot] * cos + _rotate_half(q[..., :rot]) * sin, q[..., rot:]], dim=-1)
-            k = torch.cat([k[..., :rot] * cos + _rotate_half(k[..., :rot]) * sin, k[..., rot:]], dim=-1)
+            q = torch.cat([q[..., :rot] * cos + rotate_half(q[..., :rot]) * sin, q[..., rot:]], dim=-1)
+            k = torch.cat([k[..., :rot] * cos + rotate_half(k[..., :rot]) * sin, k[..., rot:]], dim=-1)
         return q, k, v
 
     def o_proj(self, l, z):

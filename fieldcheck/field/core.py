@@ -1,9 +1,10 @@
-"""The field: the residual stream phi(l, t) of a model over a contrastive data set, and patching.
+"""The field core: the residual stream phi(l, t) of a model over a contrastive data set, and patching.
 
-``Field(model)`` runs each data set's clean and corrupted prompts once and caches what the
-light-cone engine needs. ``field.patch`` inserts sources at sites and reads the metric. The
-response objects (sensitivities, predictions, sweeps, Green functions, transfer, path patching)
-live in :mod:`fieldcheck.experiments.response` and are attached to Field as methods.
+:class:`FieldCore` runs each data set's clean and corrupted prompts once and caches what the
+light-cone engine needs (``run``, ``phi``, ``metric_values``, ``baselines``); ``patch`` inserts
+sources at sites and reads the metric. Every experiment in :mod:`fieldcheck.experiments` takes a
+FieldCore as its first argument. The public ``fieldcheck.Field`` (:mod:`fieldcheck.lab`) is a
+subclass one layer above the experiments that offers each of them as a method.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from fieldcheck.field.engine import Injection, LightConeEngine, Row, RunCache, r
 from fieldcheck.errors import DatasetError, ModelNotAvailable, NumericalError, PatchError, SourceError, UsageError
 from fieldcheck.field.metrics import Metric, as_metric
 from fieldcheck.field.results import PatchResult, dataset_hash_of
-from fieldcheck.field.sites import FeatureSite, FeatureSiteSet, Site, SiteSet, as_site_set
+from fieldcheck.field.sites import Site, as_site_set
 from fieldcheck.field.sources import Source, as_source, check_alpha, noise_for
 
 DIRECTIONS = ("denoise", "noise")
@@ -55,9 +56,12 @@ def _show_progress() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
-class Field:
-    """The residual field of ``model`` (a TransformerBridge).
+class FieldCore:
+    """The residual field of ``model`` (a TransformerBridge), without the experiment methods.
 
+    Use ``fieldcheck.Field`` (this class plus one method per experiment); experiments in
+    :mod:`fieldcheck.experiments` take a FieldCore. model: a model loaded by
+    ``fieldcheck.load_model`` or a spec/path that ``load_model`` accepts.
     memory_budget: bytes a patch sweep may use for one chunk of stacked rows (default 2 GiB).
     engine: "lightcone" (default where the family is supported: fieldcheck.field.arch) or "hooks"
     (the default for other families, and the reference): one hooked TransformerLens forward per
@@ -107,20 +111,24 @@ class Field:
         self._runs: dict[str, FieldRun] = {}
 
     def __repr__(self) -> str:
-        return (f"Field({getattr(self.model, 'fieldcheck_info', {}).get('spec', type(self.model).__name__)}: "
+        return (f"{type(self).__name__}({getattr(self.model, 'fieldcheck_info', {}).get('spec', type(self.model).__name__)}: "
                 f"{self.n_layers} layers, d_model={self.d_model}, engine={self.engine_name})")
 
     @property
     def device(self):
+        """The torch device of the model's parameters (where the cached runs live)."""
         return next(iter(self.model.parameters())).device
 
     # --- runs ------------------------------------------------------------------------
     def run(self, ds) -> FieldRun:
-        """Run the clean and corrupted prompts once (cached by the data set's content)."""
-        _check_ds(ds, self.model)
+        """Run the clean and corrupted prompts of ``ds`` (a ContrastiveSet) once, cached by the data
+        set's content hash. Returns a :class:`FieldRun`: ``clean``/``corrupt`` caches (residuals
+        ``resid [layer 0..L, batch, pos, d_model]`` and what the engine needs) and ``metric_pos
+        [batch]``. DatasetError when ``ds`` does not fit the model."""
+        check_dataset(ds, self.model)
         key = ds.content_hash()
         if key not in self._runs:
-            fm = self._need_fm()
+            fm = self.require_functional()
             dev = self.device
             B = ds.n
             toks = torch.cat([ds.clean_tokens, ds.corrupt_tokens]).to(dev)
@@ -134,16 +142,22 @@ class Field:
         return self._runs[key]
 
     def clear(self) -> None:
+        """Drop every cached run (frees their memory; the next experiment reruns the data set)."""
         self._runs.clear()
 
     def phi(self, ds, which: str = "clean") -> torch.Tensor:
-        """The residual field ``[layer, batch, pos, d_model]`` (layer 0..n_layers; the last is the final residual)."""
+        """The residual field of ``ds`` on the ``which`` run ("clean" or "corrupt").
+
+        Returns a tensor ``[layer, batch, pos, d_model]`` (layer 0..n_layers: layer l enters block l,
+        the last is the final residual before the final norm)."""
         if which not in ("clean", "corrupt"):
             raise UsageError(f"which must be 'clean' or 'corrupt', got {which!r}")
         r = self.run(ds)
         return (r.clean if which == "clean" else r.corrupt).resid
 
-    def _need_fm(self) -> FunctionalModel:
+    def require_functional(self) -> FunctionalModel:
+        """The functional model the engines run (``self.fm``), or UnsupportedArchitecture naming
+        the model's class when its family has none (for experiments that need it)."""
         if self.fm is None:
             raise UnsupportedArchitecture(
                 f"{type(self.model.original_model).__name__} is not supported by the functional engine; "
@@ -152,15 +166,23 @@ class Field:
 
     # --- metrics -------------------------------------------------------------------------
     def metric_values(self, ds, metric="logit_diff", which: str = "clean") -> torch.Tensor:
-        """The metric on the unpatched clean or corrupted run, ``[batch]``."""
+        """The metric on an unpatched run of ``ds``.
+
+        metric: "logit_diff" (default), "logprob", "prob", "kl" or a callable ``(logits [rows,
+        d_vocab], ds) -> [rows]`` (:mod:`fieldcheck.metrics`). which: "clean" (default) or
+        "corrupt". Returns a tensor ``[batch]`` (carrying ``dataset_hash``, by which the
+        assertions pair results over the same examples)."""
         r = self.run(ds)
         cache = r.clean if which == "clean" else r.corrupt
-        out = self._metric(as_metric(metric), r, cache.resid[-1][torch.arange(ds.n), r.metric_pos],
+        out = self.metric_on(as_metric(metric), r, cache.resid[-1][torch.arange(ds.n), r.metric_pos],
                            torch.arange(ds.n, device=self.device))
         out.dataset_hash = dataset_hash_of(ds)  # names the examples (assertions pair results by it)
         return out
 
-    def _metric(self, m: Metric, r: FieldRun, x_final: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
+    def metric_on(self, m: Metric, r: FieldRun, x_final: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
+        """The metric ``m`` (a Metric) of final residuals ``x_final [rows, d_model]`` at the metric
+        position, row i being example ``ex[i]`` of the run ``r`` (a FieldRun). Returns ``[rows]``;
+        NumericalError when a value is not finite. For experiments that run their own forwards."""
         ref = None
         if m.name == "kl":
             xc = r.clean.resid[-1][torch.arange(r.ds.n), r.metric_pos]
@@ -176,8 +198,9 @@ class Field:
         return vals
 
     # --- sources -------------------------------------------------------------------------
-    def _site_values(self, r: FieldRun, cache: RunCache, site: Site, pos: torch.Tensor) -> torch.Tensor:
-        """The activation at ``site`` for every example, ``[batch, dim]`` (dim = d_head for heads)."""
+    def site_values(self, r: FieldRun, cache: RunCache, site: Site, pos: torch.Tensor) -> torch.Tensor:
+        """The activation at ``site`` (a resolved Site) in ``cache`` (a RunCache of the run ``r``) at
+        positions ``pos [batch]``. Returns ``[batch, dim]`` (dim = d_head for heads, else d_model)."""
         b = torch.arange(r.ds.n, device=pos.device)
         l = site.layer
         if site.kind == "resid_pre":
@@ -196,14 +219,18 @@ class Field:
             return self.fm.mlp(l, self.fm.mlp_in(cache.resid[l][b, pos], cache.mid[l][b, pos])[:, None])[:, 0]
         raise PatchError(f"unknown site kind {site.kind}")
 
-    def _injections(self, r: FieldRun, site: Site, direction: str, src: Source, alpha: float):
-        """Per example: (Injection or None when the source is exactly zero)."""
+    def injections(self, r: FieldRun, site: Site, direction: str, src: Source, alpha: float):
+        """What inserting ``src`` (a Source) at ``site`` with scale ``alpha`` does in run ``r``.
+
+        direction: "denoise" (into the corrupted run) or "noise" (into the clean run). Returns
+        (injections, delta): one engine Injection per example (None where the source is exactly
+        zero, e.g. before the prompts differ) and the source ``delta [batch, dim]``."""
         ds = r.ds
         pos = ds.position(site.pos).to(self.device) if isinstance(site.pos, str) else \
             torch.full((ds.n,), int(site.pos), device=self.device)
-        tgt = self._site_values(r, r.target(direction), site, pos)
+        tgt = self.site_values(r, r.target(direction), site, pos)
         if src.kind == "other":
-            v = self._site_values(r, r.source(direction), site, pos)
+            v = self.site_values(r, r.source(direction), site, pos)
             delta = v - tgt
         elif src.kind == "zero":
             v = torch.zeros_like(tgt)
@@ -239,67 +266,33 @@ class Field:
                 out.append(Injection(stage, int(pos[b]), 1.0, alpha * delta[b], site.head if site.head is not None else -1))
         return out, delta
 
-    # --- response objects (fieldcheck.experiments.response, fieldcheck.experiments.green, fieldcheck.experiments.transfer, fieldcheck.experiments.paths) ---
-    def sensitivity(self, ds, *args, **kw):
-        from fieldcheck.experiments.response import sensitivity
-        return sensitivity(self, ds, *args, **kw)
-
-    def predict(self, ds, sites, *args, **kw):
-        if _is_feature_sites(sites):
-            from fieldcheck.experiments.features import predict_features
-            return predict_features(self, ds, sites, *args, **kw)
-        from fieldcheck.experiments.response import predict
-        return predict(self, ds, sites, *args, **kw)
-
-    def scale_sweep(self, ds, site, alphas=None, **kw):
-        from fieldcheck.experiments.response import scale_sweep
-        return scale_sweep(self, ds, site, alphas, **kw)
-
-    def select_sites(self, ds, k, candidates=None, **kw):
-        from fieldcheck.experiments.response import select_sites
-        return select_sites(self, ds, k, candidates, **kw)
-
-    def green(self, ds, source_site, direction=None, **kw):
-        from fieldcheck.experiments.green import green
-        return green(self, ds, source_site, direction, **kw)
-
-    def propagate(self, ds, source_site, alpha=1.0, **kw):
-        from fieldcheck.experiments.green import propagate
-        return propagate(self, ds, source_site, alpha, **kw)
-
-    def green_slice(self, ds, source_site, target_site, rank=8, **kw):
-        from fieldcheck.experiments.green import green_slice
-        return green_slice(self, ds, source_site, target_site, rank, **kw)
-
-    def transfer(self, ds_ab, site, targets=None, alpha=1.0, **kw):
-        from fieldcheck.experiments.transfer import transfer
-        return transfer(self, ds_ab, site, targets, alpha, **kw)
-
-    def path_patch(self, ds, senders, receivers, **kw):
-        from fieldcheck.experiments.paths import path_patch
-        return path_patch(self, ds, senders, receivers, **kw)
-
     # --- patching --------------------------------------------------------------------------
     def patch(self, ds, sites, direction: str = "denoise", source=None, alpha: float = 1.0,
               jointly: bool = False, metric: Union[str, callable, Sequence] = "logit_diff",
               engine: Optional[str] = None, progress: Optional[bool] = None):
-        """Patch each site (or all jointly) and read the metric at the metric position.
+        """Activation patching: insert a source at each site (or all jointly) and read the metric.
 
-        Returns a PatchResult (a dict name -> PatchResult when several metrics are given).
-        Feature sites (``fieldcheck.sites.features(sae, ...)``) are patched as dictionary features
-        (``fieldcheck.experiments.features.patch_features``; sources "other", "zero", "mean", "steer").
+        ds: a ContrastiveSet. sites: a site set from :mod:`fieldcheck.sites` (``resid_pre(range(20,
+        30), "END")``, ``attn_head(5, 1, "IO")``, ...), a Site or a list of them; positions are
+        ints or the data set's position names. direction: "denoise" (default: the clean value into
+        the corrupted run, sufficiency) or "noise" (corrupted into clean, necessity). source: None
+        (the other run's value), "zero", "mean", ``fieldcheck.sources.gaussian(scale)`` or a
+        steering tensor ``[d]``/``[batch, d]``. alpha: the scale in ``phi + alpha * delta`` (1.0
+        replaces the value). jointly: patch every site together (one row) instead of one row per
+        site. metric: a metric name, a callable, or a list of them. engine: None (the field's),
+        "lightcone" or "hooks". progress: show a progress bar (None: the session's setting).
+
+        Returns a :class:`~fieldcheck.field.results.PatchResult` with ``values [n_sites, batch]``
+        (``[1, batch]`` when jointly) and both baselines ``[batch]``; a dict metric name ->
+        PatchResult when ``metric`` is a list.
         """
-        if _is_feature_sites(sites):
-            from fieldcheck.experiments.features import patch_features
-            return patch_features(self, ds, sites, direction=direction, source=source, alpha=alpha, jointly=jointly,
-                                  metric=metric, progress=progress)
         if direction not in DIRECTIONS:
             raise UsageError(f"direction must be 'denoise' (clean into corrupted: sufficiency) or 'noise' "
                              f"(corrupted into clean: necessity), got {direction!r}")
         alpha = check_alpha(alpha)
         src = as_source(source)
         metrics = [as_metric(m) for m in (metric if isinstance(metric, (list, tuple)) else [metric])]
-        _check_ds(ds, self.model)
+        check_dataset(ds, self.model)
         site_list = _dedupe(as_site_set(sites).resolve(self.n_layers, self.n_heads, ds.seq_len, ds.position_names))
         engine = engine or self.engine_name
         if engine == "lightcone" and getattr(self.fm, "generic", True):
@@ -323,6 +316,8 @@ class Field:
         return results if isinstance(metric, (list, tuple)) else results[metrics[0].name]
 
     def baselines(self, ds, metric="logit_diff") -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``metric`` (a name or callable, default "logit_diff") on the unpatched runs of
+        ``ds``: ``(clean [batch], corrupt [batch])``."""
         m = as_metric(metric)
         return self.metric_values(ds, m, "clean"), self.metric_values(ds, m, "corrupt")
 
@@ -338,7 +333,7 @@ class Field:
         if jointly:
             per_ex: list[list[Injection]] = [[] for _ in range(B)]
             for s in site_list:
-                injs, _ = self._injections(r, s, direction, src, alpha)
+                injs, _ = self.injections(r, s, direction, src, alpha)
                 for b, inj in enumerate(injs):
                     if inj is not None:
                         per_ex[b].append(inj)
@@ -348,7 +343,7 @@ class Field:
                     slots.append((0, b))
         else:
             for i, s in enumerate(site_list):
-                injs, _ = self._injections(r, s, direction, src, alpha)
+                injs, _ = self.injections(r, s, direction, src, alpha)
                 for b, inj in enumerate(injs):
                     if inj is not None and inj.pos <= int(r.metric_pos[b]):
                         rows.append(Row(b, [inj]))
@@ -369,7 +364,7 @@ class Field:
             v = base[m.name][tgt_idx].detach().clone()[None].repeat(n_out, 1)
             if rows:
                 ex = torch.tensor([b for _, b in slots], device=self.device)
-                got = self._metric(m, r, x_final, ex)
+                got = self.metric_on(m, r, x_final, ex)
                 si = torch.tensor([i for i, _ in slots], device=self.device)
                 v[si, ex] = got.to(v.dtype)
             values[m.name] = v
@@ -380,85 +375,14 @@ class Field:
                 "full_forward_token_layers": B * ds.seq_len * self.n_layers}
         return values, skipped, {k: (v[0], v[1]) for k, v in base.items()}, cost
 
-    # --- attention, direct logit attribution, logit lens (fieldcheck.experiments.attention, .lens) ---
-    def attention(self, ds, heads="all", query="END", key="IO", **kw):
-        from fieldcheck.experiments.attention import attention
-        return attention(self, ds, heads, query, key, **kw)
-
-    def head_scores(self, n=8, length=20, seed=0, **kw):
-        from fieldcheck.experiments.attention import head_scores
-        return head_scores(self, n, length, seed, **kw)
-
-    def dla(self, ds, components="all", **kw):
-        from fieldcheck.experiments.lens import dla
-        return dla(self, ds, components, **kw)
-
-    def logit_lens(self, ds, position="END", **kw):
-        from fieldcheck.experiments.lens import logit_lens
-        return logit_lens(self, ds, position, **kw)
-
-    # --- circuits (fieldcheck.experiments.circuits, fieldcheck.experiments.discovery) -------------
-    def evaluate_circuit(self, ds, circuit, **kw):
-        from fieldcheck.experiments.circuits import evaluate_circuit
-        return evaluate_circuit(self, ds, circuit, **kw)
-
-    def faithfulness_curve(self, ds, scores=None, sizes=None, **kw):
-        from fieldcheck.experiments.circuits import faithfulness_curve
-        return faithfulness_curve(self, ds, scores, sizes, **kw)
-
-    def minimality(self, ds, circuit, **kw):
-        from fieldcheck.experiments.circuits import minimality
-        return minimality(self, ds, circuit, **kw)
-
-    def edge_scores(self, ds, **kw):
-        from fieldcheck.experiments.discovery import edge_scores
-        return edge_scores(self, ds, **kw)
-
-    def discover_circuit(self, ds, k, level="edge", **kw):
-        from fieldcheck.experiments.discovery import discover_circuit
-        return discover_circuit(self, ds, k, level, **kw)
-
-    # --- dictionary features (fieldcheck.experiments.features, .feature_circuits, .feature_views) ---
-    def feature_activations(self, ds, sae, latents="all", which="clean"):
-        from fieldcheck.experiments.features import feature_activations
-        return feature_activations(self, ds, sae, latents, which)
-
-    def node_attribution(self, ds, saes, **kw):
-        from fieldcheck.experiments.feature_circuits import node_attribution
-        return node_attribution(self, ds, saes, **kw)
-
-    def feature_circuit(self, ds, saes, k=20, **kw):
-        from fieldcheck.experiments.feature_circuits import feature_circuit
-        return feature_circuit(self, ds, saes, k, **kw)
-
-    def evaluate_feature_circuit(self, ds, nodes, saes=None, **kw):
-        from fieldcheck.experiments.feature_circuits import evaluate_feature_circuit
-        return evaluate_feature_circuit(self, ds, nodes, saes, **kw)
-
-    def selectivity(self, sae, latent, on, off, position="max", threshold=0.0):
-        from fieldcheck.experiments.feature_views import selectivity
-        return selectivity(self, sae, latent, on, off, position, threshold)
-
-    def top_examples(self, sae, latents, texts, k=10, **kw):
-        from fieldcheck.experiments.feature_views import top_examples
-        return top_examples(self, sae, latents, texts, k, **kw)
-
-    def feature_dla(self, ds, sae, latents="all", **kw):
-        from fieldcheck.experiments.feature_views import feature_dla
-        return feature_dla(self, ds, sae, latents, **kw)
-
-
-def _is_feature_sites(sites) -> bool:
-    if isinstance(sites, FeatureSiteSet) or isinstance(sites, FeatureSite):
-        return True
-    return isinstance(sites, (list, tuple)) and bool(sites) and all(isinstance(s, FeatureSite) for s in sites)
-
 
 def _dedupe(sites: list[Site]) -> list[Site]:
     return list(dict.fromkeys(sites))
 
 
-def _check_ds(ds, model=None) -> None:
+def check_dataset(ds, model=None) -> None:
+    """DatasetError unless ``ds`` is a ContrastiveSet whose tokens and answers fit ``model``'s
+    vocabulary and context (only the type is checked when ``model`` is None)."""
     for attr in ("clean_tokens", "corrupt_tokens", "answers", "wrong", "positions", "content_hash"):
         if not hasattr(ds, attr):
             raise DatasetError(f"{type(ds).__name__} is not a ContrastiveSet (missing {attr!r}); build one with "

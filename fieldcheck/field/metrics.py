@@ -71,6 +71,8 @@ class Metric:
 
 
 def as_metric(m: Union[str, Callable, Metric]) -> Metric:
+    """A Metric from ``m``: a Metric, a built-in name ("logit_diff", "logprob", "prob", "kl") or a
+    callable ``(logits [rows, d_vocab], ds) -> [rows]`` (named by its ``__name__``); MetricError otherwise."""
     if isinstance(m, Metric):
         return m
     if isinstance(m, str):

@@ -7,14 +7,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from fieldcheck.jsonable import jsonable as _jsonable
+from fieldcheck.jsonable import jsonable as _jsonable, to_numpy
 from fieldcheck.field.sites import Site
-
-
-def _np(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=float)
 
 
 @dataclass
@@ -44,17 +38,20 @@ class PatchResult:
     dataset_hash: str = ""  # content hash of the data set (ContrastiveSet.content_hash): the examples' identity
 
     def __post_init__(self):
-        self.values = _np(self.values)
-        self.baseline_clean = _np(self.baseline_clean)
-        self.baseline_corrupt = _np(self.baseline_corrupt)
+        self.values = to_numpy(self.values)
+        self.baseline_clean = to_numpy(self.baseline_clean)
+        self.baseline_corrupt = to_numpy(self.baseline_corrupt)
 
     # --- derived ---------------------------------------------------------------------
     @property
     def n(self) -> int:
+        """Number of examples (the ``batch`` axis of ``values``)."""
         return self.values.shape[1]
 
     @property
     def baseline_target(self) -> np.ndarray:
+        """``[batch]`` the metric of the run patched into: the corrupted run for "denoise", the clean run for
+        "noise"."""
         return self.baseline_corrupt if self.direction == "denoise" else self.baseline_clean
 
     @property
@@ -71,10 +68,13 @@ class PatchResult:
 
     @property
     def mean_effect(self) -> np.ndarray:
+        """``[n_sites]`` the effect averaged over the examples."""
         return self.effect.mean(axis=1)
 
     @property
     def labels(self) -> list[str]:
+        """Site labels (``"resid_pre L20@END"``, ...), one per row of ``values``; a joint patch has one label
+        naming its sites."""
         if self.jointly:
             return ["joint(" + ", ".join(s.label for s in self.sites[:4]) + (", ..." if len(self.sites) > 4 else "") + ")"]
         return [s.label for s in self.sites]
@@ -159,6 +159,8 @@ class PatchResult:
         return pd.DataFrame.from_records(recs)
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: sites, labels, ``values``/``effect``/``normalized [n_sites, batch]``, both baselines
+        ``[batch]``, direction, metric, source, alpha, data set and its hash, method, cost and n."""
         return _jsonable({
             "sites": [s.to_dict() for s in self.sites], "labels": self.labels, "values": self.values,
             "baseline_clean": self.baseline_clean, "baseline_corrupt": self.baseline_corrupt,
@@ -167,6 +169,8 @@ class PatchResult:
             "dataset": self.dataset, "dataset_hash": self.dataset_hash, "method": self.method, "cost": self.cost, "n": self.n})
 
     def summary(self) -> str:
+        """A readable two-line summary: method, direction, number of sites, n, metric, source, alpha, the
+        clean-corrupt gap and the five largest mean effects."""
         gap = float(np.mean(self.baseline_clean - self.baseline_corrupt))
         head = (f"PatchResult({self.method}, {self.direction}, {len(self.labels)} "
                 f"{'joint patch' if self.jointly else 'sites'}, n={self.n}, metric={self.metric}, "

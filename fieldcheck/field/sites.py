@@ -117,6 +117,24 @@ class SiteSet:
         return SiteSet(self._specs + [("sites", self._sites)] * (self._sites is not None)
                        + other._specs + [("sites", other._sites)] * (other._sites is not None))
 
+    def position_hints(self) -> tuple[list[str], int]:
+        """The position names and the largest int position this set mentions, to resolve it where
+        the positions do not matter (attention reads its own query and key, DLA all positions):
+        ``(sorted names including "END", largest position)``; ``"all"`` positions count as one
+        token. A negative position -k counts as k - 1."""
+        names, max_pos = {"END"}, 0
+        specs = list(self._specs)
+        if self._sites is not None:
+            specs.append(("sites", self._sites))
+        for spec in specs:
+            pos = [s.pos for s in spec[1]] if spec[0] == "sites" else (spec[2] if isinstance(spec[2], list) else [])
+            for p in pos:
+                if isinstance(p, str):
+                    names.add(p)
+                else:
+                    max_pos = max(max_pos, int(p) if int(p) >= 0 else -int(p) - 1)
+        return sorted(names), max_pos
+
     def resolve(self, n_layers: int, n_heads: int, seq_len: int, position_names: Iterable[str] = ("END",)) -> list[Site]:
         """The concrete sites for a model with ``n_layers``/``n_heads`` and prompts of ``seq_len`` tokens."""
         names = set(position_names)

@@ -40,6 +40,7 @@ class Source:
         return self.kind in ("other", "zero", "mean")
 
     def describe(self) -> str:
+        """A short text for reports: the kind, with scale and seed for gaussian and the norm for steer."""
         if self.kind == "gaussian":
             return f"gaussian(scale={self.scale}, seed={self.seed})"
         if self.kind == "steer":
@@ -48,24 +49,33 @@ class Source:
 
 
 def other() -> Source:
+    """The default source, activation patching: delta = the other run's value - phi, so alpha = 1 replaces the
+    value (the clean value into the corrupted run when denoising)."""
     return Source("other")
 
 
 def zero() -> Source:
+    """Zero ablation: delta = -phi (alpha = 1 sets the activation to 0)."""
     return Source("zero")
 
 
 def mean() -> Source:
+    """Mean ablation: delta = the mean of phi over the target run's examples - phi."""
     return Source("mean")
 
 
 def gaussian(scale: float, seed: int = 0) -> Source:
+    """Additive Gaussian noise delta ~ N(0, scale^2 I), seeded per site by ``seed`` (the same site and seed give
+    the same draw); SourceError for a negative or non-finite ``scale``."""
     if not math.isfinite(scale) or scale < 0:
         raise SourceError(f"gaussian scale must be a finite number >= 0, got {scale!r}")
     return Source("gaussian", scale=float(scale), seed=int(seed))
 
 
 def steer(vector) -> Source:
+    """An additive direction: ``vector`` ``[d_model]`` (the same for every example) or ``[batch, d_model]`` (per
+    example), e.g. a steering vector or a displacement between prompts; SourceError for another shape or
+    NaN/inf."""
     v = torch.as_tensor(vector)
     if not torch.is_floating_point(v):
         v = v.float()
@@ -77,6 +87,8 @@ def steer(vector) -> Source:
 
 
 def as_source(x) -> Source:
+    """A Source from ``x``: None (the default, ``other()``), a Source, "other"/"clean"/"corrupt" (``other()``),
+    "zero", "mean", or a tensor/array (``steer(x)``); SourceError otherwise."""
     if x is None:
         return other()
     if isinstance(x, Source):
@@ -93,6 +105,7 @@ def as_source(x) -> Source:
 
 
 def check_alpha(alpha) -> float:
+    """``alpha`` as a finite float (the scale in phi + alpha * delta); SourceError naming the value otherwise."""
     try:
         a = float(alpha)
     except (TypeError, ValueError):

@@ -62,7 +62,7 @@ def alias_cache_dir(name: str) -> Path:
 # --------------------------------------------------------------------------------------------
 # devices and dtypes
 
-_DTYPE_NAMES = {
+DTYPE_NAMES = {
     "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32",
     "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
     "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -76,12 +76,12 @@ def resolve_dtype(dtype: Any):
 
     if isinstance(dtype, str):
         key = dtype.strip().lower().removeprefix("torch.")
-        if key not in _DTYPE_NAMES:
+        if key not in DTYPE_NAMES:
             raise DeviceError(
                 f"unknown dtype {dtype!r}: use one of float32, bfloat16, float16 "
                 "(or a torch.dtype such as torch.float32)"
             )
-        return getattr(torch, _DTYPE_NAMES[key])
+        return getattr(torch, DTYPE_NAMES[key])
     if not isinstance(dtype, torch.dtype):
         raise DeviceError(
             f"dtype must be a torch floating dtype or its name, got {dtype!r}: "
@@ -612,15 +612,19 @@ def load_model(spec: Any = DEFAULT_MODEL, device: Any = "cpu", dtype: Any = None
                device_map: Any = None, prepend_bos: bool | None = None, **kw):
     """Load ``spec`` as a TransformerBridge in eval mode with gradients off on parameters.
 
+    ``spec``: an alias (``"smollm2-135m"``, the default; ``fieldcheck models list`` shows them), a
+    tiny test model (``"tiny-gpt2"``, ``"tiny-llama:layers=2"``), a ``.gguf`` file, a folder written
+    by ``save_pretrained``, a HuggingFace hub name, or an already loaded TransformerBridge.
     ``device`` is "cpu", "cuda", "cuda:N" or "mps"; ``dtype`` a torch floating dtype or its
     name (default float32); ``device_map="auto"`` spreads a large model over the available
     devices (accelerate) and replaces ``device``. ``prepend_bos``: whether prompts start with
     the BOS token (``model.cfg.default_prepend_bos``); None (default) follows the model's own
     convention for the built-in aliases and GGUF files (what its tokenizer does: Gemma adds
-    ``<bos>``, Qwen2.5 adds nothing) and TransformerLens's default elsewhere. Other keyword
-    arguments go to ``TransformerBridge.boot_transformers`` (e.g. ``n_ctx``, ``revision``).
+    ``<bos>``, Qwen2.5 adds nothing) and TransformerLens's default elsewhere. ``**kw``: passed
+    to ``TransformerBridge.boot_transformers`` (e.g. ``n_ctx``, ``revision``).
 
-    The result carries ``model.fieldcheck_info`` (see :func:`model_info`).
+    Returns the TransformerBridge; it carries ``model.fieldcheck_info`` (see :func:`model_info`).
+    ModelNotAvailable when the spec cannot be resolved, DeviceError for a bad device.
     """
     import torch
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from typing import Optional
 
-from fieldcheck.reports.schema import _finite, iter_keyed_results
+from fieldcheck.reports.schema import finite_number, iter_keyed_results
 from fieldcheck.reports.table import fmt, fmt_interval, short_id, verdict
 
 
@@ -111,7 +111,7 @@ def _change_text(ch: Optional[dict]) -> str:
     if not ch:
         return ""
     d = ch.get("estimate")
-    sign = "+" if _finite(d) and d > 0 else ""
+    sign = "+" if finite_number(d) and d > 0 else ""
     return f" ({sign}{fmt(d, 3)} [{fmt(ch.get('low'), 3)}, {fmt(ch.get('high'), 3)}])"
 
 
@@ -152,12 +152,12 @@ def trend_png(row: dict, labels: list[str]) -> Optional[str]:
 
     xs, ys, lo, hi, colors = [], [], [], [], []
     for i, cell in enumerate(row["cells"]):
-        if not cell or not _finite(cell.get("estimate")):
+        if not cell or not finite_number(cell.get("estimate")):
             continue
         y = float(cell["estimate"])
         iv = cell.get("interval") or [y, y]
-        a = float(iv[0]) if _finite(iv[0]) else y
-        b = float(iv[1]) if _finite(iv[1]) else y
+        a = float(iv[0]) if finite_number(iv[0]) else y
+        b = float(iv[1]) if finite_number(iv[1]) else y
         xs.append(i)
         ys.append(y)
         lo.append(max(0.0, y - a))
@@ -170,7 +170,7 @@ def trend_png(row: dict, labels: list[str]) -> Optional[str]:
     ax.plot(xs, ys, "-", color="#888", lw=1, zorder=1)
     ax.errorbar(xs, ys, yerr=[lo, hi], fmt="none", ecolor="#555", capsize=3, zorder=2)
     ax.scatter(xs, ys, c=colors, zorder=3)
-    if _finite(row.get("bar")):
+    if finite_number(row.get("bar")):
         ax.axhline(float(row["bar"]), color="k", ls="--", lw=1, label=f"bar {row.get('op', '')} {fmt(row['bar'])}")
         ax.legend(fontsize=7, loc="best")
     ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0, fontsize=8)

@@ -10,7 +10,8 @@ from typing import Any
 
 from fieldcheck.display import draw_plot
 from fieldcheck.reports.grid import grid_html
-from fieldcheck.reports.schema import _jsonable, atomic_write_text
+from fieldcheck.jsonable import jsonable
+from fieldcheck.reports.schema import atomic_write_text
 from fieldcheck.reports.table import fmt, fmt_interval, table_rows
 
 # --- HTML -----------------------------------------------------------------------------------
@@ -38,12 +39,12 @@ def _numbers_table(plot: dict) -> str:
     rows = []
     for k, v in plot.items():
         if isinstance(v, (list, tuple)):
-            flat = json.dumps(_jsonable(v))
+            flat = json.dumps(jsonable(v))
             if len(flat) > 400:
                 flat = flat[:400] + " ..."
             rows.append((k, flat))
         elif isinstance(v, dict):
-            rows.append((k, json.dumps(_jsonable(v))[:400]))
+            rows.append((k, json.dumps(jsonable(v))[:400]))
         else:
             rows.append((k, fmt(v)))
     return "<table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows) + "</table>"

@@ -91,10 +91,10 @@ def git_commit(cwd: str | os.PathLike | None = None) -> Optional[str]:
 
 def run_metadata(*, cwd: str | os.PathLike | None = None, **settings: Any) -> dict:
     """Versions, platform and git commit, plus the given settings (model, device, seed...)."""
-    import fieldcheck
+    from fieldcheck import __version__
 
     meta = {
-        "fieldcheck": getattr(fieldcheck, "__version__", None),
+        "fieldcheck": __version__,
         "torch": _version("torch"),
         "transformer_lens": _version("transformer-lens") or _version("transformer_lens"),
         "transformers": _version("transformers"),
@@ -146,7 +146,8 @@ def adjust_pvalues(pvals: list[float], method: str = DEFAULT_CORRECTION) -> list
     return _adjust_fallback(list(pvals), method)
 
 
-def _finite(x: Any) -> bool:
+def finite_number(x: Any) -> bool:
+    """Whether ``x`` is a finite int or float (not a bool, None, NaN, inf or a string)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -187,7 +188,7 @@ def apply_correction(claims: list[dict], method: str = DEFAULT_CORRECTION, alpha
     """
     groups: dict[str, list[tuple[dict, list[dict]]]] = {}
     for c in claims:
-        with_p = [r for r in c.get("results", []) if _finite(r.get("p_value"))]
+        with_p = [r for r in c.get("results", []) if finite_number(r.get("p_value"))]
         for r in c.get("results", []):
             r["p_adjusted"] = None
             r["family_size"] = None
@@ -211,9 +212,9 @@ def apply_correction(claims: list[dict], method: str = DEFAULT_CORRECTION, alpha
         flipped = False
         for r in c.get("results", []):
             ok = bool(r.get("passed"))
-            a = r.get("alpha") if _finite(r.get("alpha")) else alpha
+            a = r.get("alpha") if finite_number(r.get("alpha")) else alpha
             if (ok and method != "none" and r.get("decide", "bound") == "bound"
-                    and _finite(r.get("p_adjusted")) and r["p_adjusted"] > a):
+                    and finite_number(r.get("p_adjusted")) and r["p_adjusted"] > a):
                 ok = False
                 flipped = True
             r["passed_corrected"] = ok

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from fieldcheck.reports.schema import _finite, iter_keyed_results
+from fieldcheck.reports.schema import finite_number, iter_keyed_results
 
 # --- formatting -----------------------------------------------------------------------------
 def fmt(x: Any, digits: int = 4) -> str:
@@ -78,7 +78,7 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
                 else:
                     d = cr.get("delta")
                     row += [fmt(cr.get("baseline_estimate")),
-                            ("+" if _finite(d) and d > 0 else "") + fmt(d)]
+                            ("+" if finite_number(d) and d > 0 else "") + fmt(d)]
             rows.append(row)
     return header, rows
 

@@ -8,10 +8,9 @@ from typing import Optional
 
 import pytest
 
-from fieldcheck.claim.result import ClaimResult, set_sink
+from fieldcheck.claim.result import ClaimResult, current_sink, set_sink
 
-from .fixtures import marker_kwargs, model_param, uses_our_fixture
-from .session import FieldcheckPlugin, _settings_module
+from .common import marker_kwargs, model_param, settings_module, uses_our_fixture
 
 PROPERTY = "fieldcheck"          # user_properties key holding one claim's JSON payload
 _FIXTURES = ("fc_model", "field", "fc_seed", "fc_config")  # fc_session_seed alone makes no claim
@@ -34,9 +33,7 @@ class claim_scope:
 
     def __enter__(self):
         results = _results(self.item)
-        from fieldcheck.claim import result as claim_result
-
-        self.prev_sink = claim_result._sink
+        self.prev_sink = current_sink()
 
         def sink(r: ClaimResult) -> None:
             try:
@@ -46,7 +43,7 @@ class claim_scope:
             results.append(r)
 
         set_sink(None if _not_a_claim(self.item) else sink)
-        m = _settings_module()
+        m = settings_module()
         if m is not None and hasattr(m, "override"):
             # a claim run on several models draws the same resamples on each (seeded by the
             # claim id without the model's label)
@@ -165,7 +162,9 @@ def _error_text(report) -> Optional[str]:
     return text.strip().splitlines()[-1] if text.strip() else None
 
 
-def collect(state: "FieldcheckPlugin", report) -> None:
+def collect(state, report) -> None:
+    """Fold one test report into ``state.claims`` (state: the session's FieldcheckPlugin): the
+    claim's results, outcome, error text and falsifying example (controller only)."""
     payload = _payload(report)
     nid = report.nodeid
     entry = state.claims.get(nid)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import pytest
 
-from .session import get_state
+from .common import get_state, marker_kwargs
 
 @dataclass(frozen=True)
 class FcConfig:
@@ -22,16 +22,6 @@ class FcConfig:
     decide: str
     n: Optional[int] = None
     claim_id: Optional[str] = None
-
-
-def marker_kwargs(item) -> dict:
-    m = item.get_closest_marker("fieldcheck") if hasattr(item, "get_closest_marker") else None
-    if m is None:
-        return {}
-    kw = dict(m.kwargs)
-    if m.args and "model" not in kw:
-        kw["model"] = m.args[0]
-    return kw
 
 
 @pytest.fixture(scope="session")
@@ -79,27 +69,6 @@ def parametrize_models(metafunc) -> None:
                          ids=[state.labels[s] for s in state.specs])
 
 
-def model_param(item) -> tuple[Optional[str], Optional[str]]:
-    """(model spec, claim id without the model's label) of an item of a multi-model run, or
-    (None, None). The id is rebuilt from the parameter ids, not cut from the text."""
-    cs = getattr(item, "callspec", None)
-    if cs is None or "fc_model" not in getattr(cs, "params", {}):
-        return None, None
-    spec = cs.params["fc_model"]
-    state = get_state(item.config)
-    label = state.labels.get(spec) if state is not None else None
-    nid = item.nodeid
-    ids = list(getattr(cs, "_idlist", None) or [])
-    head = nid[:nid.rfind("[")] if nid.endswith("]") and "[" in nid else nid
-    if label is not None and ids and label in ids and nid.endswith("[" + "-".join(ids) + "]"):
-        rest = list(ids)
-        del rest[len(rest) - 1 - rest[::-1].index(label)]
-        return spec, head + (f"[{'-'.join(rest)}]" if rest else "")
-    if label is not None and nid.endswith(f"[{label}]"):
-        return spec, head
-    return spec, nid
-
-
 @pytest.fixture(scope="session")
 def fc_session_seed(request: pytest.FixtureRequest) -> int:
     """The session seed (``--fc-seed``, default 0), for session- or module-scoped data sets
@@ -128,22 +97,3 @@ def fc_config(request: pytest.FixtureRequest) -> FcConfig:
                     claim_id=request.node.nodeid)
 
 
-def pinned_model(item, state) -> Optional[str]:
-    spec = marker_kwargs(item).get("model")
-    return str(spec) if spec is not None and str(spec) != state.opts.model else None
-
-
-def uses_our_fixture(item, names) -> bool:
-    """Whether the item requests one of our fixtures by these names (not a parameter or a
-    fixture of its own that happens to be called ``field``)."""
-    info = getattr(item, "_fixtureinfo", None)
-    for n in names:
-        if n not in getattr(item, "fixturenames", ()):
-            continue
-        defs = (getattr(info, "name2fixturedefs", {}) or {}).get(n) if info is not None else None
-        if not defs:
-            continue
-        func = getattr(defs[-1], "func", None)
-        if getattr(func, "__module__", None) == __name__:
-            return True
-    return False

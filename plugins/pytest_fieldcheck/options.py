@@ -107,7 +107,8 @@ class Options:
         return list(self.models)
 
 
-def _usage(msg: str) -> pytest.UsageError:
+def usage_error(msg: str) -> pytest.UsageError:
+    """The error a bad option or ini value raises: pytest prints ``msg`` and exits with code 4."""
     return pytest.UsageError(msg)
 
 
@@ -118,35 +119,35 @@ def read_options(config: pytest.Config) -> Options:
     dt = _opt(config, "fc_dtype")
     o.dtype = str(dt).strip() if dt is not None else None
     if o.dtype is not None:
-        from fieldcheck.models.loading import _DTYPE_NAMES  # a name table; torch is not imported here
+        from fieldcheck.models.loading import DTYPE_NAMES  # a name table; torch is not imported here
 
-        if o.dtype.lower().removeprefix("torch.") not in _DTYPE_NAMES:
-            raise _usage(f"--fc-dtype {o.dtype!r} is unknown: use float32, bfloat16 or float16")
+        if o.dtype.lower().removeprefix("torch.") not in DTYPE_NAMES:
+            raise usage_error(f"--fc-dtype {o.dtype!r} is unknown: use float32, bfloat16 or float16")
     try:
         o.seed = int(str(_opt(config, "fc_seed")).strip())
     except ValueError:
-        raise _usage(f"--fc-seed {_opt(config, 'fc_seed')!r} is not an integer: use e.g. --fc-seed 0")
+        raise usage_error(f"--fc-seed {_opt(config, 'fc_seed')!r} is not an integer: use e.g. --fc-seed 0")
     raw_alpha = _opt(config, "fc_alpha")
     try:
         o.alpha = float(raw_alpha)
     except (TypeError, ValueError):
         o.alpha = float("nan")
     if not (0.0 < o.alpha < 0.5):
-        raise _usage(f"--fc-alpha {raw_alpha!r} must be a number in (0, 0.5), e.g. --fc-alpha 0.05")
+        raise usage_error(f"--fc-alpha {raw_alpha!r} must be a number in (0, 0.5), e.g. --fc-alpha 0.05")
     o.correction = str(_opt(config, "fc_correction")).lower()
     if o.correction not in ("bonferroni", "holm", "bh", "none"):
-        raise _usage(f"--fc-correction {o.correction!r} is unknown: use bonferroni, holm, bh "
+        raise usage_error(f"--fc-correction {o.correction!r} is unknown: use bonferroni, holm, bh "
                      f"or none")
     o.correction_family = str(_opt(config, "fc_correction_family")).lower()
     if o.correction_family not in ("session", "file", "claim"):
-        raise _usage(f"--fc-correction-family {o.correction_family!r} is unknown: use session, "
+        raise usage_error(f"--fc-correction-family {o.correction_family!r} is unknown: use session, "
                      f"file or claim")
     o.decide = str(_opt(config, "fc_decide")).lower()
     if o.decide not in ("bound", "point"):
-        raise _usage(f"--fc-decide {o.decide!r} is unknown: use bound or point")
+        raise usage_error(f"--fc-decide {o.decide!r} is unknown: use bound or point")
     dev = o.device.lower()
     if not (dev in ("cpu", "cuda", "auto", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-        raise _usage(f"--fc-device {o.device!r} is unknown: use cpu, cuda, cuda:N or auto")
+        raise usage_error(f"--fc-device {o.device!r} is unknown: use cpu, cuda, cuda:N or auto")
     o.report_json = _opt(config, "fc_report_json")
     o.report_html = _opt(config, "fc_report_html")
     o.save = _opt(config, "fc_save")
@@ -159,20 +160,20 @@ def read_options(config: pytest.Config) -> Options:
     raw_models = _opt(config, "fc_models")
     o.models = [m.strip() for m in str(raw_models).split(",") if m.strip()] if raw_models else []
     if o.baseline_model is not None and o.models:
-        raise _usage("--fc-baseline-model and --fc-models cannot be combined: compare a candidate "
+        raise usage_error("--fc-baseline-model and --fc-models cannot be combined: compare a candidate "
                      "(--fc-model) with a baseline, or sweep a list of models")
     if o.baseline_model is not None and o.baseline_model == o.model:
-        raise _usage(f"--fc-baseline-model {o.baseline_model!r} is the --fc-model itself: pass the "
+        raise usage_error(f"--fc-baseline-model {o.baseline_model!r} is the --fc-model itself: pass the "
                      f"candidate with --fc-model and the model you ship with --fc-baseline-model")
     if raw_models is not None and len(o.models) < 2:
-        raise _usage(f"--fc-models {raw_models!r} names {len(o.models)} model(s): give at least two, "
+        raise usage_error(f"--fc-models {raw_models!r} names {len(o.models)} model(s): give at least two, "
                      f"comma-separated, e.g. --fc-models ckpt-1000,ckpt-2000")
     if len(set(o.models)) != len(o.models):
-        raise _usage(f"--fc-models {raw_models!r} names a model twice: give each once")
+        raise usage_error(f"--fc-models {raw_models!r} names a model twice: give each once")
     if o.models:
         o.model = o.models[0]
     if o.baseline_model is not None and o.compare is not None:
-        raise _usage("--fc-baseline-model compares with a model in the same run; --fc-compare with "
+        raise usage_error("--fc-baseline-model compares with a model in the same run; --fc-compare with "
                      "a saved run: use one of them")
     if o.compare_fail and o.compare is None and o.baseline_model is None:
         o.compare = "latest"

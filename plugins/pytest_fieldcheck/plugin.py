@@ -1,15 +1,18 @@
 """pytest-fieldcheck: the hooks that turn claims into reports.
 
 Registered through the ``pytest11`` entry point ``fieldcheck = pytest_fieldcheck.plugin``. This
-module only wires pytest's hooks to the parts, one module per concern:
+module only wires pytest's hooks to the parts, one module per concern, each importing only the
+ones listed before it:
 
     options     the --fc-* options and ini keys, validated into an Options
-    session     per-session state (models, fields, claims) and the settings it changes
+    baselines   saved runs and the comparison rules
+    common      what the others share: the state's lookup, the controller test, an item's
+                marker, model parameter and fixtures (imports no other part)
     fixtures    fc_model, field, fc_seed, fc_config and the fieldcheck marker
     collection  which tests are claims; their ClaimResults, outcomes and errors
+    session     per-session state (models, fields, claims) and the settings it changes
     outputs     the run report (correction, baseline comparison) and the files written
     terminal    the summary printed at the end
-    baselines   saved runs and the comparison rules
 
 Nothing heavy is imported at start-up: torch, transformer_lens and the model load only when a
 test requests ``fc_model`` or ``field``.
@@ -21,7 +24,8 @@ import json
 import pytest
 
 from . import collection, outputs, session, terminal
-from .fixtures import fc_config, fc_model, fc_seed, fc_session_seed, field  # noqa: F401  (fixtures of the plugin)
+from .common import get_state, is_controller
+from .fixtures import fc_config, fc_model, fc_seed, fc_session_seed, field, parametrize_models  # noqa: F401  (fixtures of the plugin)
 from .options import add_options, resolve_device  # noqa: F401  (resolve_device: public helper)
 
 
@@ -34,8 +38,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc) -> None:
-    from .fixtures import parametrize_models
-
     parametrize_models(metafunc)
 
 
@@ -60,8 +62,6 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus) -> None:
-    from .session import get_state, is_controller
-
     config = session.config
     state = get_state(config)
     if state is None:
@@ -87,8 +87,6 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    from .session import get_state, is_controller
-
     state = get_state(config)
     if state is None or state.report is None or not is_controller(config):
         return
@@ -96,8 +94,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 
 
 def pytest_unconfigure(config) -> None:
-    from .session import get_state
-
     state = get_state(config)
     if state is not None:
         state.restore()

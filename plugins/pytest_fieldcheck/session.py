@@ -11,14 +11,12 @@ from typing import Any, Optional
 
 import pytest
 
-from .options import Options, _usage, read_options, resolve_device
+from . import baselines
+from .collection import collect
+from .common import STATE_NAME, is_controller, pinned_model, settings_module, uses_our_fixture
+from .options import Options, read_options, resolve_device, usage_error
 
 _VOLATILE_INFO = ("load_seconds", "load_s", "loaded_at", "date", "duration")
-
-
-def is_controller(config: pytest.Config) -> bool:
-    """True outside xdist workers (the process that collects results and writes reports)."""
-    return not hasattr(config, "workerinput")
 
 
 def _show_progress(config: pytest.Config) -> bool:
@@ -133,8 +131,6 @@ class FieldcheckPlugin:
     def pytest_runtest_setup(self, item) -> None:
         """A claim pinned to another model gets that model (loaded once per session) through
         its ``fc_model``/``field`` arguments, or is skipped when it cannot be loaded."""
-        from .fixtures import pinned_model, uses_our_fixture
-
         spec = pinned_model(item, self)
         if spec is None or not uses_our_fixture(item, ("fc_model", "field")):
             return
@@ -151,8 +147,6 @@ class FieldcheckPlugin:
 
     def pytest_runtest_logreport(self, report) -> None:
         if is_controller(self.config):
-            from .collection import collect
-
             collect(self, report)
 
     @pytest.hookimpl(optionalhook=True)
@@ -171,10 +165,10 @@ class FieldcheckPlugin:
 
     def restore(self) -> None:
         """Put back what configure changed in process-wide state (for nested sessions)."""
-        m = _settings_module()
-        if m is not None and self.prev_settings is not None and hasattr(m, "_current"):
+        m = settings_module()
+        if m is not None and self.prev_settings is not None and hasattr(m, "restore"):
             try:
-                m._current.set(self.prev_settings)
+                m.restore(self.prev_settings)
             except Exception:
                 pass
         if self.prev_profile:
@@ -208,10 +202,6 @@ def model_labels(specs: list[str], baseline: Optional[str] = None) -> dict[str, 
     return out
 
 
-def get_state(config: pytest.Config) -> FieldcheckPlugin:
-    return config.pluginmanager.get_plugin("fieldcheck-state")
-
-
 def configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fieldcheck(model=None, seed=None, n=None): pin a claim to a model, a seed "
@@ -220,8 +210,6 @@ def configure(config: pytest.Config) -> None:
     state = FieldcheckPlugin(config, opts)
     from fieldcheck.errors import BaselineError
 
-    from . import baselines
-
     try:
         state.rules = [baselines.parse_rule(e) for e in opts.compare_fail]
         if opts.save is not None:
@@ -229,32 +217,24 @@ def configure(config: pytest.Config) -> None:
         if opts.compare is not None and is_controller(config):
             state.baseline_path, state.baseline = baselines.load(opts.compare, config.rootpath)
     except BaselineError as e:
-        raise _usage(str(e)) from None
-    config.pluginmanager.register(state, "fieldcheck-state")
+        raise usage_error(str(e)) from None
+    config.pluginmanager.register(state, STATE_NAME)
 
     if opts.no_cache:
         os.environ["FIELDCHECK_NO_CACHE"] = "1"
     progress = _show_progress(config)
     if not progress:
         os.environ["FIELDCHECK_NO_PROGRESS"] = "1"
-    m = _settings_module()
+    m = settings_module()
     if m is not None and hasattr(m, "get"):
         state.prev_settings = m.get()
     _set_settings(alpha=opts.alpha, decide=opts.decide, seed=opts.seed, show_progress=progress)
     state.prev_profile = _hypothesis_profile(config)
 
 
-def _settings_module():
-    try:
-        from fieldcheck import config as fc_config
-    except ImportError:
-        return None
-    return fc_config
-
-
 def _set_settings(**kw) -> None:
     """Push session settings into fieldcheck.config, passing only the names it knows."""
-    m = _settings_module()
+    m = settings_module()
     if m is None or not hasattr(m, "set"):
         return
     known = None
@@ -268,7 +248,7 @@ def _set_settings(**kw) -> None:
     try:
         m.set(**kw)
     except Exception as e:  # a bad value here was validated already; do not crash start-up
-        raise _usage(f"fieldcheck settings {kw}: {e}")
+        raise usage_error(f"fieldcheck settings {kw}: {e}")
 
 
 def _hypothesis_profile(config: pytest.Config) -> Optional[str]:
