@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from fieldcheck.errors import UsageError
-from fieldcheck.experiments.features import metric_rows, feature_run, hook_gradients, sae_report
+from fieldcheck.experiments.features import feature_run, hook_gradients, sae_report
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.results import dataset_hash_of
 from fieldcheck.field.sites import FeatureSite, site_of_hook
@@ -55,6 +55,7 @@ class NodeScores:
 
     @property
     def mean(self) -> np.ndarray:
+        """``[n_nodes]``: each node's score averaged over the examples."""
         return self.scores.mean(1)
 
     def top(self, k: int) -> list:
@@ -63,6 +64,7 @@ class NodeScores:
         return [self.nodes[i] for i in order]
 
     def summary(self) -> str:
+        """The number of nodes, the method, and the eight largest mean scores."""
         order = np.argsort(-np.abs(self.mean), kind="stable")[:8]
         return (f"NodeScores({len(self.nodes)} nodes, {self.method}, {self.ablation} ablation)\n  largest: "
                 + ", ".join(f"{self.nodes[i].label} {self.mean[i]:+.3g}" for i in order))
@@ -70,6 +72,7 @@ class NodeScores:
     __repr__ = summary
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: node labels, ``scores [n_nodes, batch]``, method, ablation, cost."""
         return jsonable({"nodes": [n.label for n in self.nodes], "scores": self.scores, "method": self.method,
                          "ablation": self.ablation, "cost": self.cost})
 
@@ -133,21 +136,26 @@ class FeatureCircuitResult:
 
     @property
     def faithfulness(self) -> float:
+        """sum(circuit - empty) / sum(full - empty) over the examples (1: the circuit does it all)."""
         return self._ratio(self.circuit - self.empty, self.full - self.empty)
 
     @property
     def completeness(self) -> float:
+        """1 - sum(complement - empty) / sum(full - empty) (1: nothing outside the circuit does it)."""
         return 1.0 - self._ratio(self.complement - self.empty, self.full - self.empty)
 
     @property
     def cpr(self) -> float:
+        """The faithfulness under MIB's name (circuit performance ratio)."""
         return self.faithfulness
 
     @property
     def n(self) -> int:
+        """The number of examples the metrics were measured on."""
         return int(self.full.size)
 
     def summary(self) -> str:
+        """Nodes kept, ablation, mean metrics of the four runs, faithfulness and completeness."""
         shown = ", ".join(n.label for n in self.nodes[:6]) + (", ..." if len(self.nodes) > 6 else "")
         e = f"; {len(self.edges)} edges" if self.edges else ""
         return (f"FeatureCircuitResult({len(self.nodes)} of {self.n_nodes_total} nodes, {self.ablation} ablation, "
@@ -196,6 +204,7 @@ class FeatureCircuitResult:
         return rich_html(self, self.plot)
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: node labels, per-example metrics ``[batch]``, both ratios, edges, cost."""
         return jsonable({"nodes": [n.label for n in self.nodes], "circuit": self.circuit,
                          "complement": self.complement, "full": self.full, "empty": self.empty,
                          "faithfulness": self.faithfulness, "completeness": self.completeness,
@@ -249,7 +258,7 @@ def _circuit_metric(field, ds, dl, runs, keep_sets: list[set], ablation: str, m)
                 keep_err = any(n.dictionary is d and n.latent is None for n in keep)
                 edits[d.out_hook] = _ablated_edit(d, mask, keep_err, fa, ea, ex)
             xf = forward_with(field.fm, r.clean.resid[start], edits, start=start)
-            out[i] = metric_rows(field, m, r, ds, xf[ex, r.metric_pos], ex).double().cpu().numpy()
+            out[i] = field.metric_on(m, r, xf[ex, r.metric_pos], ex).double().cpu().numpy()
     return out
 
 

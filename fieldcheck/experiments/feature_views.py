@@ -13,6 +13,7 @@ examples in a corpus, and the direct logit effect of each decoder row.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field as dc_field
 from typing import Optional, Sequence
 
@@ -22,6 +23,7 @@ import torch
 from fieldcheck.errors import SiteError, UsageError
 from fieldcheck.experiments.features import feature_run, sae_report
 from fieldcheck.experiments.lens import final_norm_affine
+from fieldcheck.field.results import dataset_hash_of
 from fieldcheck.field.sites import site_of_hook
 from fieldcheck.jsonable import jsonable
 from fieldcheck.sae.dictionary import Dictionary
@@ -65,23 +67,35 @@ class Selectivity:
     threshold: float = 0.0
     position: str = "max"
     cost: dict = dc_field(default_factory=dict)
-    on_set: Optional[object] = None
-    off_set: Optional[object] = None
+    on_hash: str = ""
+    off_hash: str = ""
 
     @property
     def rate_on(self) -> float:
+        """Share of the "on" prompts on which the latent fires (activation above ``threshold``)."""
         return float((self.on > self.threshold).mean())
 
     @property
     def rate_off(self) -> float:
+        """Share of the "off" prompts on which the latent fires (activation above ``threshold``)."""
         return float((self.off > self.threshold).mean())
 
     @property
     def auroc(self) -> float:
+        """Probability that an "on" prompt's activation exceeds an "off" prompt's (ties count 1/2)."""
         cmp = (self.on[:, None] > self.off[None]).astype(float) + 0.5 * (self.on[:, None] == self.off[None])
         return float(cmp.mean())
 
+    @property
+    def dataset_hash(self) -> str:
+        """The identity of both prompt sets together ("" when either is unknown), by which a gating
+        run pairs the two models' values prompt by prompt."""
+        if not self.on_hash or not self.off_hash:
+            return ""
+        return hashlib.sha256(f"selectivity/{self.position}/{self.on_hash}/{self.off_hash}".encode()).hexdigest()
+
     def summary(self) -> str:
+        """One line: the latent, where it was read, its firing rates, means and AUROC."""
         return (f"Selectivity({self.dictionary} F{self.latent} at {self.position}: fires on {self.rate_on:.0%} of "
                 f"{self.on.size} 'on' and {self.rate_off:.0%} of {self.off.size} 'off' prompts; mean "
                 f"{self.on.mean():.3g} vs {self.off.mean():.3g}; AUROC {self.auroc:.3f})")
@@ -89,6 +103,7 @@ class Selectivity:
     __repr__ = summary
 
     def plot(self, ax=None):
+        """Histograms of the activations on the "on" and the "off" prompts; returns the Figure."""
         from fieldcheck.display import pyplot
 
         plt = pyplot()
@@ -107,9 +122,11 @@ class Selectivity:
         return rich_html(self, self.plot)
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: per-prompt ``on``/``off`` activations, rates, AUROC, the prompt sets' hashes."""
         return jsonable({"dictionary": self.dictionary, "latent": self.latent, "on": self.on, "off": self.off,
                          "threshold": self.threshold, "position": self.position, "rate_on": self.rate_on,
-                         "rate_off": self.rate_off, "auroc": self.auroc, "cost": self.cost})
+                         "rate_off": self.rate_off, "auroc": self.auroc, "cost": self.cost,
+                         "on_hash": self.on_hash, "off_hash": self.off_hash})
 
 
 def _per_prompt(field, d, latent, prompts, position):
@@ -137,8 +154,14 @@ def selectivity(field, dictionary: Dictionary, latent: int, on, off, position="m
     a_off = _per_prompt(field, dictionary, lat, off, position)
     runs = [feature_run(field, x, dictionary) for x in (on, off) if hasattr(x, "clean_tokens")]
     return Selectivity(dictionary.name, lat, a_on, a_off, float(threshold), str(position),
-                       {"sae": sae_report(field, runs)} if runs else {},
-                       on if hasattr(on, "content_hash") else None, off if hasattr(off, "content_hash") else None)
+                       {"sae": sae_report(field, runs)} if runs else {}, _prompts_hash(on), _prompts_hash(off))
+
+
+def _prompts_hash(prompts) -> str:
+    """A ContrastiveSet's content hash, or the hash of a list of texts."""
+    if hasattr(prompts, "content_hash"):
+        return dataset_hash_of(prompts)
+    return hashlib.sha256("\x00".join(map(str, prompts)).encode()).hexdigest()
 
 
 # --- top activating examples ---------------------------------------------------------------------
@@ -152,6 +175,7 @@ class TopExamples:
     n_texts: int
 
     def summary(self) -> str:
+        """Per latent (the first eight), its three strongest activations with their context."""
         lines = [f"TopExamples({self.dictionary}, {len(self.examples)} latents over {self.n_texts} texts)"]
         for lat, rows in list(self.examples.items())[:8]:
             shown = "; ".join(f"{a:.2f} {ctx!r}" for a, _, _, ctx in rows[:3])
@@ -186,6 +210,7 @@ class TopExamples:
         return "".join(parts)
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: per latent the ``[activation, text, position, context]`` rows."""
         return jsonable({"dictionary": self.dictionary, "n_texts": self.n_texts,
                          "examples": {str(k): [list(r) for r in v] for k, v in self.examples.items()}})
 
@@ -230,19 +255,23 @@ class FeatureDLA:
 
     @property
     def mean(self) -> np.ndarray:
+        """``[n_latents]``: each latent's direct effect averaged over the examples."""
         return self.values.mean(1)
 
     def top(self, k: int = 10) -> list[tuple[int, float]]:
+        """The ``k`` latents with the largest mean |direct effect|, as ``(latent, mean)`` pairs."""
         order = np.argsort(-np.abs(self.mean))[:k]
         return [(self.latents[i], float(self.mean[i])) for i in order]
 
     def summary(self) -> str:
+        """The five latents with the largest mean direct effect and the tokens they promote."""
         rows = ", ".join(f"F{i} {v:+.3g} (promotes {self.promoted.get(i, [])[:3]})" for i, v in self.top(5))
         return f"FeatureDLA({self.dictionary}, {len(self.latents)} latents, {self.which} run, n={self.values.shape[1]})\n  {rows}"
 
     __repr__ = summary
 
     def plot(self, k: int = 15, ax=None):
+        """Bars of the ``k`` largest mean direct effects, labelled by promoted tokens; the Figure."""
         from fieldcheck.display import pyplot
 
         plt = pyplot()
@@ -261,6 +290,7 @@ class FeatureDLA:
         return rich_html(self, self.plot)
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: ``values [n_latents, batch]``, means, promoted and suppressed tokens."""
         return jsonable({"dictionary": self.dictionary, "latents": self.latents, "values": self.values,
                          "mean": self.mean, "promoted": {str(k): v for k, v in self.promoted.items()},
                          "suppressed": {str(k): v for k, v in self.suppressed.items()}, "which": self.which,

@@ -17,7 +17,7 @@ Patches run on the light-cone engine (``fieldcheck.field.engine``: one row per s
 a source at each position) or, for families it does not know, through full forwards.
 
 Attribution (``predict_features``): the first-order prediction of every such patch from one
-backward pass, ``sum_t delta(b, t) . dm/dphi(b, t)`` (``field.sensitivity`` at the hook), or the
+backward pass, ``sum_t delta(b, t) . dm/dphi(b, t)`` (:func:`fieldcheck.experiments.response.sensitivity` at the hook), or the
 integrated gradient along the straight line between the two runs' activations at the hook
 (``steps`` forward+backward passes per dictionary, Marks et al. 2024).
 """
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from fieldcheck.errors import SiteError, SourceError, UsageError
+from fieldcheck.experiments.response import sensitivity
 from fieldcheck.field.engine import Injection, LightConeEngine, Row
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.results import PatchResult, dataset_hash_of
@@ -44,7 +45,7 @@ from fieldcheck.sae.splice import check_fits, forward_with, hook_values
 SOURCES = ("other", "zero", "mean", "steer")
 
 __all__ = ["FeatureRun", "feature_run", "patch_features", "predict_features", "feature_activations",
-           "FeatureActivations", "sae_report"]
+           "FeatureActivations", "sae_report", "run_sources", "group_delta", "hook_gradients", "resolve_features"]
 
 
 # --- the dictionaries' view of a data set's two runs ------------------------------------------------
@@ -134,7 +135,8 @@ def sae_report(field, runs: Sequence[FeatureRun]) -> list[dict]:
 
 
 # --- resolving feature sites --------------------------------------------------------------------
-def _resolve(field, ds, sites) -> list[FeatureSite]:
+def resolve_features(field, ds, sites) -> list[FeatureSite]:
+    """The FeatureSites of ``sites`` (a FeatureSiteSet, a FeatureSite or a list of them) for ``ds``."""
     if isinstance(sites, FeatureSite):
         sites = [sites]
     if isinstance(sites, (list, tuple)) and sites and all(isinstance(s, FeatureSite) for s in sites):
@@ -176,48 +178,50 @@ def _check_source(source) -> str:
 
 # --- patching -----------------------------------------------------------------------------------
 def patch_features(field, ds, sites, direction: str = "denoise", source=None, alpha: float = 1.0,
-                   jointly: bool = False, metric="logit_diff", progress: Optional[bool] = None) -> PatchResult:
-    """Patch each feature site (or all jointly) and read the metric; a PatchResult whose ``sites`` are
-    the FeatureSites and whose ``cost["sae"]`` says where each dictionary was trained and how well it
-    reconstructs this data set."""
+                   jointly: bool = False, metric="logit_diff", engine: Optional[str] = None,
+                   progress: Optional[bool] = None):
+    """Patch each feature site (or all jointly) and read the metric.
+
+    Returns a PatchResult (a dict metric name -> PatchResult when ``metric`` is a list) whose
+    ``sites`` are the FeatureSites, ``values [n_sites, batch]`` (``[1, batch]`` when jointly), and
+    whose ``cost["sae"]`` says where each dictionary was trained and how well it reconstructs this
+    data set."""
     if direction not in ("denoise", "noise"):
         raise UsageError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     alpha = check_alpha(alpha)
     src = _check_source(source)
-    m = as_metric(metric)
-    site_list = _resolve(field, ds, sites)
+    metrics = [as_metric(x) for x in (metric if isinstance(metric, (list, tuple)) else [metric])]
+    site_list = resolve_features(field, ds, sites)
     t_start = time.perf_counter()
-    r = field.run(ds)
     runs = {id(d): feature_run(field, ds, d) for d in dict.fromkeys(s.dictionary for s in site_list)}
-    B, T = ds.n, ds.seq_len
-    dev = field.device
+    T, dev = ds.seq_len, field.device
     deltas = {}
     for key, run in runs.items():
         df = run.delta_f(direction, src, alpha)
         derr = run.delta_err(direction, src, alpha) if any(s.latent is None and id(s.dictionary) == key
                                                           for s in site_list) else None
         deltas[key] = (df, derr)
-    n_out = 1 if jointly else len(site_list)
     groups = [site_list] if jointly else [[s] for s in site_list]
-    base_c, base_k = field.metric_values(ds, m, "clean"), field.metric_values(ds, m, "corrupt")
-    target_base = base_k if direction == "denoise" else base_c
-    values = target_base.detach().double().cpu()[None].repeat(n_out, 1)
-    skipped = np.ones((n_out, B), dtype=bool)
-    metric_pos = r.metric_pos
-    if getattr(field.fm, "generic", False) or field.engine_name == "hooks":
-        cost = _patch_full(field, ds, r, groups, runs, deltas, direction, m, values, skipped)
-    else:
-        cost = _patch_lightcone(field, ds, r, groups, runs, deltas, direction, m, values, skipped, metric_pos, progress)
+
+    def sources(gi: int) -> dict:
+        return group_delta(groups[gi], runs, deltas, ds, T, dev, direction)
+
+    values, skipped, cost = run_sources(field, ds, direction, len(groups), sources, metrics, engine, progress)
     cost["seconds"] = time.perf_counter() - t_start
     cost["sae"] = sae_report(field, runs.values())
-    return PatchResult(sites=site_list, values=values, baseline_clean=base_c, baseline_corrupt=base_k,
-                       direction=direction, metric=m.name, jointly=jointly, alpha=alpha, source=f"feature:{src}",
-                       dataset=getattr(ds, "name", ""), method="patch", cost=cost, skipped=skipped,
-                       dataset_hash=dataset_hash_of(ds))
+    base = {m.name: field.baselines(ds, m) for m in metrics}
+    out = {m.name: PatchResult(sites=site_list, values=values[m.name], baseline_clean=base[m.name][0],
+                               baseline_corrupt=base[m.name][1], direction=direction, metric=m.name,
+                               jointly=jointly, alpha=alpha, source=f"feature:{src}",
+                               dataset=getattr(ds, "name", ""), method="patch", cost=dict(cost),
+                               skipped=skipped.copy(), dataset_hash=dataset_hash_of(ds))
+           for m in metrics}
+    return out if isinstance(metric, (list, tuple)) else out[metrics[0].name]
 
 
-def _group_delta(group, runs, deltas, ds, T, dev, direction) -> dict[str, torch.Tensor]:
-    """hook -> summed source ``[batch, pos, d]`` of the sites of one patch."""
+def group_delta(group, runs, deltas, ds, T, dev, direction) -> dict[str, torch.Tensor]:
+    """hook -> summed model-space source ``[batch, pos, d]`` of the feature sites of one patch
+    (``runs``: id(dictionary) -> FeatureRun; ``deltas``: id(dictionary) -> (delta_f, delta_err))."""
     out: dict[str, torch.Tensor] = {}
     for s in group:
         run = runs[id(s.dictionary)]
@@ -228,23 +232,39 @@ def _group_delta(group, runs, deltas, ds, T, dev, direction) -> dict[str, torch.
     return out
 
 
-def metric_rows(field, m, r, ds, x_final: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
-    ref = None
-    if m.name == "kl":
-        xc = r.clean.resid[-1][ex, r.metric_pos[ex]]
-        ref = torch.log_softmax(field.fm.unembed(field.fm.final_norm(xc)).float(), -1)
-    return m(field.fm, x_final, ex, ds, ref)
+def run_sources(field, ds, direction: str, n_rows: int, sources, metrics, engine: Optional[str] = None,
+                progress: Optional[bool] = None):
+    """Run ``n_rows`` patched forwards of ``ds``'s target run and read each metric.
+
+    ``sources(i)`` gives row i's additive sources, hook name -> ``[batch, pos, d]`` (hook_z:
+    ``[batch, pos, n_heads * d_head]``). Returns ``(values {metric: [n_rows, batch]} float64,
+    skipped [n_rows, batch], cost)``: on the light-cone engine one engine row per example whose
+    source is not zero (a source at each of its positions; skipped rows keep the target's value),
+    else one full forward of every example per row."""
+    r = field.run(ds)
+    engine = engine or field.engine_name
+    if engine not in ("lightcone", "hooks"):
+        raise UsageError(f"engine must be 'lightcone' or 'hooks', got {engine!r}")
+    tgt_idx = 1 if direction == "denoise" else 0
+    values = {m.name: field.baselines(ds, m)[tgt_idx].detach().double().cpu()[None].repeat(n_rows, 1)
+              for m in metrics}
+    skipped = np.ones((n_rows, ds.n), dtype=bool)
+    if getattr(field.fm, "generic", False) or engine == "hooks":
+        cost = _patch_full(field, ds, r, n_rows, sources, direction, metrics, values, skipped)
+    else:
+        cost = _patch_lightcone(field, ds, r, n_rows, sources, direction, metrics, values, skipped, progress)
+    return values, skipped, cost
 
 
-def _patch_lightcone(field, ds, r, groups, runs, deltas, direction, m, values, skipped, metric_pos, progress):
+def _patch_lightcone(field, ds, r, n_rows, sources, direction, metrics, values, skipped, progress):
     fm = field.fm
     B, T = ds.n, ds.seq_len
     dev = field.device
     rows, slots = [], []
-    for gi, group in enumerate(groups):
-        by_hook = _group_delta(group, runs, deltas, ds, T, dev, direction)
+    metric_pos = r.metric_pos
+    for gi in range(n_rows):
         injs: list[list[Injection]] = [[] for _ in range(B)]
-        for hook, dl in by_hook.items():
+        for hook, dl in sources(gi).items():
             kind, layer = site_of_hook(hook)
             stage = Site(kind if kind != "mlp_in" else "mlp_out", layer, 0).stage
             nz = (dl != 0).any(-1) & (torch.arange(T, device=dev)[None] <= metric_pos[:, None])
@@ -264,36 +284,38 @@ def _patch_lightcone(field, ds, r, groups, runs, deltas, direction, m, values, s
     if (progress if progress is not None else False) and len(rows) > 200:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(rows), desc="fieldcheck feature patches", unit="row", leave=False)
-    tgt = r.target(direction)
-    if rows:
-        x_final = engine.run(tgt, rows, metric_pos, progress=bar)
-        ex = torch.tensor([b for _, b in slots], device=dev)
-        got = metric_rows(field, m, r, ds, x_final, ex).double().cpu()
-        for (gi, b), v in zip(slots, got.tolist()):
-            values[gi, b] = v
-            skipped[gi, b] = False
-    if bar is not None:
-        bar.close()
+    try:
+        if rows:
+            x_final = engine.run(r.target(direction), rows, metric_pos, progress=bar)
+            ex = torch.tensor([b for _, b in slots], device=dev)
+            for m in metrics:
+                got = field.metric_on(m, r, x_final, ex).double().cpu()
+                for (gi, b), v in zip(slots, got.tolist()):
+                    values[m.name][gi, b] = v
+            for gi, b in slots:
+                skipped[gi, b] = False
+    finally:
+        if bar is not None:
+            bar.close()
     return {"engine": "lightcone", "rows": len(rows), "rows_skipped": int(skipped.sum()),
             "chunks": engine.stats["forwards"], "token_layers": engine.stats["token_layers"]}
 
 
-def _patch_full(field, ds, r, groups, runs, deltas, direction, m, values, skipped):
-    """Families without the light-cone engine: one full forward (all examples) per patch."""
+def _patch_full(field, ds, r, n_rows, sources, direction, metrics, values, skipped):
+    """Families without the light-cone engine (or engine="hooks"): one full forward of every
+    example per row."""
     fm = field.fm
-    B, T = ds.n, ds.seq_len
-    dev = field.device
     tgt = r.target(direction)
-    ex = torch.arange(B, device=dev)
+    ex = torch.arange(ds.n, device=field.device)
     with torch.no_grad():
-        for gi, group in enumerate(groups):
-            by_hook = _group_delta(group, runs, deltas, ds, T, dev, direction)
+        for gi in range(n_rows):
             edits = {h: (lambda dl: (lambda y, *rest: y + dl.to(y.dtype).reshape(y.shape)))(dl)
-                     for h, dl in by_hook.items()}
+                     for h, dl in sources(gi).items()}
             xf = forward_with(fm, tgt.resid[0], edits)
-            values[gi] = metric_rows(field, m, r, ds, xf[ex, r.metric_pos], ex).double().cpu()
+            for m in metrics:
+                values[m.name][gi] = field.metric_on(m, r, xf[ex, r.metric_pos], ex).double().cpu()
             skipped[gi] = False
-    return {"engine": "full forwards", "forwards": len(groups)}
+    return {"engine": "full forwards", "forwards": n_rows}
 
 
 # --- attribution ------------------------------------------------------------------------------
@@ -304,11 +326,11 @@ _SENS = {"resid_pre": ("resid", 0), "resid_post": ("resid", 1), "resid_mid": ("r
 def hook_gradients(field, ds, hooks: Sequence[str], direction: str, metric, method: str = "gradient",
                    steps: int = 8) -> tuple[dict[str, torch.Tensor], dict]:
     """dm/d(activation) ``[batch, pos, d]`` at each hook of the target run: one backward pass
-    (``field.sensitivity``), or the integrated gradient along the straight line from the target to
+    (:func:`~fieldcheck.experiments.response.sensitivity`), or the integrated gradient along the straight line from the target to
     the source run's activation at the hook (``steps`` passes per hook)."""
     run = "corrupt" if direction == "denoise" else "clean"
     if method == "gradient":
-        s = field.sensitivity(ds, metric, run=run)
+        s = sensitivity(field, ds, metric, run=run)
         out = {}
         for h in hooks:
             kind, l = site_of_hook(h)
@@ -339,7 +361,7 @@ def hook_gradients(field, ds, hooks: Sequence[str], direction: str, metric, meth
                     xf = forward_with(fm, leaf, {}, start=start)
                 else:
                     xf = forward_with(fm, tgt.resid[l], {h: lambda y, *rest: leaf.reshape(y.shape)}, start=start)
-                val = metric_rows(field, m, r, ds, xf[ex, r.metric_pos], ex)
+                val = field.metric_on(m, r, xf[ex, r.metric_pos], ex)
                 (g,) = torch.autograd.grad(val.sum(), leaf)
             acc += g
         out[h] = acc / steps
@@ -353,7 +375,7 @@ def predict_features(field, ds, sites, method: str = "gradient", steps: int = 8,
     alpha = check_alpha(alpha)
     src = _check_source(source)
     m = as_metric(metric)
-    site_list = _resolve(field, ds, sites)
+    site_list = resolve_features(field, ds, sites)
     if method == "integrated" and src != "other":
         raise SourceError("method='integrated' integrates between the two runs; it needs the default source")
     t0 = time.perf_counter()
@@ -408,6 +430,7 @@ class FeatureActivations:
     dataset_hash: str = ""
 
     def at(self, pos) -> np.ndarray:
+        """``[batch, n_latents]`` at one position: an int, or a position name of the data set."""
         if isinstance(pos, str):
             if pos not in self.positions:
                 raise SiteError(f"position name {pos!r} is not in the data set ({sorted(self.positions)})")
@@ -421,6 +444,7 @@ class FeatureActivations:
         return self.values.max(axis=1)
 
     def summary(self) -> str:
+        """The dictionary, the run, the shape, and the six latents with the largest activation."""
         mx = self.values.max(axis=(0, 1))
         rate = (self.values > 0).any(axis=1).mean(0)
         order = np.argsort(-mx)[:6]
@@ -454,6 +478,7 @@ class FeatureActivations:
         return rich_html(self, self.heatmap)
 
     def to_dict(self) -> dict:
+        """A JSON-safe dict: ``values [batch, pos, n_latents]``, latents, tokens and the data set."""
         return jsonable({"dictionary": self.dictionary, "latents": self.latents, "values": self.values,
                          "which": self.which, "tokens": self.tokens, "dataset": self.dataset,
                          "dataset_hash": self.dataset_hash})

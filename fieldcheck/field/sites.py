@@ -320,6 +320,13 @@ class FeatureSite:
         return getattr(self.dictionary, "hook_name_out", None) or self.dictionary.hook_name
 
     @property
+    def stage(self) -> int:
+        """Where the feature's decoder row enters the residual stream, as :attr:`Site.stage`
+        (``4*l`` + 0 before block l, 1 head outputs, 2 after attention, 3 after the MLP)."""
+        kind, layer = site_of_hook(self.hook_name)
+        return Site("mlp_out" if kind == "mlp_in" else kind, layer, 0).stage
+
+    @property
     def label(self) -> str:
         p = self.pos if isinstance(self.pos, str) else f"P{self.pos}"
         what = "ERR" if self.latent is None else f"F{self.latent}"
@@ -400,6 +407,14 @@ class FeatureSiteSet:
         parts = [f"features({d.name}, latents={_fmt(l)}, positions={_fmt(p)}{', error=True' if e else ''})"
                  for d, l, p, e in self._specs]
         return " + ".join(parts)
+
+
+def is_feature_sites(sites) -> bool:
+    """True for dictionary feature sites (a FeatureSiteSet, a FeatureSite or a non-empty list of
+    them): the experiments that take them route them to :mod:`fieldcheck.experiments.features`."""
+    if isinstance(sites, (FeatureSiteSet, FeatureSite)):
+        return True
+    return isinstance(sites, (list, tuple)) and bool(sites) and all(isinstance(s, FeatureSite) for s in sites)
 
 
 def features(dictionary, latents="all", positions="all", error: bool = False) -> FeatureSiteSet:
