@@ -51,9 +51,10 @@ import torch
 from fieldcheck.errors import SiteError
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.results import PatchResult, dataset_hash_of
-from fieldcheck.field.sites import Site, as_site_set
+from fieldcheck.field.sites import FeatureSite, Site, as_site_set
 
-__all__ = ["path_patch", "receiver_heads", "receiver_mlps", "downstream", "Receivers", "PathResult", "FINAL"]
+__all__ = ["path_patch", "receiver_heads", "receiver_mlps", "downstream", "Receivers", "PathResult", "FINAL", "path_run",
+           "as_receivers"]
 
 FINAL = "final"
 _SENDER_KINDS = ("attn_head", "attn_out", "mlp_out")
@@ -156,12 +157,16 @@ def as_receivers(x) -> Receivers:
 def downstream(senders, n_layers: int) -> Receivers:
     """Every receiver input downstream of the senders: the q/k/v of all heads at layers after the
     earliest sender, all MLPs at and after it (after it for an MLP sender), and the final residual.
-    ``senders`` is a list of resolved Sites (or a SiteSet resolved with n_layers)."""
-    sites = list(senders)
-    l_attn = min((s.layer for s in sites if s.kind in ("attn_head", "attn_out")), default=n_layers)
-    l_mlp = min((s.layer for s in sites if s.kind == "mlp_out"), default=n_layers)
-    head_from = min(l_attn, l_mlp) + 1
-    mlp_from = min(l_attn, l_mlp + 1)
+    ``senders`` is a list of resolved Sites (or a SiteSet resolved with n_layers), or dictionary
+    feature sites (``fieldcheck.sites.features(sae, ...)``: a feature on ``resid_pre(l)`` reaches
+    the heads and the MLP of block l, one on ``attn_out``/``resid_mid`` the MLP of its block)."""
+    if hasattr(senders, "dictionaries"):  # a FeatureSiteSet: where its dictionaries write
+        stages = [FeatureSite(d, None, "all").stage for d in senders.dictionaries]
+    else:
+        stages = [s.stage for s in senders]
+    first = min(stages, default=4 * n_layers)
+    head_from = (first + 3) // 4      # stage 4l (before block l): block l's heads; later: block l+1's
+    mlp_from = (first + 1) // 4       # before or in block l's attention: block l's MLP
     rec = Receivers(final=True)
     if head_from < n_layers:
         rec = rec + receiver_heads(list(range(head_from, n_layers)), "all", "qkv")
@@ -242,6 +247,11 @@ class _Sender:
     def layer(self) -> int:
         return self.site.layer
 
+    @property
+    def stage(self) -> str:
+        """Where the delta enters the stream in its block: "attn" (after attention) or "mlp"."""
+        return "mlp" if self.site.kind == "mlp_out" else "attn"
+
     def add_to(self, D: torch.Tensor) -> None:
         D[torch.arange(D.shape[0], device=D.device), self.pos] += self.delta.to(D.dtype)
 
@@ -261,8 +271,14 @@ def _senders(field, r, sites: list[Site], direction: str) -> list[_Sender]:
     return out
 
 
-def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bool) -> torch.Tensor:
-    """The final residual ``[B, T, d]`` of the path-patched run."""
+def path_run(fm, tgt, senders: list, heads: dict, mlps: set, final: bool) -> torch.Tensor:
+    """The final residual ``[B, T, d]`` of the path-patched run of the target run ``tgt`` (a RunCache).
+
+    A sender has ``layer``, ``stage`` ("pre": its delta enters before block ``layer``, "attn": after
+    its attention, "mlp": after its MLP), ``site`` (component senders, whose values are held at the
+    target run: ``site.kind`` attn_head/attn_out/mlp_out) and ``add_to(D)``, which adds its
+    residual delta to ``D [B, T, d]``. ``heads``: (layer, head) -> receiving inputs ("q", "k", "v");
+    ``mlps``: receiving MLP layers; ``final``: the final residual receives."""
     L = fm.n_layers
     B, T = tgt.tokens.shape
     if not heads and not mlps:  # only the final residual receives: nothing upstream changes
@@ -278,6 +294,9 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
     D = torch.zeros_like(x)  # sender deltas visible at the current point of the stream
     bidx = torch.arange(B, device=x.device)
     for l in range(l0, L):
+        for s in senders:  # deltas that enter before the block (a feature on resid_pre)
+            if s.layer == l and s.stage == "pre":
+                s.add_to(D)
         q, k, v = fm.qkv(l, x, 0)
         z = fm.attend(q, k, v, 0, l)
         recv = {h: ins for (ll, h), ins in heads.items() if ll == l}
@@ -301,7 +320,7 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
         x_mid = x + fm.o_proj(l, z)
         D_pre = D.clone() if fm.parallel else D  # a parallel MLP reads resid_pre: not this block's senders
         for s in senders:
-            if s.layer == l and s.site.kind in ("attn_head", "attn_out"):
+            if s.layer == l and s.stage == "attn":
                 s.add_to(D)
         D_mlp = fm.mlp_in(D_pre, D)
         if l in mlps and bool((D_mlp != 0).any()):
@@ -313,8 +332,11 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
                 m[bidx, s.pos] = s.m_tgt.to(m.dtype)
         x = x_mid + m
         for s in senders:
-            if s.layer == l and s.site.kind == "mlp_out":
+            if s.layer == l and s.stage == "mlp":
                 s.add_to(D)
+    for s in senders:  # a delta entering the final residual (a feature on the last resid_post)
+        if s.layer >= L and s.stage == "pre":
+            s.add_to(D)
     return x + D if final else x
 
 
@@ -348,7 +370,7 @@ def path_patch(field, ds, senders, receivers, direction: str = "denoise", metric
     with torch.no_grad():
         for g in groups:
             snd = _senders(field, r, g, direction)
-            x = _path_run(fm, tgt, snd, heads, mlps, final)
+            x = path_run(fm, tgt, snd, heads, mlps, final)
             rows.append(field.metric_on(m, r, x[b, r.metric_pos], b))
     clean, corrupt = field.baselines(ds, m)
     layers_run = field.n_layers - min(s.layer for s in sites) if (heads or mlps) else 0
