@@ -88,6 +88,74 @@ def test_attribution_matches_patches_within_first_order(setup):
     np.testing.assert_allclose(slope, fd, rtol=2e-2, atol=2e-3 * np.abs(fd).max())
 
 
+def _end_change(field, ds, d, what="f"):
+    """Per example, clean minus corrupt at END of the feature activations (``[batch, d_sae]``) or
+    of the error term (``[batch, d_model]``)."""
+    from fieldcheck.experiments.features import feature_run
+
+    vals = getattr(feature_run(field, ds, d), what)
+    b, end = torch.arange(ds.n), ds.positions["END"]
+    return (vals["clean"][b, end] - vals["corrupt"][b, end]).detach()
+
+
+def test_feature_transfer_is_the_equivalent_steering_source(setup):
+    """A feature's displacement moved into targets equals steering their residual at the SAE's
+    hook by the activation change times the decoder row (the mean, or each example's own); the
+    error node's equals steering by the change of the error term."""
+    m, field, ds, d1, _ = setup
+    a = _end_change(field, ds, d1)
+    lat = int(a.abs().mean(0).argmax())
+    site = fc.sites.feature(d1, lat, "END")
+    at = fc.sites.resid_pre(1, "END")
+    for pair, vec in (("mean", a[:, lat].mean() * d1.W_dec[lat]), ("matched", a[:, lat, None] * d1.W_dec[lat])):
+        t = field.transfer(ds, site, pair=pair, alpha=0.7)
+        ref = field.patch(ds, at, source=vec.detach(), alpha=0.7)
+        np.testing.assert_allclose(t.after, ref.values[0], rtol=1e-5, atol=1e-5)
+        assert t.site.label.endswith(f"F{lat}@END") and t.cost["sae"][0]["sae"] == d1.name
+    targets = fc.datasets.ioi(m, n=6, seed=5)
+    t = field.transfer(ds, site, targets=targets)
+    ref = field.patch(targets, at, source=(a[:, lat].mean() * d1.W_dec[lat]).detach())
+    np.testing.assert_allclose(t.after, ref.values[0], rtol=1e-5, atol=1e-5)
+    e = _end_change(field, ds, d1, "err")
+    t = field.transfer(ds, fc.sites.sae_error(d1, "END"))
+    np.testing.assert_allclose(t.after, field.patch(ds, at, source=e.mean(0)).values[0], rtol=1e-5, atol=1e-5)
+    assert np.all(field.transfer(ds, site, alpha=0.0).shift == 0.0)
+    with pytest.raises(fc.errors.SiteError, match="one feature site"):
+        field.transfer(ds, fc.sites.features(d1, [0, 1], "END"))
+
+
+def test_feature_path_patching_against_joint_patches_and_hooks(setup):
+    """Feature senders of two SAEs sent into every downstream receiver equal their joint feature
+    patch; sent into the final residual only, the direct effect through TransformerLens's hooks."""
+    m, field, ds, d1, d2 = setup
+    a1, a2 = _end_change(field, ds, d1), _end_change(field, ds, d2)
+    l1 = [int(i) for i in a1.abs().mean(0).argsort(descending=True)[:3]]
+    l2 = [int(i) for i in a2.abs().mean(0).argsort(descending=True)[:2]]
+    senders = fc.sites.features(d1, l1, "END") + fc.sites.features(d2, l2, "all", error=True)
+    for direction in ("denoise", "noise"):
+        joint = field.patch(ds, senders, direction=direction, jointly=True)
+        path = field.path_patch(ds, senders, fc.downstream(senders, field.n_layers), direction=direction)
+        np.testing.assert_allclose(path.values[0], joint.values[0], rtol=1e-4, atol=1e-4)
+    one = fc.sites.features(d1, l1, "END")
+    per = field.path_patch(ds, one, fc.downstream(one, field.n_layers), jointly=False)
+    np.testing.assert_allclose(per.values, field.patch(ds, one).values, rtol=1e-4, atol=1e-4)
+    # the direct path of a layer-1 feature: the change added to the final residual only
+    direct = field.path_patch(ds, one, "final").values[0]
+    b, end = torch.arange(ds.n), ds.positions["END"]
+    delta = a1[:, l1] @ d1.W_dec[l1]
+    last = f"blocks.{field.n_layers - 1}.hook_resid_post"
+
+    def hook(act, hook=None):
+        act = act.clone()
+        act[b, end] += delta
+        return act
+    logits = m.run_with_hooks(ds.corrupt_tokens, fwd_hooks=[(last, hook)])[b, end]
+    np.testing.assert_allclose(direct, (logits[b, ds.answers] - logits[b, ds.wrong]).detach().numpy(),
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(fc.errors.UsageError, match="order=1"):
+        field.predict(ds, one, order=2)
+
+
 def test_integrated_attribution_adds_up_to_the_gap(setup):
     _, field, ds, d1, _ = setup
     pred = field.predict(ds, fc.sites.features(d1, "all", "all", error=True), method="integrated", steps=24)
