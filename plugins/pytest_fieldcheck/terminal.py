@@ -90,19 +90,25 @@ def _n_p(rep: dict) -> int:
 
 def sae_lines(rep: dict) -> list[str]:
     """One line per dictionary applied to a model other than the one it was trained on, with its
-    explained variance there (from the ClaimResults' ``details["sae"]``)."""
+    explained variance there (the lowest and highest over the data sets it was applied to) and on
+    its own model (from the ClaimResults' ``details["sae"]``)."""
     seen: dict = {}
     for c in rep.get("claims", []):
-        for r in c.get("results", []):
+        for i, r in enumerate(c.get("results", [])):
             for s in (r.get("details") or {}).get("sae") or []:
                 if s.get("other_model"):
-                    seen.setdefault((s.get("sae"), s.get("trained_on"), s.get("applied_to")), []).append(s)
+                    key = (s.get("sae"), s.get("trained_on"), s.get("applied_to"))
+                    seen.setdefault(key, {"rows": [], "results": set()})
+                    seen[key]["rows"].append(s)
+                    seen[key]["results"].add((c.get("id"), i))
     out = []
-    for (name, trained, applied), rows in sorted(seen.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        ev = [x.get("explained_variance") for x in rows if x.get("explained_variance") is not None]
+    for (name, trained, applied), got in sorted(seen.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        rows = got["rows"]
+        ev = [x["explained_variance"] for x in rows if isinstance(x.get("explained_variance"), (int, float))]
         own = rows[0].get("explained_variance_trained")
-        there = f"explained variance {min(ev):.3f}" + (f"-{max(ev):.3f}" if len(ev) > 1 and max(ev) != min(ev) else "")
+        there = ("explained variance unknown" if not ev else f"explained variance {min(ev):.3f}" if max(ev) == min(ev)
+                 else f"explained variance {min(ev):.3f} to {max(ev):.3f}")
         out.append(f"fieldcheck: SAE {name} was trained on {trained} and is applied to {applied}: {there} there"
                    + (f" ({own:.3f} on {trained})" if isinstance(own, (int, float)) else "")
-                   + f"; {len(rows)} result(s) use it")
+                   + f"; {len(got['results'])} result(s) use it")
     return out
