@@ -361,8 +361,10 @@ def tiny_sae(folders, tmp_path_factory):
 
     base = fc.load_model(folders["base"])
     out = tmp_path_factory.mktemp("sae") / "sae"
-    d = fc.sae.train(base, "blocks.1.hook_resid_pre", d_sae=128, k=8, n_tokens=3000, context=32, epochs=2,
-                     batch_size=256, out=out, progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # the activation cache too, not the user's $FIELDCHECK_HOME
+        mp.setenv("FIELDCHECK_HOME", str(out.parent))
+        d = fc.sae.train(base, "blocks.1.hook_resid_pre", d_sae=128, k=8, n_tokens=3000, context=32, epochs=2,
+                         batch_size=256, out=out, progress=False)
     ds = fc.datasets.induction(base, n=24, seed=0, length=6)
     f = feature_run(fc.Field(base), ds, d).f["clean"][:, 1:]
     latents = [int(i) for i in f.mean((0, 1)).argsort(descending=True)[:4]]
