@@ -17,9 +17,10 @@ Patches run on the light-cone engine (``fieldcheck.field.engine``: one row per s
 a source at each position) or, for families it does not know, through full forwards.
 
 Attribution (``predict_features``): the first-order prediction of every such patch from one
-backward pass, ``sum_t delta(b, t) . dm/dphi(b, t)`` (:func:`fieldcheck.experiments.response.sensitivity` at the hook), or the
-integrated gradient along the straight line between the two runs' activations at the hook
-(``steps`` forward+backward passes per dictionary, Marks et al. 2024).
+forward (from the dictionary's layer, on the cached run) and one backward pass per dictionary,
+``sum_t delta(b, t) . dm/dphi(b, t)`` at the hook, or the integrated gradient along the straight
+line between the two runs' activations at the hook (``steps`` forward+backward passes per
+dictionary, Marks et al. 2024).
 """
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ import numpy as np
 import torch
 
 from fieldcheck.errors import SiteError, SourceError, UsageError
-from fieldcheck.experiments.response import sensitivity
 from fieldcheck.field.engine import Injection, LightConeEngine, Row
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.results import PatchResult, dataset_hash_of
@@ -319,42 +319,33 @@ def _patch_full(field, ds, r, n_rows, sources, direction, metrics, values, skipp
 
 
 # --- attribution ------------------------------------------------------------------------------
-_SENS = {"resid_pre": ("resid", 0), "resid_post": ("resid", 1), "resid_mid": ("resid_mid", 0),
-         "attn_out": ("attn_out", 0), "mlp_out": ("mlp_out", 0), "attn_head": ("z", 0)}
-
-
 def hook_gradients(field, ds, hooks: Sequence[str], direction: str, metric, method: str = "gradient",
                    steps: int = 8) -> tuple[dict[str, torch.Tensor], dict]:
-    """dm/d(activation) ``[batch, pos, d]`` at each hook of the target run: one backward pass
-    (:func:`~fieldcheck.experiments.response.sensitivity`), or the integrated gradient along the straight line from the target to
-    the source run's activation at the hook (``steps`` passes per hook)."""
-    run = "corrupt" if direction == "denoise" else "clean"
-    if method == "gradient":
-        s = sensitivity(field, ds, metric, run=run)
-        out = {}
-        for h in hooks:
-            kind, l = site_of_hook(h)
-            key, off = _SENS[kind]
-            g = getattr(s, key)[l + off]
-            out[h] = g.reshape(*g.shape[:2], -1)
-        return out, {"forward": 1, "backward": 1}
-    if method != "integrated":
+    """dm/d(activation) ``[batch, pos, d]`` at each hook of the target run.
+
+    ``method="gradient"``: one forward from the hook's layer (the cached run's residual there,
+    with the activation at the hook as the leaf) and one backward per hook. ``"integrated"``: the
+    gradient averaged over ``steps`` midpoints of the straight line from the target to the source
+    run's activation at the hook (``steps`` forward+backward passes per hook)."""
+    if method not in ("gradient", "integrated"):
         raise UsageError(f"method must be 'gradient' or 'integrated', got {method!r}")
-    if not isinstance(steps, int) or steps < 1:
+    if method == "integrated" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise UsageError(f"steps must be a positive int, got {steps!r}")
+    points = [0.0] if method == "gradient" else [(k + 0.5) / steps for k in range(steps)]
     m = as_metric(metric)
     r = field.run(ds)
     tgt, src = r.target(direction), r.source(direction)
-    fm = field.fm
+    fm = field.require_functional()
     ex = torch.arange(ds.n, device=field.device)
-    out = {}
+    out, layers = {}, 0
     for h in hooks:
         kind, l = site_of_hook(h)
-        a0, a1 = hook_values(fm, tgt, h), hook_values(fm, src, h)
+        a0 = hook_values(fm, tgt, h)
+        a1 = hook_values(fm, src, h) if method == "integrated" else a0
         acc = torch.zeros_like(a0)
         start = l + 1 if kind == "resid_post" else l
-        for k in range(steps):
-            a = ((k + 0.5) / steps)
+        layers += len(points) * (field.n_layers - start)
+        for a in points:
             leaf = (a0 + a * (a1 - a0)).detach().requires_grad_(True)
             with torch.enable_grad():
                 if kind in ("resid_pre", "resid_post"):
@@ -364,8 +355,9 @@ def hook_gradients(field, ds, hooks: Sequence[str], direction: str, metric, meth
                 val = field.metric_on(m, r, xf[ex, r.metric_pos], ex)
                 (g,) = torch.autograd.grad(val.sum(), leaf)
             acc += g
-        out[h] = acc / steps
-    return out, {"forward": steps * len(hooks), "backward": steps * len(hooks)}
+        out[h] = acc / len(points)
+    n = len(points) * len(hooks)
+    return out, {"forward": n, "backward": n, "layers_forward": layers}
 
 
 def predict_features(field, ds, sites, method: str = "gradient", steps: int = 8, direction: str = "denoise",
