@@ -26,15 +26,13 @@ import time
 from types import SimpleNamespace
 from typing import Optional
 
-import numpy as np
 import torch
 
 from fieldcheck.errors import SiteError, UsageError
 from fieldcheck.experiments.features import feature_run, group_delta, resolve_features, run_sources, sae_report
-from fieldcheck.experiments.paths import PathResult, as_receivers, path_run
+from fieldcheck.experiments.paths import PathResult, run_path_patch
 from fieldcheck.experiments.transfer import TransferResult, pair_hash
 from fieldcheck.field.metrics import as_metric
-from fieldcheck.field.results import dataset_hash_of
 from fieldcheck.field.sites import FeatureSite, site_of_hook
 from fieldcheck.field.sources import check_alpha
 from fieldcheck.jsonable import to_numpy
@@ -153,37 +151,18 @@ def path_patch_features(field, ds, senders, receivers, direction: str = "denoise
     feature site), both baselines ``[batch]``, ``method="path"`` and ``cost["sae"]``."""
     if direction not in ("denoise", "noise"):
         raise UsageError(f"direction must be 'denoise' or 'noise', got {direction!r}")
-    t0 = time.perf_counter()
-    fm = field.require_functional()
-    m = as_metric(metric)
     site_list = resolve_features(field, ds, senders)
-    rec = as_receivers(receivers)
-    heads, mlps, final = rec.resolve(field.n_layers, field.n_heads)
-    if not (heads or mlps or final):
-        raise SiteError("the receiver set is empty: give 'final', receiver_heads(...) or receiver_mlps(...)")
-    r = field.run(ds)
-    tgt = r.target(direction)
     runs = {id(d): feature_run(field, ds, d) for d in dict.fromkeys(s.dictionary for s in site_list)}
     deltas = {key: (run.delta_f(direction, "other", 1.0),
                     run.delta_err(direction, "other", 1.0) if any(s.latent is None for s in site_list) else None)
               for key, run in runs.items()}
     stage_of = {s.dictionary.out_hook: s.stage for s in site_list}
-    groups = [site_list] if jointly else [[s] for s in site_list]
-    b = torch.arange(ds.n, device=field.device)
-    rows = []
-    with torch.no_grad():
-        for g in groups:
-            by_hook = group_delta(g, runs, deltas, ds, ds.seq_len, field.device, direction)
-            snd = [_FeatureSender(fm, tgt, h, dl, stage_of[h]) for h, dl in by_hook.items()]
-            x = path_run(fm, tgt, snd, heads, mlps, final)
-            rows.append(field.metric_on(m, r, x[b, r.metric_pos], b))
-    clean, corrupt = field.baselines(ds, m)
-    first = min(s.stage for s in site_list) // 4
-    cost = {"engine": "path", "forwards": len(groups),
-            "layers_per_forward": field.n_layers - first if (heads or mlps) else 0,
-            "seconds": time.perf_counter() - t0, "sae": sae_report(field, runs.values())}
-    return PathResult(sites=site_list, values=torch.stack(rows), baseline_clean=clean, baseline_corrupt=corrupt,
-                      direction=direction, metric=m.name, jointly=jointly, alpha=1.0, source="feature:other",
-                      dataset=getattr(ds, "name", ""), method="path", cost=cost, dataset_hash=dataset_hash_of(ds),
-                      skipped=np.zeros((len(groups), ds.n), dtype=bool),
-                      receivers=rec.describe(field.n_layers, field.n_heads))
+
+    def make_senders(r, group):
+        by_hook = group_delta(group, runs, deltas, ds, ds.seq_len, field.device, direction)
+        return [_FeatureSender(field.fm, r.target(direction), h, dl, stage_of[h]) for h, dl in by_hook.items()]
+
+    res = run_path_patch(field, ds, site_list, make_senders, receivers, direction, metric, jointly,
+                         source="feature:other")
+    res.cost["sae"] = sae_report(field, runs.values())
+    return res

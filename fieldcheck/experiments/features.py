@@ -39,7 +39,7 @@ from fieldcheck.field.results import PatchResult, dataset_hash_of
 from fieldcheck.field.sites import FeatureSite, FeatureSiteSet, Site, site_of_hook
 from fieldcheck.field.sources import check_alpha
 from fieldcheck.jsonable import jsonable
-from fieldcheck.sae.dictionary import Dictionary, Norm
+from fieldcheck.sae.dictionary import Dictionary
 from fieldcheck.sae.splice import check_fits, forward_with, hook_values
 
 SOURCES = ("other", "zero", "mean", "steer")

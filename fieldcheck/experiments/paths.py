@@ -54,7 +54,7 @@ from fieldcheck.field.results import PatchResult, dataset_hash_of
 from fieldcheck.field.sites import FeatureSite, Site, as_site_set
 
 __all__ = ["path_patch", "receiver_heads", "receiver_mlps", "downstream", "Receivers", "PathResult", "FINAL", "path_run",
-           "as_receivers"]
+           "run_path_patch", "as_receivers"]
 
 FINAL = "final"
 _SENDER_KINDS = ("attn_head", "attn_out", "mlp_out")
@@ -351,13 +351,22 @@ def path_patch(field, ds, senders, receivers, direction: str = "denoise", metric
     jointly: True (default) patches all senders together (one row); False one row per sender.
     Returns a :class:`PathResult` (``values [rows, batch]``, both baselines, ``method="path"``).
     """
-    import time
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    sites = _resolve_senders(field, ds, senders)
+    return run_path_patch(field, ds, sites, lambda r, group: _senders(field, r, group, direction), receivers,
+                          direction, metric, jointly)
+
+
+def run_path_patch(field, ds, sites: list, make_senders, receivers, direction: str, metric, jointly: bool,
+                   source: str = "other") -> PathResult:
+    """The path-patching loop: one :func:`path_run` of the target run per group of ``sites`` (all
+    together, or one each), whose senders ``make_senders(run, group)`` builds (see
+    :func:`path_run` for what a sender is); the metric read at the metric position."""
+    import time
     t_start = time.perf_counter()
     fm = field.require_functional()
     m = as_metric(metric)
-    sites = _resolve_senders(field, ds, senders)
     rec = as_receivers(receivers)
     heads, mlps, final = rec.resolve(field.n_layers, field.n_heads)
     if not (heads or mlps or final):
@@ -366,18 +375,18 @@ def path_patch(field, ds, senders, receivers, direction: str = "denoise", metric
     tgt = r.target(direction)
     groups = [sites] if jointly else [[s] for s in sites]
     b = torch.arange(ds.n, device=r.metric_pos.device)
-    rows = []
+    rows, first = [], field.n_layers
     with torch.no_grad():
         for g in groups:
-            snd = _senders(field, r, g, direction)
+            snd = make_senders(r, g)
+            first = min([first] + [s.layer for s in snd])
             x = path_run(fm, tgt, snd, heads, mlps, final)
             rows.append(field.metric_on(m, r, x[b, r.metric_pos], b))
     clean, corrupt = field.baselines(ds, m)
-    layers_run = field.n_layers - min(s.layer for s in sites) if (heads or mlps) else 0
-    cost = {"engine": "path", "forwards": len(groups), "layers_per_forward": layers_run,
+    cost = {"engine": "path", "forwards": len(groups), "layers_per_forward": field.n_layers - first if (heads or mlps) else 0,
             "seconds": time.perf_counter() - t_start}
     return PathResult(sites=sites, values=torch.stack(rows), baseline_clean=clean, baseline_corrupt=corrupt,
-                      direction=direction, metric=m.name, jointly=jointly, alpha=1.0, source="other",
+                      direction=direction, metric=m.name, jointly=jointly, alpha=1.0, source=source,
                       dataset=getattr(ds, "name", ""), method="path", cost=cost, dataset_hash=dataset_hash_of(ds),
                       skipped=np.zeros((len(groups), ds.n), dtype=bool),
                       receivers=rec.describe(field.n_layers, field.n_heads))
