@@ -1,7 +1,7 @@
 """``fieldcheck sae ...``: train and inspect dictionaries from the command line.
 
     fieldcheck sae train MODEL --hook blocks.15.hook_resid_pre [--d-sae N] [--k K] [--tokens N]
-                               [--corpus fortunes|pydoc|PATH] [--out DIR] [--epochs E] [--seed S]
+                               [--corpus pydoc|fortunes|PATH] [--out DIR] [--epochs E] [--seed S]
     fieldcheck sae train MODEL --example      the built-in model's example SAE (fieldcheck.sae.EXAMPLES)
     fieldcheck sae info DIR                    a SAELens folder's config and quality numbers
 """
@@ -22,10 +22,11 @@ def add_parser(sub) -> None:
     tr.add_argument("--example", action="store_true", help="the built-in model's example SAE (its hook and sizes)")
     tr.add_argument("--d-sae", type=int, default=None, help="latents (default 4 x the activation size)")
     tr.add_argument("--k", type=int, default=32, help="active latents per token (TopK)")
-    tr.add_argument("--tokens", type=int, default=100_000, help="training tokens")
+    tr.add_argument("--tokens", type=int, default=200_000, help="training tokens")
     tr.add_argument("--context", type=int, default=128, help="tokens per sequence (BOS first)")
-    tr.add_argument("--epochs", type=int, default=4)
-    tr.add_argument("--corpus", default="fortunes", help="fortunes (Debian package), pydoc, or a .txt file/folder")
+    tr.add_argument("--epochs", type=int, default=3)
+    tr.add_argument("--corpus", default="pydoc",
+                    help="pydoc (Python's help topics, always there), fortunes (the Debian package), or a .txt file/folder")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", default=None, help="output folder (default: the fieldcheck cache)")
     tr.add_argument("--json", action="store_true", help="print the quality numbers as JSON")

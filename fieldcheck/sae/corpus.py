@@ -1,11 +1,14 @@
 """Offline text for training dictionaries.
 
+- ``"pydoc"`` (the default): the topics of Python's own help system (``pydoc_data.topics``, part
+  of CPython's standard library, so present wherever fieldcheck runs, with nothing to install;
+  Python Software Foundation License), about 470 KB of technical English: 79 topics, split into
+  paragraphs (about 110k SmolLM2 tokens).
 - ``"fortunes"``: the Debian package ``fortunes`` (fortune-mod's data files: quotations, jokes,
   poems, definitions; BSD licence, see ``/usr/share/doc/fortunes/copyright``), about 2.6 MB of
-  English in ``/usr/share/games/fortunes``. Install it with ``apt-get install fortunes``. The
-  ASCII-art files and the ``ethnic`` and ``men-women`` files are left out.
-- ``"pydoc"``: the topics of Python's own help system (``pydoc_data.topics``, shipped with every
-  CPython; PSF licence), about 470 KB of technical English.
+  English in ``/usr/share/games/fortunes``, for more varied prose where it is installed
+  (``apt-get install fortunes``, as root). The ASCII-art files and the ``ethnic`` and
+  ``men-women`` files are left out.
 - a path: a ``.txt`` file (documents separated by blank lines) or a folder of them.
 
 :func:`texts` returns the documents in a fixed order (shuffled by ``seed``), so a corpus and a seed
@@ -21,8 +24,8 @@ from fieldcheck.sae.dictionary import DictionaryError
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 _SKIP = {"art", "ascii-art", "ethnic", "men-women", "translate-me", "debian"}
-LICENCES = {"fortunes": "Debian package fortunes (fortune-mod data files), BSD licence",
-            "pydoc": "Python's pydoc_data.topics, PSF licence"}
+LICENCES = {"pydoc": "Python's pydoc_data.topics (CPython standard library), PSF licence",
+            "fortunes": "Debian package fortunes (fortune-mod data files), BSD licence"}
 
 
 def _fortunes() -> list[str]:
@@ -39,7 +42,11 @@ def _fortunes() -> list[str]:
 
 
 def _pydoc() -> list[str]:
-    import pydoc_data.topics as t
+    try:
+        import pydoc_data.topics as t
+    except ImportError:  # a stripped Python (some minimal distribution builds drop it)
+        raise DictionaryError("the corpus 'pydoc' needs Python's pydoc_data package, which this Python lacks; "
+                              "train on a .txt file or folder (corpus='path/to/texts')") from None
 
     docs = []
     for key in sorted(t.topics):
@@ -47,8 +54,9 @@ def _pydoc() -> list[str]:
     return docs
 
 
-def texts(corpus: str = "fortunes", seed: int = 0) -> list[str]:
-    """The documents of ``corpus`` (a name above or a path), shuffled by ``seed``."""
+def texts(corpus: str = "pydoc", seed: int = 0) -> list[str]:
+    """The documents of ``corpus`` ("pydoc", "fortunes" or a path to a .txt file or folder; see the
+    module doc for what each is and its licence), shuffled by ``seed``."""
     if corpus == "fortunes":
         docs = _fortunes()
     elif corpus == "pydoc":

@@ -3,7 +3,10 @@
 ``train(model, hook, ...)`` tokenizes a corpus (:mod:`fieldcheck.sae.corpus`) into sequences of
 ``context`` tokens (BOS first), caches the activations at ``hook`` (positions after BOS) in float16
 shards under ``$FIELDCHECK_HOME/sae/activations/<key>/`` -- resumable: an interrupted run keeps
-the shards it wrote and the next run starts from the first missing one -- and trains a TopK SAE
+the shards it wrote and the next run computes only the missing ones; the key leaves out the
+number of tokens and the SAE's own settings, so runs with more tokens, other sizes or other
+epochs on the same model, hook and corpus reuse the shards -- loads them once for every epoch,
+and trains a TopK SAE
 (Gao et al. 2024: ReLU of the top-k pre-activations, unit-norm decoder rows, the AuxK loss that
 revives dead latents) with Adam. Inputs are scaled by one constant so that their mean norm is
 sqrt(d_in) during training; the constant is folded into the weights on the way out, so the saved
@@ -43,9 +46,9 @@ class TrainConfig:
     k: int = 32
     n_tokens: int = 200_000
     context: int = 128
-    corpus: str = "fortunes"
+    corpus: str = "pydoc"
     epochs: int = 3
-    batch_size: int = 1024
+    batch_size: int = 512
     lr: Optional[float] = None        # None: 2e-4 / sqrt(d_sae / 16384) (Gao et al.'s scaling)
     aux_k: Optional[int] = None       # None: d_in // 2
     aux_coef: float = 1 / 32
@@ -71,8 +74,9 @@ def _model_id(model) -> str:
 
 def _key(model, cfg: TrainConfig) -> str:
     info = getattr(model, "fieldcheck_info", {}) or {}
+    # not n_tokens: the sequences are a prefix-stable stream, so shard i is the same for every length
     blob = json.dumps({"model": _model_id(model), "weights": info.get("weights_sha256"),
-                       "hook": cfg.hook, "n_tokens": cfg.n_tokens, "context": cfg.context, "corpus": cfg.corpus,
+                       "hook": cfg.hook, "context": cfg.context, "corpus": cfg.corpus,
                        "seed": cfg.seed, "eval": cfg.eval_seqs}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -107,11 +111,21 @@ class ActivationCache:
     def shard(self, i: int) -> Path:
         return self.folder / f"shard_{i:05d}.npy"
 
+    def complete(self, i: int, rows: int) -> bool:
+        """Shard i exists with ``rows`` activations (a shorter last shard of an earlier, smaller run
+        does not count)."""
+        try:
+            return np.load(self.shard(i), mmap_mode="r").shape[0] == rows
+        except (OSError, ValueError):
+            return False
+
     def fill(self, fm, tokens: torch.Tensor, hooks: list[str], progress: bool = True, device=None) -> int:
-        """Compute the missing shards; returns how many were computed."""
+        """Compute the missing shards of ``tokens [n_seq, context]``; returns how many were computed."""
         self.folder.mkdir(parents=True, exist_ok=True)
         n_shards = math.ceil(tokens.shape[0] / SHARD_SEQS)
-        todo = [i for i in range(n_shards) if not self.shard(i).is_file()]
+        per = tokens.shape[1] - 1
+        todo = [i for i in range(n_shards)
+                if not self.complete(i, per * min(SHARD_SEQS, tokens.shape[0] - i * SHARD_SEQS))]
         bar = None
         if progress and todo:
             from tqdm.auto import tqdm
@@ -145,32 +159,42 @@ def cached_out(model_id: str, cfg: TrainConfig) -> Path:
     return fieldcheck_home() / "sae" / model_dir / f"{cfg.hook}-topk-{cfg.d_sae}-k{cfg.k}-{h}"
 
 
-def train(model, hook: str, d_sae: Optional[int] = None, k: int = 32, out=None, progress: bool = True,
-          field=None, **kw) -> Dictionary:
+def train(model, hook: str, d_sae: Optional[int] = None, k: int = 32, n_tokens: int = 200_000, context: int = 128,
+          corpus: str = "pydoc", epochs: int = 3, batch_size: int = 512, lr: Optional[float] = None,
+          seed: int = 0, out=None, progress: bool = True, field=None) -> Dictionary:
     """Train (or load from the cache) a TopK SAE on ``hook`` of ``model`` and save it in SAELens's format.
 
-    ``model``: a model loaded by fieldcheck (``fieldcheck.load_model``); ``d_sae`` defaults to 4 x the
-    activation size; other keywords are :class:`TrainConfig` fields. ``out``: the folder to write
-    (default :func:`default_out`; an existing SAE there with the same config is loaded, not retrained)."""
+    model: a model loaded by fieldcheck (``fieldcheck.load_model``). hook: a TransformerLens hook
+    name (``blocks.15.hook_resid_pre``, ``blocks.3.hook_mlp_out``, ``blocks.3.attn.hook_z``).
+    d_sae: latents (default 4 x the activation size). k: active latents per token. n_tokens:
+    training tokens (BOS left out). context: tokens per sequence, BOS first. corpus: "pydoc"
+    (default: Python's own help topics, always installed), "fortunes" (the Debian package) or a
+    ``.txt`` file/folder (:func:`fieldcheck.sae.corpus.texts`). epochs: passes over the cached
+    activations. batch_size: tokens per Adam step. lr: the learning rate (default 2e-4 /
+    sqrt(d_sae / 16384)). seed: the corpus shuffle's and the initialisation's seed. out: the
+    folder to write (default :func:`default_out`; an SAE there with the same settings is loaded,
+    not retrained). progress: progress bars. field: a Field of ``model`` to reuse its functional
+    forward. More settings: :class:`TrainConfig` and :func:`fit_topk`."""
     from fieldcheck.sae.saelens import CFG, load, save
 
     fm = _functional(model, field)
     d_in = site_width(fm, hook)
-    cfg = TrainConfig(hook=hook, d_sae=int(d_sae or 4 * d_in), k=k, **kw)
+    cfg = TrainConfig(hook=hook, d_sae=int(d_sae or 4 * d_in), k=k, n_tokens=n_tokens, context=context,
+                      corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     cfg.check()
     folder = Path(out) if out is not None else default_out(model, cfg)
     if (folder / CFG).is_file():
         old = json.loads((folder / CFG).read_text()).get("metadata", {}).get("fieldcheck", {}).get("train")
         if old == asdict(cfg):
             return load(folder)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     torch.manual_seed(cfg.seed)
     tokens = token_sequences(model, cfg)
     train_tokens, eval_tokens = tokens[cfg.eval_seqs:], tokens[:cfg.eval_seqs]
     cache = ActivationCache(fieldcheck_home() / "sae" / "activations" / _key(model, cfg))
     cache.fill(fm, train_tokens, [hook], progress, next(iter(model.parameters())).device)
     x = cache.load(math.ceil(train_tokens.shape[0] / SHARD_SEQS))[:cfg.n_tokens]
-    t_cache = time.perf_counter() - t0
+    t_cache, c_cache = time.perf_counter() - t0, time.process_time() - c0
     d, stats = fit_topk(x, cfg, progress=progress)
     d.hook_name, d.model_name = hook, _model_id(model)
     d.name = ""
@@ -180,7 +204,9 @@ def train(model, hook: str, d_sae: Optional[int] = None, k: int = 32, out=None, 
                 eval_tokens.to(next(iter(model.parameters())).device), model=_model_id(model))
     d.quality = q.to_dict()
     save(d, folder, {"train": asdict(cfg), "corpus": describe(cfg.corpus), "train_stats": stats,
-                     "seconds": {"activations": round(t_cache, 1), "total": round(time.perf_counter() - t0, 1)}})
+                     "seconds": {"activations": round(t_cache, 1), "total": round(time.perf_counter() - t0, 1),
+                                 "activations_cpu": round(c_cache, 1), "total_cpu": round(time.process_time() - c0, 1),
+                                 "threads": torch.get_num_threads()}})
     return load(folder)
 
 
