@@ -168,6 +168,18 @@ def test_training_caches_activations_and_resumes(tiny_llama, tmp_path, monkeypat
     assert cache.fill(_functional(tiny_llama, None), toks, [cfg.hook], progress=False) == 1
     again = tr.train(tiny_llama, "blocks.1.hook_resid_pre", out=tmp_path / "a", **kw)  # loaded, not retrained
     torch.testing.assert_close(again.W_enc, d.W_enc)
+    # more tokens on the same model, hook and corpus: the full shards are reused (the sequences are
+    # a prefix-stable stream), the short last shard and the new ones are computed
+    first = np.load(shards[0])
+    longer = tr.token_sequences(tiny_llama, tr.TrainConfig(**{**cfg.__dict__, "n_tokens": 4500}))[cfg.eval_seqs:]
+    torch.testing.assert_close(longer[:len(toks)], toks)
+    n_full = len(toks) // tr.SHARD_SEQS
+    assert cache.fill(_functional(tiny_llama, None), longer, [cfg.hook], progress=False) == \
+        -(-len(longer) // tr.SHARD_SEQS) - n_full
+    np.testing.assert_array_equal(np.load(shards[0]), first)
+    bigger = tr.train(tiny_llama, "blocks.1.hook_resid_pre", out=tmp_path / "b", **{**kw, "n_tokens": 4500})
+    assert len(sorted((tmp_path / "sae" / "activations").rglob("shard_*.npy"))) == -(-len(longer) // tr.SHARD_SEQS)
+    assert bigger.d_sae == 96
 
 
 def test_sae_cli_train_and_info(tmp_path, monkeypatch, capsys):
