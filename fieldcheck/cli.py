@@ -14,6 +14,9 @@
     fieldcheck report compare NEW.json BASE.json [--fail RULE]...
                                     compare two run reports as --fc-compare does (exit 1: a
                                     regression)
+    fieldcheck sae train MODEL --hook HOOK | --example
+                                    train a TopK SAE offline, save it in SAELens's format
+    fieldcheck sae info DIR         describe a SAELens folder (fieldcheck.sae.command)
 
 Exit codes: 0 success, 1 a fieldcheck error (the message says what to do), 2 bad usage.
 """
@@ -136,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     from fieldcheck.reports.commands import add_report_commands
 
     add_report_commands(sub)
+    from fieldcheck.sae.command import add_parser as add_sae
+    add_sae(sub)
     return p
 
 

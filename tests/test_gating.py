@@ -289,6 +289,96 @@ def test_sweep_with_xdist_renders_the_grid(pytester, monkeypatch, folders):
     assert html.count('class="trend"') == 3 and "Claims x models" in html
 
 
+SAE_CLAIMS = '''
+import os
+import pytest
+import fieldcheck as fc
+from fieldcheck import auroc, effect, mean_diff, rate_on, recovered
+
+
+@pytest.fixture(scope="session")
+def sae():
+    """One SAE, trained on the baseline, applied to both models."""
+    return fc.sae.load(os.environ["FC_SAE"])
+
+
+@pytest.fixture(scope="session")
+def ind(fc_model):
+    return fc.datasets.induction(fc_model, n=24, seed=0, length=6)
+
+
+@pytest.fixture(scope="session")
+def ioi(fc_model):
+    return fc.datasets.ioi(fc_model, n=24, seed=0)
+
+
+def test_feature_effect(field, ind, sae):
+    lat = [int(x) for x in os.environ["FC_LATENTS"].split(",")]
+    res = field.patch(ind, fc.sites.features(sae, lat, "all"), direction="noise", jointly=True)
+    fc.assert_feature_effect(res, effect > -100, decide="point")
+
+
+def test_feature_activations(field, ind, ioi, sae):
+    sel = field.selectivity(sae, int(os.environ["FC_LATENTS"].split(",")[0]), ind, ioi)
+    fc.assert_selective(sel, rate_on > -1, mean_diff > -100, auroc > -1, decide="point")
+'''
+
+
+@pytest.fixture(scope="module")
+def tiny_sae(folders, tmp_path_factory):
+    """An SAE trained in-process on the base model's layer-1 residual stream, and the latents
+    most active at END of its induction prompts (the claims patch and read those)."""
+    from fieldcheck.experiments.features import feature_run
+
+    base = fc.load_model(folders["base"])
+    out = tmp_path_factory.mktemp("sae") / "sae"
+    with pytest.MonkeyPatch.context() as mp:  # the activation cache too, not the user's $FIELDCHECK_HOME
+        mp.setenv("FIELDCHECK_HOME", str(out.parent))
+        d = fc.sae.train(base, "blocks.1.hook_resid_pre", d_sae=128, k=8, n_tokens=3000, context=32, epochs=2,
+                         batch_size=256, out=out, progress=False)
+    ds = fc.datasets.induction(base, n=24, seed=0, length=6)
+    f = feature_run(fc.Field(base), ds, d).f["clean"][:, 1:]
+    latents = [int(i) for i in f.mean((0, 1)).argsort(descending=True)[:4]]
+    return str(out), latents
+
+
+def test_baseline_model_pairs_feature_effects_and_activations(pytester, monkeypatch, folders, tiny_sae):
+    """A gating run applies one SAE to both models: the feature effect and the selectivity
+    statistics are compared paired over the same examples (mean_diff and auroc over both prompt
+    sets), and the terminal says that the SAE was trained on the baseline, with its explained
+    variance on the candidate."""
+    path, latents = tiny_sae
+    monkeypatch.setenv("FC_SAE", path)
+    monkeypatch.setenv("FC_LATENTS", ",".join(map(str, latents)))
+    pytester.makepyfile(test_sae_claims=SAE_CLAIMS)
+    res = pytester.runpytest_inprocess("-p", "no:xdist", "-p", "no:cacheprovider", "--fc-model", folders["pert"],
+                                       "--fc-baseline-model", folders["base"], "--fc-report-json", "r.json")
+    res.assert_outcomes(passed=4)
+    rep = json.loads((pytester.path / "r.json").read_text())
+    rows = {(r["claim_id"].split("::")[-1], r["statistic"]): r for r in rep["comparison"]["rows"]}
+    assert set(rows) == {("test_feature_effect", "effect"), ("test_feature_activations", "rate_on"),
+                         ("test_feature_activations", "mean_diff"), ("test_feature_activations", "auroc")}
+    for key, row in rows.items():
+        assert row["paired"] is not None, (key, row.get("unpaired_reason"))
+        assert row["paired"]["n"] == 24 if key[1] in ("effect", "rate_on") else row["paired"]["n"] == 48
+    assert rows[("test_feature_effect", "effect")]["paired"]["method"].startswith("paired: ")
+    assert "paired" in rows[("test_feature_activations", "auroc")]["paired"]["method"]
+    by = {c["id"].split("::")[-1]: c["results"] for c in rep["claims"]}
+    sae_base = by["test_feature_effect[baseline]"][0]["details"]["sae"][0]
+    sae_cand = by["test_feature_effect[candidate]"][0]["details"]["sae"][0]
+    assert not sae_base["other_model"] and sae_cand["other_model"]
+    assert sae_cand["trained_on"] == sae_base["applied_to"] and sae_cand["applied_to"] != sae_base["applied_to"]
+    # the perturbed model's layer-0 MLP is zeroed: the SAE reconstructs its layer-1 stream worse
+    assert sae_cand["explained_variance"] < sae_base["explained_variance"]
+    out = res.stdout.str()
+    line = next(x for x in out.splitlines() if "was trained on" in x)
+    assert sae_base["applied_to"] in line and sae_cand["applied_to"] in line
+    evs = [s["explained_variance"] for c, rs in by.items() if c.endswith("[candidate]") for r in rs
+           for s in r["details"]["sae"]]
+    assert f"explained variance {min(evs):.3f} to {max(evs):.3f} there" in line and "4 result(s) use it" in line
+    assert sum("was trained on" in x for x in out.splitlines()) == 1
+
+
 def _sweep_report():
     claims = []
     for spec, lab, shift in (("m1", "step1", 0.0), ("m2", "step2", 0.5), ("m3", "step3", 1.0)):

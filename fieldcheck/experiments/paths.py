@@ -53,9 +53,10 @@ from fieldcheck.errors import SiteError
 from fieldcheck.field.labels import parse
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.results import PatchResult, dataset_hash_of
-from fieldcheck.field.sites import Site, as_site_set
+from fieldcheck.field.sites import FeatureSite, Site, as_site_set
 
-__all__ = ["path_patch", "receiver_heads", "receiver_mlps", "downstream", "Receivers", "PathResult", "FINAL"]
+__all__ = ["path_patch", "receiver_heads", "receiver_mlps", "downstream", "Receivers", "PathResult", "FINAL", "path_run",
+           "run_path_patch", "as_receivers"]
 
 FINAL = "final"
 _SENDER_KINDS = ("attn_head", "attn_out", "mlp_out")
@@ -169,12 +170,16 @@ def as_receivers(x) -> Receivers:
 def downstream(senders, n_layers: int) -> Receivers:
     """Every receiver input downstream of the senders: the q/k/v of all heads at layers after the
     earliest sender, all MLPs at and after it (after it for an MLP sender), and the final residual.
-    ``senders`` is a list of resolved Sites (or a SiteSet resolved with n_layers)."""
-    sites = list(senders)
-    l_attn = min((s.layer for s in sites if s.kind in ("attn_head", "attn_out")), default=n_layers)
-    l_mlp = min((s.layer for s in sites if s.kind == "mlp_out"), default=n_layers)
-    head_from = min(l_attn, l_mlp) + 1
-    mlp_from = min(l_attn, l_mlp + 1)
+    ``senders`` is a list of resolved Sites (or a SiteSet resolved with n_layers), or dictionary
+    feature sites (``fieldcheck.sites.features(sae, ...)``: a feature on ``resid_pre(l)`` reaches
+    the heads and the MLP of block l, one on ``attn_out``/``resid_mid`` the MLP of its block)."""
+    if hasattr(senders, "dictionaries"):  # a FeatureSiteSet: where its dictionaries write
+        stages = [FeatureSite(d, None, "all").stage for d in senders.dictionaries]
+    else:
+        stages = [s.stage for s in senders]
+    first = min(stages, default=4 * n_layers)
+    head_from = (first + 3) // 4      # stage 4l (before block l): block l's heads; later: block l+1's
+    mlp_from = (first + 1) // 4       # before or in block l's attention: block l's MLP
     rec = Receivers(final=True)
     if head_from < n_layers:
         rec = rec + receiver_heads(list(range(head_from, n_layers)), "all", "qkv")
@@ -257,6 +262,11 @@ class _Sender:
     def layer(self) -> int:
         return self.site.layer
 
+    @property
+    def stage(self) -> str:
+        """Where the delta enters the stream in its block: "attn" (after attention) or "mlp"."""
+        return "mlp" if self.site.kind == "mlp_out" else "attn"
+
     def add_to(self, D: torch.Tensor) -> None:
         D[torch.arange(D.shape[0], device=D.device), self.pos] += self.delta.to(D.dtype)
 
@@ -276,8 +286,14 @@ def _senders(field, r, sites: list[Site], direction: str) -> list[_Sender]:
     return out
 
 
-def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bool) -> torch.Tensor:
-    """The final residual ``[B, T, d]`` of the path-patched run."""
+def path_run(fm, tgt, senders: list, heads: dict, mlps: set, final: bool) -> torch.Tensor:
+    """The final residual ``[B, T, d]`` of the path-patched run of the target run ``tgt`` (a RunCache).
+
+    A sender has ``layer``, ``stage`` ("pre": its delta enters before block ``layer``, "attn": after
+    its attention, "mlp": after its MLP), ``site`` (component senders, whose values are held at the
+    target run: ``site.kind`` attn_head/attn_out/mlp_out) and ``add_to(D)``, which adds its
+    residual delta to ``D [B, T, d]``. ``heads``: (layer, head) -> receiving inputs ("q", "k", "v");
+    ``mlps``: receiving MLP layers; ``final``: the final residual receives."""
     L = fm.n_layers
     B, T = tgt.tokens.shape
     if not heads and not mlps:  # only the final residual receives: nothing upstream changes
@@ -293,6 +309,9 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
     D = torch.zeros_like(x)  # sender deltas visible at the current point of the stream
     bidx = torch.arange(B, device=x.device)
     for l in range(l0, L):
+        for s in senders:  # deltas that enter before the block (a feature on resid_pre)
+            if s.layer == l and s.stage == "pre":
+                s.add_to(D)
         q, k, v = fm.qkv(l, x, 0)
         z = fm.attend(q, k, v, 0, l)
         recv = {h: ins for (ll, h), ins in heads.items() if ll == l}
@@ -316,20 +335,21 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
         attn = fm.o_proj(l, z)
         x_mid = x + attn
         D_pre = D.clone() if fm.parallel else D  # a parallel MLP reads resid_pre: not this block's senders
-        here = [s for s in senders if s.layer == l and s.site.kind in ("attn_head", "attn_out")]
-        if here and fm.attn_post_norm:
+        here = [s for s in senders if s.layer == l and s.stage == "attn"]
+        heads_here = [s for s in here if s.site.kind in ("attn_head", "attn_out")]
+        if heads_here and fm.attn_post_norm:
             # the block's heads do not add up (attn_out = norm(sum)): the senders' delta is the block's
             # output with their source values minus its output here, where other heads may have
             # changed as receivers (exact: path patching into everything downstream = joint patching)
             zs = z.clone()
-            for s in here:
+            for s in heads_here:
                 hh = (torch.tensor(s.heads, device=z.device) if s.site.kind == "attn_head"
                       else torch.arange(fm.n_heads, device=z.device))
                 zs[bidx[:, None], s.pos[:, None], hh[None, :]] = s.z_src.reshape(B, len(hh), -1).to(z.dtype)
             D = D + (fm.o_proj(l, zs) - attn)
-        else:
-            for s in here:
-                s.add_to(D)
+            here = [s for s in here if s not in heads_here]
+        for s in here:
+            s.add_to(D)
         D_mlp = fm.mlp_in(D_pre, D)
         if l in mlps and bool((D_mlp != 0).any()):
             m = fm.mlp(l, fm.mlp_in(x, x_mid) + D_mlp)
@@ -340,8 +360,11 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
                 m[bidx, s.pos] = s.m_tgt.to(m.dtype)
         x = x_mid + m
         for s in senders:
-            if s.layer == l and s.site.kind == "mlp_out":
+            if s.layer == l and s.stage == "mlp":
                 s.add_to(D)
+    for s in senders:  # a delta entering the final residual (a feature on the last resid_post)
+        if s.layer >= L and s.stage == "pre":
+            s.add_to(D)
     return x + D if final else x
 
 
@@ -356,13 +379,22 @@ def path_patch(field, ds, senders, receivers, direction: str = "denoise", metric
     jointly: True (default) patches all senders together (one row); False one row per sender.
     Returns a :class:`PathResult` (``values [rows, batch]``, both baselines, ``method="path"``).
     """
-    import time
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    sites = _resolve_senders(field, ds, senders)
+    return run_path_patch(field, ds, sites, lambda r, group: _senders(field, r, group, direction), receivers,
+                          direction, metric, jointly)
+
+
+def run_path_patch(field, ds, sites: list, make_senders, receivers, direction: str, metric, jointly: bool,
+                   source: str = "other") -> PathResult:
+    """The path-patching loop: one :func:`path_run` of the target run per group of ``sites`` (all
+    together, or one each), whose senders ``make_senders(run, group)`` builds (see
+    :func:`path_run` for what a sender is); the metric read at the metric position."""
+    import time
     t_start = time.perf_counter()
     fm = field.require_functional()
     m = as_metric(metric)
-    sites = _resolve_senders(field, ds, senders)
     rec = as_receivers(receivers)
     heads, mlps, final = rec.resolve(field.n_layers, field.n_heads)
     if not (heads or mlps or final):
@@ -371,18 +403,18 @@ def path_patch(field, ds, senders, receivers, direction: str = "denoise", metric
     tgt = r.target(direction)
     groups = [sites] if jointly else [[s] for s in sites]
     b = torch.arange(ds.n, device=r.metric_pos.device)
-    rows = []
+    rows, first = [], field.n_layers
     with torch.no_grad():
         for g in groups:
-            snd = _senders(field, r, g, direction)
-            x = _path_run(fm, tgt, snd, heads, mlps, final)
+            snd = make_senders(r, g)
+            first = min([first] + [s.layer for s in snd])
+            x = path_run(fm, tgt, snd, heads, mlps, final)
             rows.append(field.metric_on(m, r, x[b, r.metric_pos], b))
     clean, corrupt = field.baselines(ds, m)
-    layers_run = field.n_layers - min(s.layer for s in sites) if (heads or mlps) else 0
-    cost = {"engine": "path", "forwards": len(groups), "layers_per_forward": layers_run,
+    cost = {"engine": "path", "forwards": len(groups), "layers_per_forward": field.n_layers - first if (heads or mlps) else 0,
             "seconds": time.perf_counter() - t_start}
     return PathResult(sites=sites, values=torch.stack(rows), baseline_clean=clean, baseline_corrupt=corrupt,
-                      direction=direction, metric=m.name, jointly=jointly, alpha=1.0, source="other",
+                      direction=direction, metric=m.name, jointly=jointly, alpha=1.0, source=source,
                       dataset=getattr(ds, "name", ""), method="path", cost=cost, dataset_hash=dataset_hash_of(ds),
                       skipped=np.zeros((len(groups), ds.n), dtype=bool),
                       receivers=rec.describe(field.n_layers, field.n_heads))

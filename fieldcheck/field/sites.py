@@ -399,3 +399,172 @@ def site(kind: str, layer: int, pos: Pos, head: Optional[int] = None) -> SiteSet
     if kind not in KINDS:
         raise SiteError(f"unknown site kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     return _make(kind, layer, pos, head if kind == "attn_head" else None)
+
+
+# --- dictionary features (SAEs, transcoders) -------------------------------------------------
+# A feature site names latent i of a dictionary (an SAE or a transcoder, fieldcheck.sae) at a
+# position. The dictionary is any object with ``hook_name``/``hook_name_out``, ``d_sae`` and
+# ``name`` (duck-typed here: this module sits below fieldcheck.sae). Patching it inserts
+# (a_i(src) - a_i(tgt)) * W_dec[i] into the dictionary's output site; the error term is its own
+# node (``latent=None``).
+_HOOK_KINDS = {v.split(".", 2)[2]: k for k, v in _HOOKS.items()}
+_HOOK_KINDS["hook_mlp_in"] = "mlp_in"  # a transcoder's input: the residual the MLP reads
+
+
+def site_of_hook(hook_name: str) -> tuple[str, int]:
+    """``(kind, layer)`` of a TransformerLens hook name (``blocks.3.hook_resid_pre`` ->
+    ``("resid_pre", 3)``); SiteError for a hook fieldcheck cannot place on the lattice."""
+    parts = str(hook_name).split(".", 2)
+    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] in _HOOK_KINDS:
+        return _HOOK_KINDS[parts[2]], int(parts[1])
+    raise SiteError(f"hook {hook_name!r} is not a site fieldcheck knows; dictionaries may read "
+                    f"blocks.{{layer}}.{{{', '.join(sorted(_HOOK_KINDS))}}}")
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureSite:
+    """Latent ``latent`` of ``dictionary`` at position ``pos`` (``latent=None``: its error term).
+
+    ``pos`` is an int, a position name, or ``"all"`` (every position of the prompt at once)."""
+
+    dictionary: object
+    latent: Optional[int]
+    pos: Pos
+
+    kind = "feature"
+    head = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.latent is None
+
+    @property
+    def layer(self) -> int:
+        return site_of_hook(self.hook_name)[1]
+
+    @property
+    def hook_name(self) -> str:
+        """The hook the feature writes to (a transcoder's output hook)."""
+        return getattr(self.dictionary, "hook_name_out", None) or self.dictionary.hook_name
+
+    @property
+    def stage(self) -> int:
+        """Where the feature's decoder row enters the residual stream, as :attr:`Site.stage`
+        (``4*l`` + 0 before block l, 1 head outputs, 2 after attention, 3 after the MLP)."""
+        kind, layer = site_of_hook(self.hook_name)
+        return Site("mlp_out" if kind == "mlp_in" else kind, layer, 0).stage
+
+    @property
+    def label(self) -> str:
+        p = self.pos if isinstance(self.pos, str) else f"P{self.pos}"
+        what = "ERR" if self.latent is None else f"F{self.latent}"
+        return f"{self.dictionary.name}:{what}@{p}"
+
+    def _key(self):
+        return (id(self.dictionary), self.latent, self.pos)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, FeatureSite) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __str__(self) -> str:
+        return self.label
+
+    def to_dict(self) -> dict:
+        return {"kind": "feature_error" if self.latent is None else "feature", "dictionary": self.dictionary.name,
+                "latent": self.latent, "layer": self.layer, "pos": self.pos, "head": None, "label": self.label,
+                "hook": self.hook_name}
+
+
+class FeatureSiteSet:
+    """Feature sites of one or more dictionaries, resolved against a data set by ``resolve``.
+
+    ``+`` concatenates feature site sets; mixing them with residual sites is refused (patch
+    them in separate calls)."""
+
+    def __init__(self, specs: list[tuple]):
+        self._specs = specs  # (dictionary, latents or "all" or "active", positions, with_error)
+
+    def __add__(self, other):
+        if not isinstance(other, FeatureSiteSet):
+            raise SiteError("feature sites cannot be combined with residual/head sites in one set; "
+                            "patch them in separate calls")
+        return FeatureSiteSet(self._specs + other._specs)
+
+    @property
+    def dictionaries(self) -> list:
+        return list(dict.fromkeys(s[0] for s in self._specs))
+
+    def resolve(self, n_layers: int, n_heads: int, seq_len: int,
+                position_names: Iterable[str] = ("END",)) -> list[FeatureSite]:
+        names = set(position_names)
+        out: list[FeatureSite] = []
+        for d, latents, positions, with_error in self._specs:
+            d_sae = int(d.d_sae)
+            lat = list(range(d_sae)) if latents == "all" else latents
+            for i in lat:
+                if i is None:
+                    continue
+                if isinstance(i, bool) or not isinstance(i, int) or not -d_sae <= i < d_sae:
+                    raise SiteError(f"latent {i!r} out of range: {d.name} has latents 0..{d_sae - 1}")
+            lat = [i % d_sae for i in lat if i is not None]
+            poss = ["all"] if positions == "all" else positions
+            for p in poss:
+                if p == "all":
+                    continue
+                if isinstance(p, str):
+                    if p not in names:
+                        raise SiteError(f"position name {p!r} is not in the data set; its named positions are "
+                                        f"{sorted(names)}")
+                elif isinstance(p, bool) or not isinstance(p, int) or not -seq_len <= p < seq_len:
+                    raise SiteError(f"position {p!r} out of range: prompts have {seq_len} tokens")
+            poss = [p + seq_len if isinstance(p, int) and p < 0 else p for p in poss]
+            layer = site_of_hook(getattr(d, "hook_name_out", None) or d.hook_name)[1]
+            if layer >= n_layers:
+                raise SiteError(f"{d.name} reads {d.hook_name}, but the model has layers 0..{n_layers - 1}")
+            out.extend(FeatureSite(d, i, p) for p in poss for i in lat)
+            if with_error:
+                out.extend(FeatureSite(d, None, p) for p in poss)
+        if not out:
+            raise SiteError("the feature site set is empty; give at least one latent (or error=True)")
+        return list(dict.fromkeys(out))
+
+    def __repr__(self) -> str:
+        parts = [f"features({d.name}, latents={_fmt(l)}, positions={_fmt(p)}{', error=True' if e else ''})"
+                 for d, l, p, e in self._specs]
+        return " + ".join(parts)
+
+
+def is_feature_sites(sites) -> bool:
+    """True for dictionary feature sites (a FeatureSiteSet, a FeatureSite or a non-empty list of
+    them): the experiments that take them route them to :mod:`fieldcheck.experiments.features`."""
+    if isinstance(sites, (FeatureSiteSet, FeatureSite)):
+        return True
+    return isinstance(sites, (list, tuple)) and bool(sites) and all(isinstance(s, FeatureSite) for s in sites)
+
+
+def features(dictionary, latents="all", positions="all", error: bool = False) -> FeatureSiteSet:
+    """Latents of an SAE or transcoder (``fieldcheck.sae``) at positions.
+
+    ``latents``: an int, a list/range, or ``"all"``; ``positions``: an int, a name, a list, or
+    ``"all"`` -- every position of the prompt *together* (one node per latent, as a feature
+    patched or ablated everywhere). ``error=True`` adds the dictionary's error term as a node."""
+    if not hasattr(dictionary, "d_sae") or not hasattr(dictionary, "hook_name"):
+        raise SiteError(f"{dictionary!r} is not a dictionary; load one with fieldcheck.sae.load(path) or "
+                        "train one with fieldcheck.sae.train(...)")
+    lat = _as_list(latents, "latents")
+    pos = "all" if _is_all(positions) else _as_list(positions, "positions")
+    return FeatureSiteSet([(dictionary, lat, pos, bool(error))])
+
+
+def feature(dictionary, latent: int, positions="all") -> FeatureSiteSet:
+    """One latent of a dictionary (see :func:`features`)."""
+    return features(dictionary, [latent], positions)
+
+
+def sae_error(dictionary, positions="all") -> FeatureSiteSet:
+    """The error term of a dictionary (what its reconstruction misses) as a node of its own."""
+    s = features(dictionary, [], positions, error=True)
+    return s

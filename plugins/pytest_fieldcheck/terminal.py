@@ -15,6 +15,8 @@ def write_summary(terminalreporter, state: FieldcheckPlugin) -> None:
         o = state.opts
         tr.write_line(f"alpha={o.alpha} correction={o.correction} decide={o.decide} seed={o.seed} "
                       f"model={o.model}")
+        for line in sae_lines(rep):
+            tr.write_line(line, yellow=True)
     after = rep["summary"]["failed_after_correction"]
     if after:
         fam = getattr(state.opts, "correction_family", "file")
@@ -93,3 +95,29 @@ def correction_scope(rep: dict, family: str) -> str:
     m = "m = 0" if not sizes else f"m = {sizes[0]}" if len(sizes) == 1 else f"m = {sizes[0]}-{sizes[-1]}"
     return (f"over {len(counted)} claim(s) in {len(groups)} famil{'y' if len(groups) == 1 else 'ies'} "
             f"(family = {family}: {_FAMILY_WORDS.get(family, family)}; {m} claims per family)")
+
+
+def sae_lines(rep: dict) -> list[str]:
+    """One line per dictionary applied to a model other than the one it was trained on, with its
+    explained variance there (the lowest and highest over the data sets it was applied to) and on
+    its own model (from the ClaimResults' ``details["sae"]``)."""
+    seen: dict = {}
+    for c in rep.get("claims", []):
+        for i, r in enumerate(c.get("results", [])):
+            for s in (r.get("details") or {}).get("sae") or []:
+                if s.get("other_model"):
+                    key = (s.get("sae"), s.get("trained_on"), s.get("applied_to"))
+                    seen.setdefault(key, {"rows": [], "results": set()})
+                    seen[key]["rows"].append(s)
+                    seen[key]["results"].add((c.get("id"), i))
+    out = []
+    for (name, trained, applied), got in sorted(seen.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        rows = got["rows"]
+        ev = [x["explained_variance"] for x in rows if isinstance(x.get("explained_variance"), (int, float))]
+        own = rows[0].get("explained_variance_trained")
+        there = ("explained variance unknown" if not ev else f"explained variance {min(ev):.3f}" if max(ev) == min(ev)
+                 else f"explained variance {min(ev):.3f} to {max(ev):.3f}")
+        out.append(f"fieldcheck: SAE {name} was trained on {trained} and is applied to {applied}: {there} there"
+                   + (f" ({own:.3f} on {trained})" if isinstance(own, (int, float)) else "")
+                   + f"; {len(got['results'])} result(s) use it")
+    return out
