@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/bench_families.py [--families qwen2,gemma2,...] [--reps N]
         [--layers 12] [--d-model 256] [--heads 8] [--json PATH]
+    .venv/bin/python benchmarks/bench_families.py --models smollm2-135m,gemma3-270m,qwen2.5-coder-0.5b
+
+``--models`` runs the same workload on real models instead (aliases, folders or GGUF files loaded
+with ``fieldcheck.load_model``; the three built-in models: SmolLM2-135M, Gemma-3-270m,
+Qwen2.5-Coder-0.5B), one row each, in one run.
 
 For each family a random model of a realistic small shape (default 12 layers, d_model 256, 8 heads,
 d_mlp 4 * d_model, every family feature on: see ``fieldcheck.models.tiny.tiny_hf_model``) is written
@@ -50,6 +55,13 @@ def build(arch: str, folder: str, n_layers: int, d_model: int, n_heads: int):
     return model, fc.datasets.ioi(model, n=8, seed=0)
 
 
+def load_real(spec: str):
+    import fieldcheck as fc
+
+    model = fc.load_model(spec)
+    return model, fc.datasets.ioi(model, n=8, seed=0)
+
+
 def tl_metric(ds):
     end, ans, wrong = ds.positions["END"], ds.answers, ds.wrong
 
@@ -90,15 +102,18 @@ def main(argv=None):
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--models", default=None, help="real models (comma-separated specs) instead of families")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.platform()}; "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
-    print(f"{'family':<10} {'engine':<9} {'sites':>5} {'TL s':>7} {'fc s':>7} {'ratio':>7} {'max diff':>9}", flush=True)
-    for arch in args.families.split(","):
-        with tempfile.TemporaryDirectory(prefix=f"fc-bench-{arch}-") as folder:
-            model, ds = build(arch, folder, args.layers, args.d_model, args.heads)
+    print(f"{'model' if args.models else 'family':<18} {'engine':<9} {'sites':>5} {'TL s':>7} {'fc s':>7} {'ratio':>7} {'max diff':>9}", flush=True)
+    names = args.models.split(",") if args.models else args.families.split(",")
+    for arch in names:
+        with tempfile.TemporaryDirectory(prefix="fc-bench-") as folder:
+            model, ds = load_real(arch) if args.models else build(arch, folder, args.layers, args.d_model,
+                                                                   args.heads)
             L, T, B = model.cfg.n_layers, ds.seq_len, ds.n
             run_fc(model, ds)  # warm-up (rotary tables, allocator)
             tl_t, fc_t, ratios, diff, engine = [], [], [], 0.0, "?"
@@ -114,21 +129,25 @@ def main(argv=None):
                 ratios.append(t_tl / t_fc)
                 ours = np.asarray(torch.as_tensor(res.values), dtype=np.float64)
                 diff = max(diff, float(np.abs(ours - v_tl.reshape(L * T, B).double().numpy()).max()))
-            row = dict(family=arch, engine=engine, architecture=type(model.original_model).__name__,
+            row = dict(family=arch if not args.models else getattr(model, "fieldcheck_info", {}).get("family"),
+                       model=arch if args.models else None, engine=engine,
+                       architecture=type(model.original_model).__name__, n_layers=L, d_model=model.cfg.d_model,
                        sites=L * T, batch=B, seq_len=T, tl_s=statistics.median(tl_t), fc_s=statistics.median(fc_t),
                        ratio=statistics.median(ratios), max_abs_diff=diff, rows=res.cost.get("rows"),
                        reps=args.reps)
             rows.append(row)
             if args.json:  # after every family, so that a long run keeps what it measured
                 with open(args.json, "w") as fh:
-                    json.dump(dict(shape=dict(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads),
+                    json.dump(dict(shape=None if args.models else dict(n_layers=args.layers, d_model=args.d_model,
+                                                                          n_heads=args.heads),
                                    rows=rows, partial=True), fh, indent=1)
-            print(f"{arch:<10} {engine:<9} {L * T:>5} {row['tl_s']:>7.2f} {row['fc_s']:>7.3f} {row['ratio']:>6.1f}x "
+            print(f"{arch:<18} {engine:<9} {L * T:>5} {row['tl_s']:>7.2f} {row['fc_s']:>7.3f} {row['ratio']:>6.1f}x "
                   f"{diff:>9.1e}", flush=True)
             del model
     out = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), torch=torch.__version__,
                threads=torch.get_num_threads(), load_average=os.getloadavg(),
-               shape=dict(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads), rows=rows)
+               shape=None if args.models else dict(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads),
+               models=names if args.models else None, rows=rows)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)

@@ -1,4 +1,4 @@
-"""The five forward findings of Transformer Field Theory, measured on SmolLM2-135M-Instruct (IOI).
+"""The five forward findings of Transformer Field Theory, on the IOI task of each model.
 
 The residual stream is a field phi(l, t) over depth and position; a patch inserts a source into
 it. These claims test, on this model and the built-in IOI pairs (third-name corruption at S2),
@@ -8,15 +8,22 @@ patch effects after the changed token but not at it, while the integrated (path-
 prediction does everywhere; (3) a source propagates inside its forward light cone, mostly along
 depth at its own token; (4) a few adjoint-selected sites recover most of the effect, and a
 low-rank slice of the Green operator explains much of a block; (5) displacements between
-prompts transfer the answer to other sentences with the same names. Thresholds are the values
-measured on this model with margin (see claims/README.md), not tuned to pass by a hair.
+prompts transfer the answer to other sentences with the same names. Sites are at fractions of
+the model's depth (``fieldcheck.sites.depth``), so the file runs on every model. Thresholds are
+the values measured with margin (see claims/README.md, one table per model), not tuned to pass by
+a hair.
 """
 import numpy as np
 import pytest
 
 import fieldcheck as fc
 from fieldcheck import alpha_star, depth_share, explained, r2, rate, recovered
-from fieldcheck.sites import resid_pre
+from fieldcheck.sites import depth, resid_pre
+
+DOWNSTREAM = depth(0.87)      # END here recovers most of the answer (SmolLM2 L26, Gemma 3 L16, Qwen2.5 L21)
+CHANGED = depth(0.5)          # S2 still holds the whole answer here (L15, L9, L12)
+SOURCE = depth(0.27)          # a source at S2 for the Green function (L8, L5, L6)
+SLICE_FROM, SLICE_TO = depth(0.4), depth(0.67)   # G(END at L20; S2 at L12) on SmolLM2
 
 ALPHAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
 
@@ -52,18 +59,18 @@ def _after_s2(ioi):
 
 # --- (1) a bounded local linear regime ----------------------------------------------------------
 def test_linear_regime_downstream_of_the_changed_token(field, ioi_48):
-    """Scaling the patch at the final position (layer 26, where it recovers most of the answer)
-    keeps the response on its tangent line well into large sources: alpha* (10% tolerance) is
-    at least 0.3."""
-    sweep = field.scale_sweep(ioi_48, resid_pre(26, "END"), alphas=ALPHAS)
+    """Scaling the patch at the final position (at 87% of the depth, where it recovers most of the
+    answer) keeps the response on its tangent line well into large sources: alpha* (10% tolerance)
+    is at least 0.3."""
+    sweep = field.scale_sweep(ioi_48, resid_pre(DOWNSTREAM, "END"), alphas=ALPHAS)
     fc.assert_linear_regime(sweep, alpha_star(tol=0.1) >= 0.3)
 
 
 def test_linear_regime_is_much_smaller_at_the_changed_token(field, ioi_48):
-    """At the changed token itself (S2, layer 15) the response is a switch, flat and then steep:
+    """At the changed token itself (S2, at mid-depth) the response is a switch, flat and then steep:
     it leaves its tangent line at once, alpha* (10% tolerance) below 0.2, where downstream it
-    stays linear to 0.5."""
-    sweep = field.scale_sweep(ioi_48, resid_pre(15, "S2"), alphas=ALPHAS)
+    stays linear much longer."""
+    sweep = field.scale_sweep(ioi_48, resid_pre(CHANGED, "S2"), alphas=ALPHAS)
     fc.assert_linear_regime(sweep, alpha_star(tol=0.1) < 0.2)
 
 
@@ -82,7 +89,7 @@ def test_first_order_fails_at_the_changed_token(field, ioi_48):
     fc.assert_predicted_effect(field.predict(ioi_48, sites), field.patch(ioi_48, sites), r2 < 0.5)
 
 
-@pytest.mark.xfail(strict=True, reason="measured: first-order R^2 over all 450 resid_pre sites is far below 0.9 "
+@pytest.mark.xfail(strict=True, reason="measured: first-order R^2 over all resid_pre sites is far below 0.9 "
                                        "(the changed-token column dominates); see claims/README.md")
 def test_first_order_predicts_every_site(sweep_real, sweep_first_order):
     """False by design, kept to show the claim language catches it: first-order predictions do
@@ -92,7 +99,7 @@ def test_first_order_predicts_every_site(sweep_real, sweep_first_order):
 
 def test_integrated_prediction_predicts_every_site(sweep_integrated, sweep_real):
     """Averaging the gradient along the path between the runs (8 steps, EAP-IG) predicts the real
-    effects of all 450 resid_pre sites."""
+    effects of every resid_pre site."""
     fc.assert_predicted_effect(sweep_integrated, sweep_real, r2 > 0.85)
 
 
@@ -101,11 +108,12 @@ def test_integrated_prediction_predicts_every_site(sweep_integrated, sweep_real)
 def green_s2(field, fc_session_seed):
     """96 IOI pairs: the depth share is about 3 standard errors above one half at n = 48, too
     close to be shown under a run-wide correction (``--fc-correction-family session``)."""
-    return field.green(fc.datasets.ioi(field.model, n=96, seed=fc_session_seed + 2), resid_pre(8, "S2"))
+    return field.green(fc.datasets.ioi(field.model, n=96, seed=fc_session_seed + 2), resid_pre(SOURCE, "S2"))
 
 
 def test_sources_stay_inside_their_light_cone(green_s2):
-    """The linear response to a source at (8, S2) is exactly zero at earlier layers and tokens."""
+    """The linear response to a source at S2 (at 27% of the depth) is exactly zero at earlier
+    layers and tokens."""
     fc.assert_light_cone(green_s2)
 
 
@@ -124,9 +132,9 @@ def test_few_adjoint_selected_sites_recover_the_effect(field, ioi, sweep_integra
 
 
 def test_a_low_rank_green_slice_explains_much_of_a_block(field, ioi):
-    """The block G(END at layer 20; S2 at layer 12) of the Green operator (576 x 576) is far from
-    rank one: a rank-32 randomized slice explains more than half of its squared norm."""
-    sl = field.green_slice(ioi, resid_pre(12, "S2"), resid_pre(20, "END"), rank=32)
+    """The block G(END at 67% of the depth; S2 at 40%) of the Green operator (d_model x d_model) is
+    far from rank one: a rank-32 randomized slice explains more than half of its squared norm."""
+    sl = field.green_slice(ioi, resid_pre(SLICE_FROM, "S2"), resid_pre(SLICE_TO, "END"), rank=32)
     fc.assert_explained(sl, explained > 0.5)
 
 
@@ -143,9 +151,9 @@ def _same_names_other_sentence(model, ds, template):
 
 
 def test_displacements_transfer_the_answer_to_other_sentences(field, ioi_48):
-    """The displacement phi_clean - phi_corrupt at (layer 12, S2) of one sentence, added to another
-    sentence with the same names (another template, place and object), flips that sentence's
-    answer toward the indirect object in more than half of the cases."""
+    """The displacement phi_clean - phi_corrupt at (40% of the depth, S2) of one sentence, added to
+    another sentence with the same names (another template, place and object), flips that
+    sentence's answer toward the indirect object in more than half of the cases."""
     targets = _same_names_other_sentence(field.model, ioi_48, template=4)
-    tr = field.transfer(ioi_48, resid_pre(12, "S2"), targets=targets, pair="matched")
+    tr = field.transfer(ioi_48, resid_pre(SLICE_FROM, "S2"), targets=targets, pair="matched")
     fc.assert_transfers(tr, rate > 0.5)

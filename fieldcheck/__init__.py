@@ -10,6 +10,7 @@ inside functions: tests/test_layout.py checks it and that no import cycle exists
     models/                 loading models (aliases, hub names, folders, GGUF) and tiny test models
     field/                  the field core (FieldCore: cached runs, patching), sites, sources,
                             metrics, the light-cone engine and its per-family functional forwards
+    sae/                    SAEs and transcoders: SAELens's format, offline training, splicing
     experiments/            experiments on the field core: predictions, Green functions, transfer,
                             path patching, attention, DLA and the logit lens, circuits
     lab                     fieldcheck.Field: the field core with every experiment as a method
@@ -83,11 +84,11 @@ _MOVED = {
     "claim_result": "fieldcheck.claim.result",
 }
 # Subpackages and top-level modules reachable as attributes (fc.config, fc.field, ...).
-_SUBPACKAGES = {"errors", "jsonable", "display", "config", "measures", "cli", "data", "models", "field", "experiments",
+_SUBPACKAGES = {"errors", "jsonable", "display", "config", "measures", "cli", "data", "models", "field", "sae", "experiments",
                 "lab", "claim", "reports"}
 # Modules whose ``__all__`` is re-exported at top level (assertions, criteria statistics, errors).
 _FLAT = ("fieldcheck.claim.assertions", "fieldcheck.claim.attention_assertions", "fieldcheck.claim.criteria",
-         "fieldcheck.claim.circuit_assertions", "fieldcheck.errors")
+         "fieldcheck.claim.circuit_assertions", "fieldcheck.claim.feature_assertions", "fieldcheck.errors")
 
 
 def _target(short: str) -> str:

@@ -6,6 +6,17 @@
                                     family and the engine that will run (light cone or hooks);
                                     FOLDERs: local HF model folders to describe too
     fieldcheck models path NAME     print the cache folder of an alias
+    fieldcheck report merge SHARD.json... -o RUN.json [--html RUN.html]
+                                    join CI shards' reports into the run's report
+                                    (fieldcheck.reports.commands; exit 3: refused)
+    fieldcheck report show RUN.json [--html OUT] [--failed] [--check]
+                                    print a JSON run report (fieldcheck.reports.views)
+    fieldcheck report compare NEW.json BASE.json [--fail RULE]...
+                                    compare two run reports as --fc-compare does (exit 1: a
+                                    regression)
+    fieldcheck sae train MODEL --hook HOOK | --example
+                                    train a TopK SAE offline, save it in SAELens's format
+    fieldcheck sae info DIR         describe a SAELens folder (fieldcheck.sae.command)
 
 Exit codes: 0 success, 1 a fieldcheck error (the message says what to do), 2 bad usage.
 """
@@ -125,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     path.add_argument("name")
     path.set_defaults(func=_cmd_path)
     models.set_defaults(func=None, _parser=models)
+    from fieldcheck.reports.commands import add_report_commands
+
+    add_report_commands(sub)
+    from fieldcheck.sae.command import add_parser as add_sae
+    add_sae(sub)
     return p
 
 

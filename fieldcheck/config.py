@@ -15,6 +15,8 @@ Settings (defaults):
   permutation tests when the exact enumeration is too large.
 - ``method`` (``"bca"``): bootstrap interval, ``"bca"`` or ``"percentile"``.
 - ``claim_id`` (None): the running claim (pytest node id); set with :func:`claim_context`.
+- ``memory_budget`` (None: 2 GiB): bytes one chunk of a patch sweep, edge scoring or EAP-IG may
+  use; a ``Field`` built without its own ``memory_budget`` uses this (``--fc-memory-budget``).
 """
 from __future__ import annotations
 
@@ -24,9 +26,13 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Iterator, Optional
 
-from fieldcheck.errors import CriterionError
+from fieldcheck.errors import CriterionError, UsageError
 
 DECIDE = ("bound", "point")
+#: bytes one chunk of a sweep may use when nothing else is set
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
 METHODS = ("bca", "percentile")
 
 
@@ -39,6 +45,7 @@ class Settings:
     method: str = "bca"
     claim_id: Optional[str] = None
     show_progress: Optional[bool] = None  # None: only on a terminal and outside CI
+    memory_budget: Optional[int] = None   # bytes; None: the default (DEFAULT_MEMORY_BUDGET)
 
     @property
     def level(self) -> float:
@@ -94,8 +101,30 @@ def validate(**kw) -> dict:
                                      "use at least 100 (default 2000)")
         elif key == "claim_id" and value is not None:
             value = str(value)
+        elif key == "memory_budget":
+            value = parse_bytes(value)
         out[key] = value
     return out
+
+
+def parse_bytes(value) -> int:
+    """A number of bytes from an int or a text such as ``"512MiB"``, ``"8GB"``, ``"2e9"``."""
+    import re
+
+    if isinstance(value, bool):
+        value = None
+    if isinstance(value, (int, float)):
+        n = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+        unit = m.group(2).lower() if m else None
+        if not m or unit not in _UNITS:
+            raise UsageError(f"memory budget {value!r} is not a size: use bytes or a unit, e.g. "
+                                 f"512MiB, 8GB, 2GiB")
+        n = float(m.group(1)) * _UNITS[unit]
+    if not math.isfinite(n) or n < 1:
+        raise UsageError(f"memory budget {value!r} must be at least one byte, e.g. 2GiB")
+    return int(n)
 
 
 def _check_prob(name: str, value) -> float:

@@ -2,7 +2,7 @@
 notebook displays of result objects (``_repr_html_``).
 
 ``draw_plot`` draws a plot dict of a ClaimResult (kinds heatmap, cone, scatter, alpha_curve,
-hist) on a matplotlib ``Figure`` that pyplot does not manage, so that it changes no global
+hist, line, bar, circuit) on a matplotlib ``Figure`` that pyplot does not manage, so that it changes no global
 backend; ``rich_html`` gives an object's summary followed by its picture.
 """
 from __future__ import annotations
@@ -182,6 +182,12 @@ def draw_plot(plot: dict) -> Optional[str]:
         ax.legend(fontsize=7)
         ax.set_title(str(title))
         return png_base64(fig)
+    if kind == "line":
+        return _line(plot, str(title))
+    if kind in ("bar", "bars"):
+        return _bars(plot, str(title))
+    if kind == "circuit":
+        return _circuit(plot, str(title))
     if kind == "hist":
         _, v = _first(plot, ("values", "x"), 1)
         if v is None or v.size == 0:
@@ -197,6 +203,98 @@ def draw_plot(plot: dict) -> Optional[str]:
         ax.set_title(str(title))
         return png_base64(fig)
     return None
+
+
+def _line(plot: dict, title: str) -> Optional[str]:
+    """``x``, ``y`` (one curve, or ``curves {label: y}``), optional ``xscale`` ("log"), ``hline`` and labels."""
+    from matplotlib.figure import Figure
+
+    _, x = _first(plot, ("x", "fractions", "sizes"), 1)
+    if x is None:
+        return None
+    curves = plot.get("curves") if isinstance(plot.get("curves"), dict) else {plot.get("ylabel", "y"): plot.get("y")}
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
+    drawn = 0
+    for lab, ys in curves.items():
+        y = _arr(ys, 1)
+        if y is not None and y.shape == x.shape:
+            ax.plot(x, y, marker="o", ms=3, label=str(lab))
+            drawn += 1
+    if not drawn:
+        return None
+    if plot.get("xscale") == "log" and (x > 0).all():
+        ax.set_xscale("log")
+    if _num(plot.get("hline")) is not None:
+        ax.axhline(_num(plot["hline"]), color="gray", lw=0.8, ls="--")
+    ax.set_xlabel(str(plot.get("xlabel", "x")))
+    ax.set_ylabel(str(plot.get("ylabel", "y")))
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return png_base64(fig)
+
+
+def _bars(plot: dict, title: str) -> Optional[str]:
+    """``labels`` and ``y`` (with optional ``low``/``high`` interval ends and a ``bar`` line)."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    labels = _labels(plot, "labels")
+    y = _arr(plot.get("y"), 1)
+    if not labels or y is None or len(labels) != y.size:
+        return None
+    fig = Figure(figsize=(max(4.0, 0.35 * y.size + 2), 3.6))
+    ax = fig.subplots()
+    lo, hi = _arr(plot.get("low"), 1), _arr(plot.get("high"), 1)
+    err = None
+    if lo is not None and hi is not None and lo.shape == hi.shape == y.shape:
+        err = np.abs(np.stack([y - lo, hi - y]))
+        err[~np.isfinite(err)] = 0
+    ax.bar(range(y.size), y, yerr=err, color="#4a7ab0", capsize=3)
+    ax.set_xticks(range(y.size), labels, rotation=60 if y.size > 4 else 0, fontsize=7, ha="right" if y.size > 4 else "center")
+    if _num(plot.get("bar")) is not None:
+        ax.axhline(_num(plot["bar"]), color="k", ls="--", lw=1, label="bar")
+        ax.legend(fontsize=7)
+    ax.set_ylabel(str(plot.get("ylabel", "")))
+    ax.set_title(title, fontsize=9)
+    return png_base64(fig)
+
+
+_PORT_COLOURS = {"q": "#d62728", "k": "#2ca02c", "v": "#1f77b4", "": "#555555"}
+
+
+def _circuit(plot: dict, title: str) -> Optional[str]:
+    """A circuit over the model's layers: ``nodes [[label, x, y], ...]`` (x: head index, y: layer) and
+    ``edges [[i, j, port], ...]`` (indices into nodes; port "q", "k", "v" or "" colours the line)."""
+    from matplotlib.figure import Figure
+
+    nodes = plot.get("nodes")
+    if not isinstance(nodes, list) or not nodes:
+        return None
+    xs = [float(n[1]) for n in nodes]
+    ys = [float(n[2]) for n in nodes]
+    span_x, span_y = max(xs) - min(xs) + 1, max(ys) - min(ys) + 1
+    fig = Figure(figsize=(min(12, 3 + 0.45 * span_x), min(12, 2.5 + 0.4 * span_y)))
+    ax = fig.subplots()
+    for e in plot.get("edges") or []:
+        i, j = int(e[0]), int(e[1])
+        port = str(e[2]) if len(e) > 2 else ""
+        ax.annotate("", xy=(xs[j], ys[j]), xytext=(xs[i], ys[i]),
+                    arrowprops={"arrowstyle": "-|>", "color": _PORT_COLOURS.get(port, "#555555"), "lw": 0.7,
+                                "alpha": 0.6, "shrinkA": 4, "shrinkB": 4})
+    ax.scatter(xs, ys, s=40, color="#f2c14e", edgecolor="k", zorder=3)
+    for (lab, x, y) in ((n[0], xs[k], ys[k]) for k, n in enumerate(nodes)):
+        ax.annotate(str(lab), (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=6)
+    ax.set_xlabel("head (MLPs and embed/logits in the middle)")
+    ax.set_ylabel("layer")
+    ax.margins(0.12)
+    if plot.get("edges"):
+        for port, colour in _PORT_COLOURS.items():
+            ax.plot([], [], color=colour, label=f"into {port}" if port else "into MLP / logits")
+        ax.legend(fontsize=6, loc="upper left")
+    ax.set_title(title, fontsize=9)
+    return png_base64(fig)
 
 
 def rich_html(obj: Any, draw: Optional[Callable[[], Any]] = None, title: Optional[str] = None,

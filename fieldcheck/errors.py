@@ -62,6 +62,11 @@ class UsageError(FieldcheckError, ValueError):
     """An argument has a value outside its documented choices (engine, direction, which, ...)."""
 
 
+class MergeError(FieldcheckError):
+    """Partial reports (CI shards, distributed tasks) that do not belong to one run: different
+    models, seeds, settings or code, a shard missing or given twice, a claim in two of them."""
+
+
 # --- argument checks shared by every layer: each raises ``error`` naming the argument, the value
 # given and what is accepted (issue 23: bad input never reaches torch or numpy) --------------------
 

@@ -18,6 +18,10 @@ from typing import Any, Optional, Sequence, Union
 from fieldcheck.experiments import attention as _attention
 from fieldcheck.experiments import circuits as _circuits
 from fieldcheck.experiments import discovery as _discovery
+from fieldcheck.experiments import feature_circuits as _feature_circuits
+from fieldcheck.experiments import feature_paths as _feature_paths
+from fieldcheck.experiments import feature_views as _feature_views
+from fieldcheck.experiments import features as _features
 from fieldcheck.experiments import green as _green
 from fieldcheck.experiments import lens as _lens
 from fieldcheck.experiments import paths as _paths
@@ -27,13 +31,19 @@ from fieldcheck.experiments.attention import HEAD_KINDS, AttentionResult, HeadSc
 from fieldcheck.experiments.circuit_spec import Circuit
 from fieldcheck.experiments.circuits import CircuitResult, FaithfulnessCurve, Minimality
 from fieldcheck.experiments.discovery import EdgeScores
+from fieldcheck.experiments.feature_circuits import FeatureCircuitResult, NodeScores
+from fieldcheck.experiments.feature_views import FeatureDLA, Selectivity, TopExamples
+from fieldcheck.experiments.features import FeatureActivations
 from fieldcheck.experiments.green import GreenResult, GreenSlice, Propagation
 from fieldcheck.experiments.lens import DirectAttribution, LogitLens
 from fieldcheck.experiments.paths import PathResult
 from fieldcheck.experiments.response import Selection, Sensitivity, Sweep
 from fieldcheck.experiments.transfer import TransferResult
+from fieldcheck.errors import UsageError
 from fieldcheck.field.core import FieldCore
 from fieldcheck.field.results import PatchResult
+from fieldcheck.field.sources import Source
+from fieldcheck.field.sites import is_feature_sites
 
 __all__ = ["Field"]
 
@@ -41,9 +51,11 @@ __all__ = ["Field"]
 class Field(FieldCore):
     """The residual field of ``model`` over contrastive data sets, and every experiment on it.
 
-    ``Field(model, memory_budget=2 GiB, engine="auto")``. model: a model from
+    ``Field(model, memory_budget=None, engine="auto")``. model: a model from
     ``fieldcheck.load_model`` (a TransformerBridge) or a spec/path ``load_model`` accepts.
-    memory_budget: bytes one chunk of a patch sweep may use. engine: "auto" (the light-cone
+    memory_budget: bytes (or a size such as "512MiB") one chunk of a patch sweep, edge scoring,
+    EAP-IG, circuit evaluation or a sensitivity may use; None: the session's
+    ``--fc-memory-budget`` (``fieldcheck.config``), else 2 GiB. engine: "auto" (the light-cone
     engine where the family supports it, else the hooks), "lightcone" or "hooks" (one hooked
     TransformerLens forward per patched site: the reference). ``field.engine_name`` says which.
 
@@ -51,10 +63,48 @@ class Field(FieldCore):
     ``metric_values``, ``baselines``, ``clear``). ``patch`` is activation patching; the other
     methods are the experiments (sensitivities and predictions, scale sweeps, site selection,
     Green functions, transfer, path patching, attention, direct logit attribution, the logit
-    lens, circuits and their discovery), each returning a plain result object with
-    ``summary()``, ``to_dict()`` and a matplotlib ``plot``/``heatmap``. In a claim file, the
-    ``field`` fixture is the session's Field.
+    lens, circuits and their discovery, dictionary features), each returning a plain result
+    object with ``summary()``, ``to_dict()`` and a matplotlib ``plot``/``heatmap``. In a claim
+    file, the ``field`` fixture is the session's Field.
+
+    Dictionary features (``fieldcheck.sites.features(sae, latents, positions)``, SAEs and
+    transcoders from :mod:`fieldcheck.sae`) are sites of ``patch``, ``predict``, ``transfer`` and
+    ``path_patch`` like any other; the feature experiments (``feature_activations``,
+    ``node_attribution``, ``feature_circuit``, ``selectivity``, ...) are methods too.
     """
+
+    # --- patching ------------------------------------------------------------------------------------
+    def patch(self, ds, sites, direction: str = "denoise", source=None, alpha: float = 1.0,
+              jointly: bool = False, metric: Union[str, Any, Sequence] = "logit_diff",
+              engine: Optional[str] = None, progress: Optional[bool] = None):
+        """Activation patching: insert a source at each site (or all jointly) and read the metric.
+
+        ds: a ContrastiveSet. sites: a site set from :mod:`fieldcheck.sites` (``resid_pre(range(20,
+        30), "END")``, ``attn_head(5, 1, "IO")``, ...), a Site or a list of them; positions are
+        ints or the data set's position names. Dictionary features
+        (``fieldcheck.sites.features(sae, latents, positions, error=)``) are patched along their
+        decoder rows with the SAE's error term kept, so that a patch of nothing changes nothing
+        (:mod:`fieldcheck.experiments.features`). direction: "denoise" (default: the clean value
+        into the corrupted run, sufficiency) or "noise" (corrupted into clean, necessity). source:
+        None (the other run's value), "zero", "mean", ``fieldcheck.sources.gaussian(scale)`` or a
+        steering tensor ``[d]``/``[batch, d]``; for features None/"other", "zero", "mean" (over the
+        target run's examples) or "steer" (adds alpha times the decoder row). alpha: the scale in
+        ``phi + alpha * delta`` (1.0 replaces the value). jointly: patch every site together (one
+        row) instead of one row per site. metric: a metric name, a callable, or a list of them.
+        engine: None (the field's), "lightcone" or "hooks". progress: show a progress bar (None:
+        the session's setting).
+
+        Returns a :class:`~fieldcheck.field.results.PatchResult` with ``values [n_sites, batch]``
+        (``[1, batch]`` when jointly) and both baselines ``[batch]``; a dict metric name ->
+        PatchResult when ``metric`` is a list. For features, ``cost["sae"]`` says where each SAE
+        was trained and its explained variance on this data set;
+        ``fc.assert_feature_effect(result, recovered > 0.5)`` decides it.
+        """
+        if is_feature_sites(sites):
+            return _features.patch_features(self, ds, sites, direction=direction, source=source, alpha=alpha,
+                                            jointly=jointly, metric=metric, engine=engine, progress=progress)
+        return super().patch(ds, sites, direction=direction, source=source, alpha=alpha, jointly=jointly,
+                             metric=metric, engine=engine, progress=progress)
 
     # --- sensitivities, predictions, sweeps, site selection ------------------------------------
     def sensitivity(self, ds, metric="logit_diff", run: str = "corrupt") -> Sensitivity:
@@ -83,10 +133,20 @@ class Field(FieldCore):
         the target and the source run, dotted with delta; ``steps`` forward+backward passes in
         all). steps: integration points for ``method="integrated"`` (default 8).
 
+        Feature sites (``fieldcheck.sites.features(sae, ...)``): every latent's first-order effect
+        from one backward pass (``(f_new - f_tgt) * W_dec[i] . dm/dphi`` at the SAE's hook), or the
+        gradient integrated between the two runs' activations at the hook (``method="integrated"``,
+        Marks et al.); order 1 only.
+
         Returns a :class:`~fieldcheck.field.results.PatchResult` with ``values [n_sites, batch]``
         and ``method`` naming the prediction; compare it with the real patch with
         ``fc.assert_predicted_effect(pred, field.patch(ds, sites), r2 > 0.7)``.
         """
+        if is_feature_sites(sites):
+            if order != 1:
+                raise UsageError(f"feature sites take order=1 (first order or integrated), got order={order!r}")
+            return _features.predict_features(self, ds, sites, method=method, steps=steps, direction=direction,
+                                              source=source, alpha=alpha, metric=metric)
         return _response.predict(self, ds, sites, order=order, method=method, steps=steps, direction=direction,
                                  source=source, alpha=alpha, metric=metric)
 
@@ -196,11 +256,17 @@ class Field(FieldCore):
         shift of exactly 0). metric: as in :meth:`patch`. pair: "mean" (default: the mean
         displacement into every target) or "matched" (example b's own displacement into target
         b). confidence: the level of the flip rate's Clopper-Pearson interval ``rate_ci``.
+        A feature site (``fieldcheck.sites.feature(sae, i, "END")``) moves the change of the
+        latent's activation, ``f_i(A) - f_i(B)``, along its decoder row into the targets (the error
+        node: the change of the error term); ``positions="all"`` moves it at every position.
 
         Returns a :class:`~fieldcheck.experiments.transfer.TransferResult`: ``shift [batch]``
         (metric after - before), ``flipped [batch]`` (the answer now wins), ``gap_closed
         [batch]``, ``rate``; ``fc.assert_transfers(t, rate > 0.5)`` decides it.
         """
+        if is_feature_sites(site):
+            return _feature_paths.transfer_features(self, ds_ab, site, targets=targets, alpha=alpha, metric=metric,
+                                                    pair=pair, confidence=confidence)
         return _transfer.transfer(self, ds_ab, site, targets=targets, alpha=alpha, metric=metric, pair=pair,
                                   confidence=confidence)
 
@@ -211,14 +277,21 @@ class Field(FieldCore):
         ds: a ContrastiveSet. senders: attn_head / attn_out / mlp_out sites (positions: ints,
         names or "all"). receivers: "final" (the logits), ``fc.receiver_heads(layer, heads,
         "qkv")``, ``fc.receiver_mlps(layers)``, ``fc.downstream(...)``, or a list of them; they
-        read at all positions. direction: "denoise" (default: the senders' clean values into the
+        read at all positions; labels work too (``"L5.H1.q"``, ``"L5.H1"`` for its q, k and v,
+        ``"L6.mlp"``, ``"logits"``). direction: "denoise" (default: the senders' clean values into the
         corrupted run) or "noise". metric: as in :meth:`patch`. jointly: True (default) patches
-        all senders together (one row), False one row per sender.
+        all senders together (one row), False one row per sender. Senders may be dictionary
+        features (``fieldcheck.sites.features(sae, ...)``): the feature patch's source, sent only
+        into the receivers (with ``fc.downstream(senders, n_layers)`` it equals the joint feature
+        patch).
 
         Returns a :class:`~fieldcheck.experiments.paths.PathResult` (a PatchResult with
         ``values [rows, batch]``, both baselines ``[batch]``, ``method="path"``, ``receivers``);
         ``fc.assert_path_effect(r, recovered > 0.5)`` decides it.
         """
+        if is_feature_sites(senders):
+            return _feature_paths.path_patch_features(self, ds, senders, receivers, direction=direction,
+                                                      metric=metric, jointly=jointly)
         return _paths.path_patch(self, ds, senders, receivers, direction=direction, metric=metric, jointly=jointly)
 
     # --- attention, direct logit attribution, logit lens -----------------------------------------------
@@ -226,10 +299,11 @@ class Field(FieldCore):
                   engine: Optional[str] = None) -> AttentionResult:
         """Attention weight of each head from the ``query`` position to the ``key`` position, per example.
 
-        ds: a ContrastiveSet. heads: "all" (default), an ``attn_head(layers, heads)`` site set
-        (its positions are ignored), a list of Sites, or a list of ``(layer, head)`` tuples.
-        query, key: position names of ``ds`` or ints (defaults "END" and "IO": the IOI sets name
-        "IO"; other data sets need their own ``key``); the key may not come after the query.
+        ds: a ContrastiveSet. heads: "all" (default), a head label ``"L8.H1"``, an
+        ``attn_head(layers, heads)`` site set (its positions are ignored), or a list mixing labels,
+        Sites and ``(layer, head)`` tuples. query, key: position names of ``ds`` or ints (defaults
+        "END" and "IO": the IOI sets name "IO"; other data sets need their own ``key``); the key
+        may not come after the query.
         which: the run read, "clean" (default) or "corrupt". engine: None (the field's),
         "lightcone" (patterns from the cached run) or "hooks" (TransformerLens's
         ``hook_pattern``).
@@ -265,15 +339,16 @@ class Field(FieldCore):
 
         ds: a ContrastiveSet. components: "all" (default: embed, every head, every attention
         bias, every MLP, the constant bias), "heads", "layers" (``L{l}.attn`` = heads + bias,
-        ``L{l}.mlp``), a list of labels (``"L20.H3"``, ``"L21.mlp"``, ``"embed"``, ``"bias"``),
-        or attn_head/attn_out/mlp_out sites (positions ignored). which: "clean" (default),
+        ``L{l}.mlp``), a list of labels (``"L20.H3"``, ``"L21.mlp"``, ``"L21.attn"``,
+        ``"L21.attn_bias"``, ``"embed"``, ``"bias"``), or attn_head/attn_out/mlp_out sites
+        (positions ignored). which: "clean" (default),
         "corrupt" or "diff" (clean - corrupt). tol: the largest relative mismatch allowed
         between the sum of all terms and the run's logit difference (default 1e-3; 5e-2 for
         16-bit models); NumericalError past it.
 
         Returns a :class:`~fieldcheck.experiments.lens.DirectAttribution`: ``labels``,
         ``values [component, batch]``, ``total [batch]`` (the logit difference all terms add up
-        to); ``top(k, by=)``, ``select(labels)``, ``share()``. ``fc.assert_direct_effect(d,
+        to); ``top(k, by="abs"|"value")``, ``select(labels)``, ``share``. ``fc.assert_direct_effect(d,
         mean > 0.5)`` decides it.
         """
         return _lens.dla(self, ds, components, which=which, tol=tol)
@@ -291,16 +366,18 @@ class Field(FieldCore):
         return _lens.logit_lens(self, ds, position, which=which)
 
     # --- circuits --------------------------------------------------------------------------------------
-    def evaluate_circuit(self, ds, circuit: Union[Circuit, Sequence[str]], ablation: str = "corrupt",
+    def evaluate_circuit(self, ds, circuit: Union[Circuit, Sequence[str]], ablation: Union[str, Source] = "corrupt",
                          metric="logit_diff", seed: int = 0) -> CircuitResult:
         """Run the clean prompts with every edge outside ``circuit`` ablated, and the full and empty circuits.
 
-        ds: a ContrastiveSet. circuit: a ``fc.Circuit(edges=[...])`` / ``Circuit(nodes=["L3.H2",
-        "MLP5@END", ...])``, or a list of labels (read as edges when they contain ``->``, else as
-        nodes). ablation: the value an ablated edge carries: "corrupt" (default, the corrupted
-        run's, as MIB), "mean" (over the clean run's examples), "zero" or "resample" (another
-        example's clean run). metric: as in :meth:`patch`. seed: picks the other example of
-        "resample".
+        ds: a ContrastiveSet. circuit: a ``fc.Circuit(edges=["L0.H1->L2.H3.q", ...])`` /
+        ``Circuit(nodes=["L3.H2", "L5.mlp@END", ...])``, or a non-empty list of labels (read as
+        edges when they contain ``->``, else as nodes) or attn_head/mlp_out sites. ablation: the
+        value an ablated edge carries: "corrupt" (default, the corrupted run's, as MIB), "mean"
+        (over the clean run's examples), ``fc.sources.mean(by="template")`` (grouped: over the
+        examples of the same template, ``ds.example_meta[i]["template"]``), "zero" or "resample"
+        (another example's clean run). metric: as in :meth:`patch`. seed: picks the other example
+        of "resample".
 
         Returns a :class:`~fieldcheck.experiments.circuits.CircuitResult`: ``circuit``/
         ``full``/``empty [batch]`` metrics, ``cpr`` (MIB's circuit performance ratio
@@ -310,8 +387,8 @@ class Field(FieldCore):
         return _circuits.evaluate_circuit(self, ds, circuit, ablation=ablation, metric=metric, seed=seed)
 
     def faithfulness_curve(self, ds, scores: Optional[EdgeScores] = None, sizes=None, level: str = "edge",
-                           ablation: str = "corrupt", metric="logit_diff", method: str = "eap-ig", steps: int = 5,
-                           seed: int = 0, eval_ds=None) -> FaithfulnessCurve:
+                           ablation: Union[str, Source] = "corrupt", metric="logit_diff", method: str = "eap-ig", steps: int = 5,
+                           seed: int = 0, eval_ds=None, by: str = "abs") -> FaithfulnessCurve:
         """Faithfulness of the top-k parts of a ranking, for each size k (MIB's CPR and CMD areas).
 
         ds: a ContrastiveSet: the scores are computed on it when ``scores`` is None, and the
@@ -322,7 +399,9 @@ class Field(FieldCore):
         50%, 100%). level: "edge" (default) or "node". ablation, metric, seed: as in
         :meth:`evaluate_circuit`. method, steps: as in :meth:`edge_scores` (only when ``scores``
         is None). eval_ds: the data set the circuits are evaluated on (default ``ds``); with
-        precomputed ``scores``, ``ds`` is then not used.
+        precomputed ``scores``, ``ds`` is then not used. by: "abs" ranks parts by |score| (MIB's
+        CMD ranking), "signed" from the most helpful part on (MIB's CPR ranking; MIB's two scores
+        together: :func:`fieldcheck.experiments.mib.mib_scores`).
 
         Returns a :class:`~fieldcheck.experiments.circuits.FaithfulnessCurve`: ``sizes``/
         ``fractions``/``faithfulness [n_sizes]``, ``circuit [n_sizes, batch]``,
@@ -330,9 +409,10 @@ class Field(FieldCore):
         CircuitResult. ``fc.assert_faithfulness_curve(curve, area > 0.5)`` decides it.
         """
         return _circuits.faithfulness_curve(self, ds, scores=scores, sizes=sizes, level=level, ablation=ablation,
-                                            metric=metric, method=method, steps=steps, seed=seed, eval_ds=eval_ds)
+                                            metric=metric, method=method, steps=steps, seed=seed, eval_ds=eval_ds,
+                                            by=by)
 
-    def minimality(self, ds, circuit, ablation: str = "corrupt", metric="logit_diff", seed: int = 0) -> Minimality:
+    def minimality(self, ds, circuit, ablation: Union[str, Source] = "corrupt", metric="logit_diff", seed: int = 0) -> Minimality:
         """What removing each part of a circuit costs: the circuit evaluated without each part in turn.
 
         ds, circuit, ablation, metric, seed: as in :meth:`evaluate_circuit` (one edge forward per
@@ -345,7 +425,7 @@ class Field(FieldCore):
         """
         return _circuits.minimality(self, ds, circuit, ablation=ablation, metric=metric, seed=seed)
 
-    def edge_scores(self, ds, method: str = "eap-ig", steps: int = 5, ablation: str = "corrupt",
+    def edge_scores(self, ds, method: str = "eap-ig", steps: int = 5, ablation: Union[str, Source] = "corrupt",
                     metric="logit_diff", seed: int = 0) -> EdgeScores:
         """Attribution scores of every edge of the model's edge graph (EAP or EAP-IG), in a few passes.
 
@@ -362,7 +442,7 @@ class Field(FieldCore):
                                       seed=seed)
 
     def discover_circuit(self, ds, k: int, level: str = "edge", method: str = "eap-ig", steps: int = 5,
-                         ablation: str = "corrupt", metric="logit_diff", seed: int = 0) -> Circuit:
+                         ablation: Union[str, Source] = "corrupt", metric="logit_diff", seed: int = 0) -> Circuit:
         """The circuit of the ``k`` edges (or nodes) with the largest |attribution score|.
 
         ds: a ContrastiveSet. k: the number of parts. level: "edge" (default) or "node" (a
@@ -375,3 +455,106 @@ class Field(FieldCore):
         """
         return _discovery.discover_circuit(self, ds, k, level=level, method=method, steps=steps, ablation=ablation,
                                            metric=metric, seed=seed)
+
+    # --- dictionary features ---------------------------------------------------------------------------
+    def feature_activations(self, ds, sae, latents="all", which: str = "clean") -> FeatureActivations:
+        """The activations of some latents of an SAE or transcoder on every prompt and token of one run.
+
+        ds: a ContrastiveSet. sae: a dictionary from :mod:`fieldcheck.sae` (``fc.sae.load(path)``,
+        ``fc.sae.example("smollm2-135m")``). latents: "all" (default), an int or a list of ints.
+        which: the run read, "clean" (default) or "corrupt".
+
+        Returns a :class:`~fieldcheck.experiments.features.FeatureActivations`: ``values [batch,
+        pos, n_latents]``, the prompts' ``tokens``; ``at(pos)`` ``[batch, n_latents]``, ``max()``,
+        ``heatmap(example)``.
+        """
+        return _features.feature_activations(self, ds, sae, latents=latents, which=which)
+
+    def node_attribution(self, ds, saes, method: str = "gradient", steps: int = 8, ablation: str = "mean",
+                         metric="logit_diff") -> NodeScores:
+        """Marks et al.'s node scores: the first-order effect of ablating each latent and error term.
+
+        ds: a ContrastiveSet. saes: one dictionary or a list (their latents and error terms are the
+        nodes, each over all positions). method: "gradient" (default, one backward pass) or
+        "integrated" (``steps`` points between the clean and the corrupted activations; needs
+        ``ablation="corrupt"``). steps: integration points (default 8). ablation: the value a node
+        is ablated to, "mean" (default: its mean over the examples at each position), "corrupt"
+        or "zero". metric: as in :meth:`patch`.
+
+        Returns a :class:`~fieldcheck.experiments.feature_circuits.NodeScores`: ``scores [n_nodes,
+        batch]`` on the clean run, ``nodes`` (FeatureSites), ``top(k)``.
+        """
+        return _feature_circuits.node_attribution(self, ds, saes, method=method, steps=steps, ablation=ablation,
+                                                  metric=metric)
+
+    def feature_circuit(self, ds, saes, k: int = 20, method: str = "gradient", steps: int = 8,
+                        ablation: str = "mean", metric="logit_diff", edges: bool = True) -> FeatureCircuitResult:
+        """The top-``k`` feature circuit (Marks et al.): the nodes with the largest attribution, the rest ablated.
+
+        ds: a ContrastiveSet. saes: one dictionary or a list (from the lowest layer up). k: the
+        number of nodes kept (latents and error terms; default 20). method, steps, ablation,
+        metric: as in :meth:`node_attribution`. edges: also attribute the edges between the kept
+        nodes of consecutive dictionaries (one backward pass per downstream node, at most 16).
+
+        Returns a :class:`~fieldcheck.experiments.feature_circuits.FeatureCircuitResult`:
+        ``circuit``/``complement``/``full``/``empty [batch]`` metrics, ``faithfulness`` and
+        ``completeness``; ``fc.assert_feature_circuit(c, faithfulness > 0.7)`` decides it.
+        """
+        return _feature_circuits.feature_circuit(self, ds, saes, k=k, method=method, steps=steps, ablation=ablation,
+                                                 metric=metric, edges=edges)
+
+    def evaluate_feature_circuit(self, ds, nodes, saes=None, ablation: str = "mean", metric="logit_diff",
+                                 scores: Optional[NodeScores] = None,
+                                 edges: Optional[list] = None) -> FeatureCircuitResult:
+        """Faithfulness and completeness of a given set of feature nodes, every other node ablated.
+
+        ds: a ContrastiveSet. nodes: FeatureSites over all positions
+        (``fieldcheck.sites.features(sae, latents, "all", error=...)`` resolved, or a circuit's
+        ``nodes``). saes: the dictionaries whose nodes are ablated (default: the nodes' own).
+        ablation, metric: as in :meth:`node_attribution`. scores: a NodeScores to keep with the
+        result (for its plot). edges: ``(upstream, downstream, weight)`` triples to keep with it.
+
+        Returns a :class:`~fieldcheck.experiments.feature_circuits.FeatureCircuitResult` (three
+        forwards: the circuit, its complement and the empty circuit).
+        """
+        return _feature_circuits.evaluate_feature_circuit(self, ds, nodes, saes, ablation=ablation, metric=metric,
+                                                          scores=scores, edges=edges)
+
+    def selectivity(self, sae, latent: int, on, off, position: Any = "max", threshold: float = 0.0) -> Selectivity:
+        """One activation of a latent per prompt on an "on" set and an "off" set of prompts.
+
+        sae: a dictionary. latent: the latent's index. on, off: ContrastiveSets (their clean
+        prompts) or lists of texts. position: "max" (default: the largest activation over the
+        prompt's tokens after BOS), or a position name / int of the data sets. threshold: the
+        activation above which the latent counts as firing (default 0).
+
+        Returns a :class:`~fieldcheck.experiments.feature_views.Selectivity`: ``on [n_on]``,
+        ``off [n_off]``, ``rate_on``, ``rate_off``, ``auroc``;
+        ``fc.assert_selective(sel, rate_on > 0.8, rate_off < 0.2, auroc > 0.9)`` decides it.
+        """
+        return _feature_views.selectivity(self, sae, latent, on, off, position=position, threshold=threshold)
+
+    def top_examples(self, sae, latents, texts: Sequence[str], k: int = 10, window: int = 8) -> TopExamples:
+        """The strongest activations of some latents over a list of texts, with their context.
+
+        sae: a dictionary. latents: an int, a list of ints or "all". texts: the texts (e.g.
+        ``fc.sae.texts("pydoc")[:200]``). k: how many examples per latent (default 10). window:
+        tokens of context shown before the token (2 after).
+
+        Returns a :class:`~fieldcheck.experiments.feature_views.TopExamples`: per latent
+        ``(activation, text index, position, context)`` rows, the token marked ``[[like this]]``.
+        """
+        return _feature_views.top_examples(self, sae, latents, texts, k=k, window=window)
+
+    def feature_dla(self, ds, sae, latents="all", which: str = "clean", n_tokens: int = 5) -> FeatureDLA:
+        """Direct logit attribution of feature decoder rows at the metric position.
+
+        ds: a ContrastiveSet. sae: a dictionary writing the residual stream (not hook_z). latents:
+        "all" (default) or a list. which: "clean" (default) or "corrupt". n_tokens: how many
+        promoted and suppressed tokens to list per latent.
+
+        Returns a :class:`~fieldcheck.experiments.feature_views.FeatureDLA`: ``values [n_latents,
+        batch]`` (a_i(END) times the decoder row's direct effect on the logit difference, with the
+        final norm's scale frozen), ``promoted``/``suppressed`` tokens, ``top(k)``.
+        """
+        return _feature_views.feature_dla(self, ds, sae, latents=latents, which=which, n_tokens=n_tokens)

@@ -12,6 +12,9 @@ from fieldcheck.claim.result import ClaimResult
 from fieldcheck.experiments.attention import AttentionResult, HeadScores
 from fieldcheck.experiments.circuits import CircuitResult, FaithfulnessCurve, Minimality
 from fieldcheck.experiments.discovery import EdgeScores
+from fieldcheck.experiments.feature_circuits import FeatureCircuitResult, NodeScores
+from fieldcheck.experiments.feature_views import FeatureDLA, Selectivity, TopExamples
+from fieldcheck.experiments.features import FeatureActivations
 from fieldcheck.experiments.green import GreenResult, GreenSlice, LinearVsReal, Propagation
 from fieldcheck.experiments.lens import DirectAttribution, LogitLens
 from fieldcheck.experiments.paths import PathResult
@@ -20,7 +23,8 @@ from fieldcheck.experiments.transfer import TransferResult
 
 RESULTS = [fc.PatchResult, Sensitivity, Sweep, LinearRegime, Selection, GreenResult, Propagation, LinearVsReal,
            GreenSlice, TransferResult, PathResult, AttentionResult, HeadScores, DirectAttribution, LogitLens,
-           CircuitResult, FaithfulnessCurve, Minimality, EdgeScores, fc.Circuit, ClaimResult, fc.ContrastiveSet]
+           CircuitResult, FaithfulnessCurve, Minimality, EdgeScores, fc.Circuit, ClaimResult, fc.ContrastiveSet,
+           FeatureActivations, NodeScores, FeatureCircuitResult, Selectivity, TopExamples, FeatureDLA]
 
 
 def _own_members(cls):
@@ -61,6 +65,8 @@ def _api() -> dict[str, object]:
     for short in ("sites", "datasets", "sources", "metrics"):
         for name, fn in _module_functions(getattr(fc, short)).items():
             api[f"fc.{short}.{name}"] = fn
+    for name in ("load", "save", "train", "example", "measure", "texts"):
+        api[f"fc.sae.{name}"] = getattr(fc.sae, name)
     for cls in RESULTS:
         for name, obj in _own_members(cls).items():
             api[f"{cls.__name__}.{name}"] = obj

@@ -73,6 +73,7 @@ def test_eap_ig_with_one_step_at_the_clean_end_is_eap(setup):
     np.testing.assert_allclose(a.scores, c.scores, atol=0)
 
 
+@pytest.mark.slow   # 4 x 262 edge-ablated forwards: make test and CI, not make test-quick
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_eap_ig_ranks_edges_like_brute_force(arch):
     """Spearman rank correlation of EAP-IG scores (5 steps) with brute-force single-edge
@@ -105,7 +106,7 @@ def test_discover_circuit_edges_and_nodes(setup):
     assert n.level == "node" and len(n) == 3
     ns = dict(f.edge_scores(ds, method="eap").ranking("node"))
     assert set(n.parts) == set(sorted(ns, key=lambda p: -abs(ns[p]))[:3])
-    assert "input" not in n.parts
+    assert "embed" not in n.parts
     with pytest.raises(UsageError, match="k must be"):
         f.discover_circuit(ds, k=0)
     with pytest.raises(UsageError, match="level"):

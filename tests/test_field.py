@@ -85,7 +85,8 @@ def test_effect_normalized_and_direction_recorded(setup):
     np.testing.assert_allclose(r.effect, r.values - r.baseline_clean[None])
     gap = r.baseline_clean - r.baseline_corrupt
     np.testing.assert_allclose(r.normalized, (r.values - r.baseline_corrupt[None]) / gap[None])
-    assert [s.label for s in r.sites] == ["L0@S2", "L0@END", "L1@S2", "L1@END"]
+    assert [s.label for s in r.sites] == ["L0.resid_pre@S2", "L0.resid_pre@END", "L1.resid_pre@S2",
+                                          "L1.resid_pre@END"]
 
 
 def test_several_metrics_in_one_call(setup):
@@ -138,7 +139,29 @@ def test_site_labels_hooks_and_builtin_all():
     assert h.label == "L1.H2@END" and h.hook_name == "blocks.1.attn.hook_z"
     assert S.mlp_out(0, -1).resolve(2, 4, 5)[0].pos == 4
     both = S.resid_pre(0, 0) + S.mlp_out(1, 1)
-    assert [s.label for s in both.resolve(2, 4, 5)] == ["L0@P0", "mlp:L1@P1"]
+    assert [s.label for s in both.resolve(2, 4, 5)] == ["L0.resid_pre@0", "L1.mlp@1"]
+
+
+def test_layers_relative_to_the_depth_resolve_per_model():
+    """depth/last/first name layers by the model's depth: the same claim resolves on 30, 18 and 24
+    layers (SmolLM2, Gemma 3, Qwen2.5) and can never be out of range."""
+    late, band = S.depth(0.85, 1.0), S.depth(0.69, 0.77)
+    assert late.of(30) == [26, 27, 28, 29] and late.of(18) == [16, 17] and late.of(24) == [21, 22, 23]
+    assert band.of(30) == [21, 22, 23] and band.of(18) == [13] and band.of(24) == [17, 18]
+    assert S.depth(0.87).of(30) == [26] and S.depth(0.87).of(18) == [16] and S.depth(0.87).of(24) == [21]
+    assert S.depth(0.0).of(7) == [0] and S.depth(1.0).of(7) == [6] and S.depth(0, 1).of(3) == [0, 1, 2]
+    assert S.last(3).of(30) == [27, 28, 29] and S.last(40).of(2) == [0, 1] and S.first(2).of(5) == [0, 1]
+    sites = S.resid_pre(late, "END").resolve(18, 4, 5, ["END"])
+    assert [s.label for s in sites] == ["L16.resid_pre@END", "L17.resid_pre@END"]
+    assert [s.label for s in S.attn_head(S.last(1), 0, 0).resolve(2, 4, 5)] == ["L1.H0@0"]
+    assert "depth(0.85, 1)" in repr(S.resid_pre(late, "END"))
+    cfg = type("Cfg", (), {"n_layers": 10})()
+    assert S.depth(0.5).of(type("M", (), {"cfg": cfg})()) == [5]
+    for bad, match in ((lambda: S.depth(1.5), "fraction"), (lambda: S.depth(0.5, 0.2), "above lo"),
+                       (lambda: S.last(0), "positive"), (lambda: S.resid_pre(0, S.depth(0.5)), "not positions"),
+                       (lambda: list(S.depth(0.2, 0.4)), "resolve it"), (lambda: S.depth(0.5).of("x"), "number of layers")):
+        with pytest.raises(SiteError, match=match):
+            bad()
 
 
 @pytest.mark.parametrize("make, match", [
@@ -199,7 +222,7 @@ def test_select_keeps_the_run_and_slices_the_sites(setup):
     m, ds, f = setup
     r = f.patch(ds, S.resid_pre("all", ["S2", "END"]))
     sub = r.select(lambda s: s.pos == "END" and s.layer >= 1)
-    assert [s.label for s in sub.sites] == [f"L{l}@END" for l in range(1, m.cfg.n_layers)]
+    assert [s.label for s in sub.sites] == [f"L{l}.resid_pre@END" for l in range(1, m.cfg.n_layers)]
     idx = [i for i, s in enumerate(r.sites) if s.pos == "END" and s.layer >= 1]
     np.testing.assert_array_equal(sub.values, r.values[idx])
     np.testing.assert_array_equal(sub.skipped, r.skipped[idx])

@@ -34,6 +34,7 @@ from fieldcheck.claim.comparison import (example_values, paired_change, pairing_
 from fieldcheck.claim.result import ClaimResult  # noqa: E402
 from fieldcheck import reports  # noqa: E402
 from pytest_fieldcheck import baselines  # noqa: E402
+from _gate_helpers import GATE_CLAIMS, perturbed_smollm2, tiny_folders  # noqa: E402
 
 pytest_plugins = "pytester"
 
@@ -209,25 +210,7 @@ def ind(fc_model):
         f.write(json.dumps({"alive": alive, "hash": ds.content_hash(),
                             "worker": os.environ.get("PYTEST_XDIST_WORKER")}) + "\\n")
     return ds
-
-
-def test_moves(field, ind):
-    fc.assert_effect(field.patch(ind, mlp_out(0, "END"), direction="noise"), effect > -50,
-                     decide="point")
-
-
-def test_improves(field, ind):
-    fc.assert_effect(field.patch(ind, mlp_out(0, "END")), effect > -50, decide="point")
-
-
-def test_fails_everywhere(field, ind):
-    """Fails on every model (not a regression); its traceback must not keep the model alive."""
-    fc.assert_effect(field.patch(ind, attn_out(1, "END")), effect > 50, decide="point")
-
-
-def test_no_model():
-    assert True
-'''
+''' + GATE_CLAIMS
 
 
 @pytest.fixture(scope="module")
@@ -236,19 +219,7 @@ def folders(tmp_path_factory):
     is zeroed. Measured: noising that MLP at END moves the logit difference by 0.73 on the base
     model and by 0 on the copy (paired change -0.73 [-1.28, -0.24], p 0.008: test_moves);
     denoising it, -0.83 -> 0 (a change toward `effect > -50`: test_improves)."""
-    from fieldcheck.testing import tiny_hf_model
-
-    root = tmp_path_factory.mktemp("models")
-    out = {}
-    for name, scale in (("base", 1.0), ("same", 1.0), ("pert", 0.0)):
-        hf, tok = tiny_hf_model("gpt2", n_layers=2, d_model=64, n_heads=4, seed=0)
-        with torch.no_grad():
-            hf.transformer.h[0].mlp.c_proj.weight.mul_(scale)
-            hf.transformer.h[0].mlp.c_proj.bias.mul_(scale)
-        hf.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        out[name] = str(root / name)
-    return out
+    return tiny_folders(tmp_path_factory.mktemp("models"), names=("base", "same", "pert"))
 
 
 def _run(pytester, monkeypatch, *args, subprocess=False):
@@ -316,6 +287,96 @@ def test_sweep_with_xdist_renders_the_grid(pytester, monkeypatch, folders):
     assert len({x["hash"] for x in log}) == 1 and {x["worker"] for x in log} <= {"gw0", "gw1"}
     html = (pytester.path / "r.html").read_text()
     assert html.count('class="trend"') == 3 and "Claims x models" in html
+
+
+SAE_CLAIMS = '''
+import os
+import pytest
+import fieldcheck as fc
+from fieldcheck import auroc, effect, mean_diff, rate_on, recovered
+
+
+@pytest.fixture(scope="session")
+def sae():
+    """One SAE, trained on the baseline, applied to both models."""
+    return fc.sae.load(os.environ["FC_SAE"])
+
+
+@pytest.fixture(scope="session")
+def ind(fc_model):
+    return fc.datasets.induction(fc_model, n=24, seed=0, length=6)
+
+
+@pytest.fixture(scope="session")
+def ioi(fc_model):
+    return fc.datasets.ioi(fc_model, n=24, seed=0)
+
+
+def test_feature_effect(field, ind, sae):
+    lat = [int(x) for x in os.environ["FC_LATENTS"].split(",")]
+    res = field.patch(ind, fc.sites.features(sae, lat, "all"), direction="noise", jointly=True)
+    fc.assert_feature_effect(res, effect > -100, decide="point")
+
+
+def test_feature_activations(field, ind, ioi, sae):
+    sel = field.selectivity(sae, int(os.environ["FC_LATENTS"].split(",")[0]), ind, ioi)
+    fc.assert_selective(sel, rate_on > -1, mean_diff > -100, auroc > -1, decide="point")
+'''
+
+
+@pytest.fixture(scope="module")
+def tiny_sae(folders, tmp_path_factory):
+    """An SAE trained in-process on the base model's layer-1 residual stream, and the latents
+    most active at END of its induction prompts (the claims patch and read those)."""
+    from fieldcheck.experiments.features import feature_run
+
+    base = fc.load_model(folders["base"])
+    out = tmp_path_factory.mktemp("sae") / "sae"
+    with pytest.MonkeyPatch.context() as mp:  # the activation cache too, not the user's $FIELDCHECK_HOME
+        mp.setenv("FIELDCHECK_HOME", str(out.parent))
+        d = fc.sae.train(base, "blocks.1.hook_resid_pre", d_sae=128, k=8, n_tokens=3000, context=32, epochs=2,
+                         batch_size=256, out=out, progress=False)
+    ds = fc.datasets.induction(base, n=24, seed=0, length=6)
+    f = feature_run(fc.Field(base), ds, d).f["clean"][:, 1:]
+    latents = [int(i) for i in f.mean((0, 1)).argsort(descending=True)[:4]]
+    return str(out), latents
+
+
+def test_baseline_model_pairs_feature_effects_and_activations(pytester, monkeypatch, folders, tiny_sae):
+    """A gating run applies one SAE to both models: the feature effect and the selectivity
+    statistics are compared paired over the same examples (mean_diff and auroc over both prompt
+    sets), and the terminal says that the SAE was trained on the baseline, with its explained
+    variance on the candidate."""
+    path, latents = tiny_sae
+    monkeypatch.setenv("FC_SAE", path)
+    monkeypatch.setenv("FC_LATENTS", ",".join(map(str, latents)))
+    pytester.makepyfile(test_sae_claims=SAE_CLAIMS)
+    res = pytester.runpytest_inprocess("-p", "no:xdist", "-p", "no:cacheprovider", "--fc-model", folders["pert"],
+                                       "--fc-baseline-model", folders["base"], "--fc-report-json", "r.json")
+    res.assert_outcomes(passed=4)
+    rep = json.loads((pytester.path / "r.json").read_text())
+    rows = {(r["claim_id"].split("::")[-1], r["statistic"]): r for r in rep["comparison"]["rows"]}
+    assert set(rows) == {("test_feature_effect", "effect"), ("test_feature_activations", "rate_on"),
+                         ("test_feature_activations", "mean_diff"), ("test_feature_activations", "auroc")}
+    for key, row in rows.items():
+        assert row["paired"] is not None, (key, row.get("unpaired_reason"))
+        assert row["paired"]["n"] == 24 if key[1] in ("effect", "rate_on") else row["paired"]["n"] == 48
+    assert rows[("test_feature_effect", "effect")]["paired"]["method"].startswith("paired: ")
+    assert "paired" in rows[("test_feature_activations", "auroc")]["paired"]["method"]
+    by = {c["id"].split("::")[-1]: c["results"] for c in rep["claims"]}
+    sae_base = by["test_feature_effect[baseline]"][0]["details"]["sae"][0]
+    sae_cand = by["test_feature_effect[candidate]"][0]["details"]["sae"][0]
+    assert not sae_base["other_model"] and sae_cand["other_model"]
+    assert sae_cand["trained_on"] == sae_base["applied_to"] and sae_cand["applied_to"] != sae_base["applied_to"]
+    # the perturbed model's layer-0 MLP is zeroed: the SAE reconstructs its layer-1 stream worse
+    assert sae_cand["explained_variance"] < sae_base["explained_variance"]
+    out = res.stdout.str()
+    line = next(x for x in out.splitlines() if "was trained on" in x)
+    assert sae_base["applied_to"] in line and sae_cand["applied_to"] in line
+    evs = [s["explained_variance"] for c, rs in by.items() if c.endswith("[candidate]") for r in rs
+           for s in r["details"]["sae"]]
+    assert f"explained variance {min(evs):.3f} to {max(evs):.3f} there" in line and "4 result(s) use it" in line
+    assert sum("was trained on" in x for x in out.splitlines()) == 1
 
 
 def _sweep_report():
@@ -415,21 +476,7 @@ def test_early_residual(field, ioi):
 
 @pytest.mark.pretrained
 def test_smollm2_perturbed_copy(pytester, monkeypatch, smollm2, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    from fieldcheck.models.loading import pull
-
-    src, _ = pull("smollm2-135m")
-    hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    with torch.no_grad():
-        for layer in range(24, 28):
-            hf.model.layers[layer].self_attn.o_proj.weight.mul_(0.3)
-    cand = tmp_path / "smollm2-oproj-x0.3"
-    hf.save_pretrained(cand)
-    del hf
-    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (src / f).exists():
-            shutil.copy(src / f, cand / f)
+    cand = perturbed_smollm2(tmp_path / "smollm2-oproj-x0.3")
     pytester.makepyfile(test_smol=SMOL_CLAIMS)
     res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fc-model", str(cand),
                                         "--fc-baseline-model", "smollm2-135m",

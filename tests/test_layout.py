@@ -50,10 +50,11 @@ def test_moved_names_keep_their_objects():
 # each subpackage (or top-level module) of fieldcheck may import only from itself and the ones
 # listed before it; the experiments take the field core, and ``lab`` (fieldcheck.Field) offers
 # them as methods from above
-ORDER = ["errors", "jsonable", "display", "config", "measures", "data", "models", "field", "experiments", "lab",
+ORDER = ["errors", "jsonable", "display", "config", "measures", "data", "models", "field", "sae", "experiments", "lab",
          "claim", "reports", "cli"]
 # the pytest plugin's modules, bottom to top (pytest_fieldcheck/plugin.py's docstring says what each holds)
-PLUGIN_ORDER = ["options", "baselines", "common", "fixtures", "collection", "session", "outputs", "terminal", "plugin"]
+PLUGIN_ORDER = ["options", "baselines", "common", "timing", "fixtures", "expectations", "collection", "session", "shards", "worker",
+                "distributed", "outputs", "terminal", "plugin"]
 ROOTS = {"fieldcheck": PKG, "pytest_fieldcheck": PLUGIN}
 
 

@@ -108,8 +108,10 @@ def test_report_assertion_and_errors(setup):
     assert res[0].passed
     with pytest.raises(SiteError):
         f.path_patch(ds, resid_pre(1, "S2"), FINAL)
-    with pytest.raises(SiteError):
-        f.path_patch(ds, attn_head(1, 0, "S2"), "logits")
+    with pytest.raises(SiteError, match="unknown receiver"):
+        f.path_patch(ds, attn_head(1, 0, "S2"), "L1.attn")
+    by_label = f.path_patch(ds, attn_head(1, 0, "S2"), "logits")     # the label of the final residual
+    np.testing.assert_array_equal(by_label.values, f.path_patch(ds, attn_head(1, 0, "S2"), FINAL).values)
     with pytest.raises(SiteError):
         f.path_patch(ds, attn_head(1, 0, "S2"), receiver_heads(1, 0, "x"))
 

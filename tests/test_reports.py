@@ -99,10 +99,10 @@ def test_nan_pvalues_and_estimates_are_safe():
 
 def test_table_has_one_row_per_result():
     header, rows = reports.table_rows(_report())
-    assert header[:9] == ["claim", "statistic", "estimate", "interval", "bar", "p", "p_adj", "n",
-                          "verdict"]
+    assert header[:10] == ["claim", "statistic", "decided by", "estimate", "interval", "bar", "p",
+                           "p_adj", "n", "verdict"]
     assert len(rows) == 6
-    assert [r[8] for r in rows] == ["PASS", "PASS", "FAIL(adj)", "FAIL", "ERROR", "PASS"]
+    assert [r[9] for r in rows] == ["PASS", "PASS", "FAIL(adj)", "FAIL", "ERROR", "PASS"]
 
 
 def test_load_report_errors(tmp_path):

@@ -51,7 +51,7 @@ def _field_methods(Field):
 def render() -> str:
     sys.path.insert(0, str(ROOT))
     import fieldcheck as fc
-    from fieldcheck.claim import assertions, attention_assertions, circuit_assertions
+    from fieldcheck.claim import assertions, attention_assertions, circuit_assertions, feature_assertions
     from fieldcheck.data.contrastive import ContrastiveSet
 
     lines = ["# API reference", "",
@@ -66,7 +66,8 @@ def render() -> str:
         lines += [f"### `field.{name}{signature(fn, drop_first=True)}`", "", inspect.getdoc(fn) or "", ""]
     sections = [
         ("Assertions", [(f"fc.{n}", getattr(fc, n)) for n in sorted(
-            assertions.__all__ + attention_assertions.__all__ + circuit_assertions.__all__)
+            assertions.__all__ + attention_assertions.__all__ + circuit_assertions.__all__
+            + feature_assertions.__all__)
                         if n.startswith("assert_")]),
         ("Models and data sets", [("fc.load_model", fc.load_model)]
          + [(f"fc.ContrastiveSet.{n}", getattr(ContrastiveSet, n)) for n in sorted(vars(ContrastiveSet))
@@ -77,6 +78,8 @@ def render() -> str:
         ("Sites, sources, metrics", [(f"fc.sites.{n}", f) for n, f in _functions(fc.sites)]
          + [(f"fc.sources.{n}", f) for n, f in _functions(fc.sources)]
          + [(f"fc.metrics.{n}", f) for n, f in _functions(fc.metrics)]),
+        ("Dictionary features (SAEs and transcoders)", [(f"fc.sae.{n}", getattr(fc.sae, n)) for n in
+                                                        ("load", "save", "train", "example", "measure", "texts")]),
     ]
     for title, items in sections:
         lines += [f"## {title}", "", "| call | what it does |", "| --- | --- |"]

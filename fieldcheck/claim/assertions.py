@@ -666,6 +666,19 @@ def assert_faithful(circuit_result: Any, *criteria: Criterion, alpha: Optional[f
     s = resolve_settings(alpha, level, decide, n_boot, method)
 
     def prepare():
+        sizes = getattr(circuit_result, "sizes", None)
+        if sizes is not None and hasattr(circuit_result, "fractions"):
+            shown = [int(k) for k in np.asarray(sizes).ravel()]
+            raise AssertionInputError(
+                f"{name} takes one circuit's result (field.evaluate_circuit), got a FaithfulnessCurve over "
+                f"{len(shown)} sizes: decide the whole curve with fc.assert_faithfulness_curve(curve, area > 0.5), "
+                f"or one size with fc.assert_faithful(curve.at({shown[-1]}), cpr > 0.8) (measured sizes: {shown})")
+        if hasattr(circuit_result, "without") and hasattr(circuit_result, "cost"):
+            raise AssertionInputError(f"{name} takes one circuit's result (field.evaluate_circuit), got a "
+                                      "Minimality: decide it with fc.assert_minimal(m, min_cost > 0.01)")
+        if hasattr(circuit_result, "parts") and hasattr(circuit_result, "mask"):
+            raise AssertionInputError(f"{name} takes a circuit's result, got the Circuit itself: evaluate it "
+                                      "first, fc.assert_faithful(field.evaluate_circuit(ds, circuit), cpr > 0.8)")
         got = {}
         for attr in ("circuit", "full", "empty"):
             got[attr] = check_finite(as_vector(need_attr(circuit_result, attr, name, "a circuit result"),
@@ -686,9 +699,14 @@ def assert_faithful(circuit_result: Any, *criteria: Criterion, alpha: Optional[f
             stat = (lambda r: lambda idx: np.abs(1 - r(idx)))(stat)
         est = bootstrap(stat, n, alpha=s.alpha,
                         n_boot=s.n_boot, method=s.method, rng=rng, op=c.op, bar=c.bar)
-        plot = {"kind": "bars", "labels": ["empty", "circuit", "full"],
-                "y": [float(d["empty"].mean()), float(d["circuit"].mean()),
-                      float(d["full"].mean())]}
+        plot = [{"kind": "bars", "labels": ["empty", "circuit", "full"], "ylabel": "mean metric",
+                 "title": "mean metric of the empty circuit, the circuit and the full model",
+                 "y": [float(d["empty"].mean()), float(d["circuit"].mean()), float(d["full"].mean())]}]
+        spec = getattr(circuit_result, "spec", None)
+        if spec is not None and hasattr(spec, "plot_data") and len(spec):
+            plot.append(spec.plot_data())
+            est.details["circuit"] = (f"{len(spec)} {spec.level}s" + (f" ({spec.name})" if spec.name else "")
+                                      + f", {getattr(circuit_result, 'ablation', '')} ablation")
         res = make_result(name, c, est, s, plot=plot)
         res.examples = _examples("ratio", {"num": d["circuit"] - d["empty"], "den": den},
                                  circuit_result)

@@ -92,8 +92,11 @@ def assert_faithfulness_curve(curve: Any, *criteria: Criterion, alpha: Optional[
         with np.errstate(invalid="ignore", divide="ignore"):
             f_hat = num.sum(0) / den.sum()
         est.details.update({"fractions": fr.tolist(), "faithfulness": f_hat.tolist()})
-        plot = {"kind": "line", "x": fr.tolist(), "y": f_hat.tolist(), "xlabel": "share of edges",
-                "ylabel": "faithfulness"}
+        level = getattr(curve, "level", "edge")
+        est.details["circuit"] = f"top {level}s by {getattr(curve, 'method', '') or 'score'}, {fr.size} sizes"
+        plot = {"kind": "line", "x": fr.tolist(), "y": f_hat.tolist(), "xlabel": f"share of {level}s kept",
+                "ylabel": "faithfulness", "xscale": "log", "hline": 1.0,
+                "title": f"faithfulness over circuit sizes: {c.statistic} = {est.estimate:.3f}"}
         return make_result(name, c, est, s, plot=plot)
 
     return run_criteria(name, criteria, ("area", "cmd"), s, prepare, one)
@@ -143,7 +146,8 @@ def assert_minimal(minimality: Any, *criteria: Criterion, alpha: Optional[float]
         cost = num.sum(0) / den.sum()
         order = np.argsort(cost)
         est.details.update({"cheapest_parts": [(d["parts"][i], float(cost[i])) for i in order[:10]],
-                            "n_parts": int(len(cost))})
+                            "n_parts": int(len(cost)),
+                            "decided_by": f"without {d['parts'][order[0]]} (cheapest of {len(cost)} parts)"})
         return make_result(name, c, est, s)
 
     return run_criteria(name, criteria, ("min_cost",), s, prepare, one)

@@ -16,6 +16,12 @@ result aggregates several sites with ``agg`` = ``"min"`` or ``"max"`` over the s
 * ``"ratio"``: ``sum(num) / sum(den)`` (``recovered``, ``cpr``).
 * ``"r2"`` / ``"pearson"``: from the column sums ``r, t, q, u, v, c`` over ``S`` sites per
   example (as computed by ``assert_predicted_effect``; exact under resampling).
+* ``"mean_diff"`` / ``"auroc"``: two groups of examples (prompts on which a feature should fire,
+  ``g = 1``, and prompts on which it should not, ``g = 0``) with one value ``x`` each: the
+  difference of the groups' means, or the AUROC of ``x`` between them (ties count 1/2). A
+  resample draws from both groups together, so its group sizes vary, as in an unstratified
+  bootstrap; comparing two models' AUROCs on the same prompts this way is the paired setting of
+  DeLong et al. (1988).
 
 The change is ``candidate - baseline``. Its interval is two-sided at ``1 - 2 alpha``; its
 ``p_value`` is one-sided for "the change goes against the claim's direction" (down for a
@@ -30,7 +36,7 @@ import numpy as np
 
 from fieldcheck.claim.statistics import MIN_BOOTSTRAP_N, bootstrap, mean_test, resample_weights
 
-KINDS = ("mean", "ratio", "r2", "pearson")
+KINDS = ("mean", "ratio", "r2", "pearson", "mean_diff", "auroc")
 #: most numbers one result stores as per-example values (columns x sites x examples)
 MAX_VALUES = 20000
 
@@ -94,6 +100,8 @@ def _stat(ex: dict, idx: np.ndarray) -> np.ndarray:
         elif kind == "ratio":
             num, den = cols["num"], cols["den"]
             val = (W @ num.T) / (W @ den.T) if num.ndim == 2 else (W @ num) / (W @ den)
+        elif kind in ("mean_diff", "auroc"):
+            val = _two_groups(kind, cols["x"], cols["g"] > 0.5, W)
         else:
             S = float((ex.get("constants") or {}).get("S", 1.0))
             g = {k: W @ v for k, v in cols.items()}
@@ -109,9 +117,28 @@ def _stat(ex: dict, idx: np.ndarray) -> np.ndarray:
     return val
 
 
+def _two_groups(kind: str, x: np.ndarray, on: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``mean_diff`` or ``auroc`` of ``x [n]`` between the ``on`` and the other examples, under
+    resampling weights ``W [..., n]``."""
+    w_on, w_off = W[..., on], W[..., ~on]
+    if kind == "mean_diff":
+        return (w_on @ x[on]) / w_on.sum(-1) - (w_off @ x[~on]) / w_off.sum(-1)
+    a, b = x[on][:, None], x[~on][None]
+    C = (a > b).astype(float) + 0.5 * (a == b)                       # [n_on, n_off]
+    return np.einsum("...i,ij,...j->...", w_on, C, w_off) / (w_on.sum(-1) * w_off.sum(-1))
+
+
 def value_of(ex: dict) -> float:
     """The statistic on all examples."""
     return float(_stat(ex, np.arange(int(ex["n"]))))
+
+
+def _labels(values: dict) -> Optional[list]:
+    """The site labels of stored values, in the label grammar also when a 0.1 report printed them."""
+    from fieldcheck.field.labels import from_0_1
+
+    labels = values.get("labels")
+    return None if labels is None else [from_0_1(x) for x in labels]
 
 
 def pairing_problem(candidate: Optional[dict], baseline: Optional[dict]) -> Optional[str]:
@@ -129,7 +156,7 @@ def pairing_problem(candidate: Optional[dict], baseline: Optional[dict]) -> Opti
                 f"{str(baseline['dataset'])[:12]}): the examples are not the same")
     if int(candidate["n"]) != int(baseline["n"]):
         return f"different numbers of examples ({candidate['n']} vs {baseline['n']})"
-    if candidate.get("labels") != baseline.get("labels"):
+    if _labels(candidate) != _labels(baseline):
         return "different sites"
     return None
 

@@ -261,3 +261,23 @@ cmd = Statistic("cmd")
 area = Statistic("area")
 min_cost = Statistic("min_cost")
 __all__ += ["cmd", "area", "min_cost"]
+
+# --- dictionary features (fieldcheck.claim.feature_assertions) ---------------------------------------
+STATISTICS.update({
+    "faithfulness": ("share of the full model's effect a feature circuit keeps, sum(circuit - empty) / "
+                     "sum(full - empty), the rest of the nodes ablated (Marks et al.)", (), {}),
+    "completeness": ("1 - the faithfulness of a feature circuit's complement, 1 - sum(complement - empty) / "
+                     "sum(full - empty): near 1 when the nodes outside the circuit matter little", (), {}),
+    "rate_on": ("share of the 'on' prompts on which a feature fires (Clopper-Pearson)", (), {}),
+    "rate_off": ("share of the 'off' prompts on which a feature fires (Clopper-Pearson)", (), {}),
+    "mean_diff": ("mean activation on the 'on' prompts minus on the 'off' prompts (Welch t)", (), {}),
+    "auroc": ("probability that an 'on' prompt activates a feature more than an 'off' prompt (ties 1/2); "
+              "DeLong normal interval", (), {}),
+})
+faithfulness = Statistic("faithfulness")
+completeness = Statistic("completeness")
+rate_on = Statistic("rate_on")
+rate_off = Statistic("rate_off")
+mean_diff = Statistic("mean_diff")
+auroc = Statistic("auroc")
+__all__ += ["faithfulness", "completeness", "rate_on", "rate_off", "mean_diff", "auroc"]

@@ -150,6 +150,7 @@ class _Scale:
 
     def __init__(self, n: int, expand: bool):
         self.expand = expand
+        self.n = n
         self.c = math.sqrt(n / (n - 1)) if expand else 1.0
         self.df = n - 1
 
@@ -175,6 +176,9 @@ class _LowerSide:
     correction (``z0``, acceleration ``acc``; both 0 for the percentile method). Beyond the
     extreme resample ``G`` continues as a straight line in z with slope ``1 / se`` (a normal
     tail with the bootstrap standard error), so p-values have no floor at ``1 / B``.
+    A degenerate distribution (every resample equal, se = 0: all n examples agree) has no tail to
+    continue: its p-value is the sign test's for n examples all on one side, ``2 ** -n``, never 0,
+    and a bound at a level beyond ``1 - 2 ** -n`` is infinite.
     Then ``lower(a) > bar`` exactly when ``p(bar) < a`` (``<= a`` for a step function), up to
     float rounding at equality."""
 
@@ -183,6 +187,7 @@ class _LowerSide:
         from scipy.special import ndtri
         B = xs.size
         self.scale, self.discrete, self.se = scale, discrete, se
+        self.zfloor = float(scale.z(0.5 ** scale.n)) if se <= 0 else -math.inf
         xs = np.sort(xs)
         self.xs = xs
         if discrete:
@@ -221,13 +226,13 @@ class _LowerSide:
     def _tail(self, g0: float, dist: float) -> float:
         if dist <= 0:
             return g0
-        return g0 - dist / self.se if self.se > 0 else -math.inf
+        return g0 - dist / self.se if self.se > 0 else self.zfloor
 
     def lower(self, z: float) -> float:
         """The lower bound whose confidence-distribution z value is ``z``."""
         if math.isnan(z):
             return math.nan
-        if z == -math.inf:
+        if z == -math.inf or z < self.zfloor:
             return -math.inf
         if self.discrete:
             # inf{c : G(c) > z}: the first resample whose step value ndtri(k / B) exceeds z,
@@ -314,6 +319,8 @@ def bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, *, alpha: float,
         what = "no resample defined" if finite.size == 0 else "estimate undefined"
         return Estimate(est, math.nan, math.nan, n, f"bootstrap{suffix}: {what}", None, level)
     se = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+    if se <= 1e-12 * float(np.abs(finite).max()):
+        se = 0.0   # rounding noise (resamples of equal values summed in another order) is no spread
     used = "bootstrap percentile" if discrete or method == "percentile" else "bootstrap BCa"
     z0 = acc = 0.0
     if bca:

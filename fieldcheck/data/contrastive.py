@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from fieldcheck.data.positions import is_text_spec, marker_position, strip_all_markers, text_position
 from fieldcheck.errors import DatasetError, InsufficientData
 
 __all__ = ["ContrastiveSet", "DatasetError", "NotEnoughExamples"]
@@ -501,22 +502,30 @@ class ContrastiveSet:
     @classmethod
     def from_pairs(cls, model: Any, clean: Sequence[str], corrupt: Sequence[str],
                    answers: Sequence[str | int], wrong: Sequence[str | int],
-                   positions: Mapping[str, Sequence[int] | int] | None = None,
+                   positions: Mapping[str, Any] | None = None,
                    name: str = "custom", meta: Mapping[str, Any] | None = None,
-                   example_meta: Sequence[Mapping[str, Any]] | None = None) -> "ContrastiveSet":
+                   example_meta: Sequence[Mapping[str, Any]] | None = None,
+                   markers: bool = False) -> "ContrastiveSet":
         """Build a set from parallel lists of prompts and answers.
 
         ``model``: the model whose tokenizer builds the tokens. ``clean``, ``corrupt``: the
         prompts (one token length for all: see :meth:`split_by_length`). ``answers``, ``wrong``:
-        one-token strings (with their leading space, ``" Mary"``) or token ids. ``positions``
-        maps a name to one int per example or to a single int for all; the ints index the
-        *tokens*, which start with the BOS token where the model prepends one
-        (``model.cfg.default_prepend_bos``), so the first word is usually position 1; negative
-        ints count from the end. ``"END"`` (the last token, where the metric is read) is always
-        added. ``name``, ``meta``: shown in reports; ``example_meta``: one dict per example.
-        Returns a ContrastiveSet; DatasetError names the bad prompt or answer.
+        one-token strings (with their leading space, ``" Mary"``: an answer without it after a
+        word warns) or token ids. ``positions`` names positions, each by one value for every
+        example or a list with one per example: a token text (``{"IO": " Mary"}``: the token
+        ``" Mary"`` of the clean prompt; a text of several tokens names its last token; one that
+        occurs several times needs ``(" John", 1)``, its occurrence, 0 the first, -1 the last),
+        or an int, which indexes the *tokens*: they start with the BOS token where the model
+        prepends one (``model.cfg.default_prepend_bos``), so the first word is usually position
+        1; negative ints count from the end. ``markers=True``: the clean prompts mark positions
+        themselves, ``"When Mary[[IO]] and John[[S1]] went ..."`` (``[[NAME]]`` right after the
+        token it names; removed before tokenizing, from the corrupted prompts too).
+        ``"END"`` (the last token, where the metric is read) is always added. ``name``,
+        ``meta``: shown in reports; ``example_meta``: one dict per example (``{"template": 3}``
+        for grouped mean ablation, ``fieldcheck.sources.mean(by="template")``).
+        Returns a ContrastiveSet; DatasetError names the bad prompt, answer or position.
         """
-        ex = _prepare(model, clean, corrupt, answers, wrong, positions, example_meta)
+        ex = _prepare(model, clean, corrupt, answers, wrong, positions, example_meta, markers)
         lens = sorted({len(e["clean_ids"]) for e in ex})
         if len(lens) > 1:
             counts = Counter(len(e["clean_ids"]) for e in ex)
@@ -537,13 +546,14 @@ class ContrastiveSet:
                         corrupt: Sequence[str] | None = None,
                         answers: Sequence[str | int] | None = None,
                         wrong: Sequence[str | int] | None = None,
-                        positions: Mapping[str, Sequence[int] | int] | None = None,
+                        positions: Mapping[str, Any] | None = None,
                         name: str = "custom", records: Sequence[Mapping[str, Any]] | None = None,
-                        meta: Mapping[str, Any] | None = None,
+                        meta: Mapping[str, Any] | None = None, markers: bool = False,
                         ) -> dict[int, "ContrastiveSet"]:
-        """Like :meth:`from_pairs` (or :meth:`from_records` with ``records=``), but returns one
-        set per token length: ``{length: ContrastiveSet}`` (sorted by length). Each set's
-        ``meta["example_index"]`` lists the original indices of its examples."""
+        """Like :meth:`from_pairs` (or :meth:`from_records` with ``records=``; positions and
+        ``markers`` as there), but returns one set per token length: ``{length: ContrastiveSet}``
+        (sorted by length). Each set's ``meta["example_index"]`` lists the original indices of
+        its examples."""
         if records is not None:
             clean, corrupt, answers, wrong, positions, em = _unpack_records(records)
         else:
@@ -551,7 +561,7 @@ class ContrastiveSet:
             if clean is None or corrupt is None or answers is None or wrong is None:
                 raise DatasetError("split_by_length needs clean, corrupt, answers and wrong "
                                    "lists (or records=...)")
-        ex = _prepare(model, clean, corrupt, answers, wrong, positions, em)
+        ex = _prepare(model, clean, corrupt, answers, wrong, positions, em, markers)
         groups: dict[int, list[int]] = {}
         for i, e in enumerate(ex):
             groups.setdefault(len(e["clean_ids"]), []).append(i)
@@ -565,19 +575,21 @@ class ContrastiveSet:
     @classmethod
     def from_records(cls, model: Any, records: Iterable[Mapping[str, Any]],
                      name: str = "custom", meta: Mapping[str, Any] | None = None,
-                     ) -> "ContrastiveSet":
+                     markers: bool = False) -> "ContrastiveSet":
         """Build a set from dicts with keys ``clean``, ``corrupt``, ``answer``, ``wrong`` and
-        optionally ``positions`` (``{name: int}``) and ``meta``. ``answer_id``/``wrong_id`` may
-        replace ``answer``/``wrong``."""
+        optionally ``positions`` (``{name: int or token text}``, as in :meth:`from_pairs`) and
+        ``meta``. ``answer_id``/``wrong_id`` may replace ``answer``/``wrong``. ``markers``: as in
+        :meth:`from_pairs`."""
         clean, corrupt, answers, wrong, positions, em = _unpack_records(list(records))
         return cls.from_pairs(model, clean, corrupt, answers, wrong, positions, name=name,
-                              meta=meta, example_meta=em)
+                              meta=meta, example_meta=em, markers=markers)
 
     @classmethod
     def from_jsonl(cls, model: Any, path: str | os.PathLike, name: str | None = None,
-                   ) -> "ContrastiveSet":
-        """Read a JSON-lines file of records (see :meth:`from_records`); blank lines are
-        skipped. Bad JSON or missing fields raise a DatasetError naming the line."""
+                   markers: bool = False) -> "ContrastiveSet":
+        """Read a JSON-lines file of records (see :meth:`from_records`; ``markers`` as in
+        :meth:`from_pairs`); blank lines are skipped. Bad JSON or missing fields raise a
+        DatasetError naming the line."""
         path = os.fspath(path)
         try:
             with open(path, encoding="utf-8") as f:
@@ -612,7 +624,7 @@ class ContrastiveSet:
         try:
             return cls.from_records(model, [r for _, r in records],
                                     name=name or os.path.splitext(os.path.basename(path))[0],
-                                    meta={"source": path})
+                                    meta={"source": path}, markers=markers)
         except DatasetError as e:
             # map "example i" to the file's line number where we can
             msg = str(e)
@@ -709,7 +721,7 @@ def _unpack_records(records: Sequence[Mapping[str, Any]]):
     return clean, corrupt, answers, wrong, positions, em
 
 
-def _prepare(model, clean, corrupt, answers, wrong, positions, example_meta) -> list[dict]:
+def _prepare(model, clean, corrupt, answers, wrong, positions, example_meta, markers: bool = False) -> list[dict]:
     """Validate and tokenize; return one dict per example (all checks except uniform length)."""
     tok = tok_info(model)
     tok.check_bos()
@@ -736,7 +748,7 @@ def _prepare(model, clean, corrupt, answers, wrong, positions, example_meta) -> 
     if n == 0:
         raise DatasetError("empty data set: no examples were given (clean, corrupt, answers and "
                            "wrong are empty lists); give at least one example")
-    # positions given by the user
+    # positions given by the user: ints, token texts (str or (text, occurrence)), one or one per example
     pos_spec: dict[str, list] = {}
     for k, v in (positions or {}).items():
         if not isinstance(k, str):
@@ -745,18 +757,22 @@ def _prepare(model, clean, corrupt, answers, wrong, positions, example_meta) -> 
             continue
         if isinstance(v, torch.Tensor):
             v = v.tolist()
-        if isinstance(v, int) and not isinstance(v, bool):
+        if (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str) or is_text_spec(v):
             v = [v] * n
         elif isinstance(v, (list, tuple)):
             v = list(v)
             if len(v) != n:
                 raise DatasetError(f"position {k!r} has {len(v)} entries for {n} examples: "
-                                   "give one int per example, or a single int for all")
+                                   "give one per example (a list), or a single int or token text for all")
         else:
-            raise DatasetError(f"position {k!r} is {v!r}: give an int or a list of ints "
-                               "(one per example)")
+            raise DatasetError(f"position {k!r} is {v!r}: give an int, a token text such as ' Mary', "
+                               "(text, occurrence), or a list of them (one per example)")
         pos_spec[k] = v
-    out = []
+    marks: list[dict] = [{} for _ in range(n)]
+    if markers:
+        clean, corrupt, marks = strip_all_markers(clean, corrupt, set(pos_spec))
+    out: list[dict] = []
+    no_space: list[tuple] = []
     for i in range(n):
         c, r = clean[i], corrupt[i]
         for what, p in (("clean", c), ("corrupt", r)):
@@ -788,15 +804,21 @@ def _prepare(model, clean, corrupt, answers, wrong, positions, example_meta) -> 
                 "same number of tokens (e.g. swap in a name or word of the same token length)")
         aid, astr = tok.answer_id(answers[i], "answer", i)
         wid, wstr = tok.answer_id(wrong[i], "wrong answer", i)
+        for what, v in (("answer", answers[i]), ("wrong answer", wrong[i])):
+            if _misses_space(tok, c, v):
+                no_space.append((i, what, v))
         if aid == wid:
             raise DatasetError(
                 f"answer and wrong answer of example {i} are the same token "
                 f"({astr!r} / {wstr!r}, id {aid}): the logit difference would always be 0; "
                 "give a different wrong answer")
         T = len(cid)
-        pos = {}
+        pos = {k: marker_position(tok, c, cid, off, k, i) for k, off in marks[i].items()}
         for k, v in pos_spec.items():
-            p = v[i]
+            p = tuple(v[i]) if isinstance(v[i], list) and is_text_spec(tuple(v[i])) else v[i]  # JSON pairs
+            if isinstance(p, str) or is_text_spec(p):
+                pos[k] = text_position(tok, c, cid, p, k, i)
+                continue
             if p is None:
                 raise DatasetError(f"named position {k!r} is missing in example {i} "
                                    f"({_short(c, 60)!r}): give it for every example, or drop it")
@@ -819,4 +841,27 @@ def _prepare(model, clean, corrupt, answers, wrong, positions, example_meta) -> 
         out.append({"clean": c, "corrupt": r, "clean_ids": cid, "corrupt_ids": rid,
                     "answer_id": aid, "wrong_id": wid, "answer_str": astr, "wrong_str": wstr,
                     "pos": pos, "meta": em})
+    if no_space:
+        i, what, v = no_space[0]
+        more = f" (and {len(no_space) - 1} more)" if len(no_space) > 1 else ""
+        warnings.warn(f"{what} {v!r} of example {i}{more} has no leading space, but its prompt "
+                      f"{_short(clean[i], 50)!r} ends in a word, so the model's next token is the spaced "
+                      f"{' ' + v!r} (also one token): the metric would compare tokens the model rarely "
+                      f"predicts here; write {' ' + v!r}, or pass the token id to keep {v!r}",
+                      UserWarning, stacklevel=3)
     return out
+
+
+#: characters after which the next word's token carries no leading space
+_NO_SPACE_AFTER = "\"'([{<\n\t /-"
+
+
+def _misses_space(tok: _Tok, prompt: str, answer: Any) -> bool:
+    """Whether a string answer without a leading space follows a prompt that ends in a word, while the
+    same answer with a space is another single token: the model's next token is almost surely the
+    spaced one."""
+    if not (isinstance(answer, str) and answer and answer[0].isalnum() and prompt
+            and prompt[-1] not in _NO_SPACE_AFTER):
+        return False
+    spaced = tok.single_token(" " + answer)
+    return spaced is not None and spaced != tok.single_token(answer)

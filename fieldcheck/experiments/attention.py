@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from fieldcheck.errors import DatasetError, SiteError, UsageError, check_choice, check_int
+from fieldcheck.field.labels import parse, unknown
 from fieldcheck.field.core import check_dataset
 from fieldcheck.display import pyplot
 from fieldcheck.jsonable import jsonable as _jsonable
@@ -35,38 +36,46 @@ _MAX_PATTERN_ELEMENTS = 1 << 25  # keep full patterns [head, batch, q, k] only b
 
 # --- heads ---------------------------------------------------------------------------------------
 def as_heads(heads: Any, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
-    """(layer, head) pairs from ``"all"``, an ``attn_head(...)`` site set (positions ignored),
-    a list of Sites, or a list of ``(layer, head)`` tuples."""
+    """(layer, head) pairs from ``"all"``, a head label (``"L8.H1"``), an ``attn_head(...)`` site set
+    (positions ignored), or a list mixing labels, Sites and ``(layer, head)`` tuples."""
     from fieldcheck.field.sites import Site, SiteSet, as_site_set
     import builtins
-    import numbers
 
     if heads is None or heads is builtins.all or (isinstance(heads, str) and heads == "all"):
         return [(l, h) for l in range(n_layers) for h in range(n_heads)]
-    if isinstance(heads, (list, tuple)) and heads and all(
-            isinstance(x, (tuple, list)) and len(x) == 2 for x in heads):
-        out = []
-        for l, h in heads:
-            if any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in (l, h)):
-                raise SiteError(f"head ({l!r}, {h!r}) is not a pair of ints (layer, head)")
-            l, h = int(l), int(h)
-            if not (0 <= l < n_layers and 0 <= h < n_heads):
-                raise SiteError(f"head ({l}, {h}) does not exist: the model has {n_layers} layers "
-                                f"of {n_heads} heads")
-            out.append((l, h))
-        return list(dict.fromkeys(out))
-    if isinstance(heads, Site) or isinstance(heads, SiteSet) or (
-            isinstance(heads, (list, tuple)) and heads and all(isinstance(x, Site) for x in heads)):
-        ss = as_site_set(heads)
-        names, max_pos = ss.position_hints()
-        sites = ss.resolve(n_layers, n_heads, max_pos + 1, names)
-        bad = [s.label for s in sites if s.kind != "attn_head"]
-        if bad:
-            raise SiteError(f"attention needs attention heads, got {bad[0]}; use "
-                            "fieldcheck.sites.attn_head(layers, heads)")
-        return list(dict.fromkeys((s.layer, s.head) for s in sites))
-    raise SiteError(f"{heads!r} names no heads; use 'all', fieldcheck.sites.attn_head(layers, heads) "
-                    "or a list of (layer, head) pairs")
+    one_pair = isinstance(heads, tuple) and len(heads) == 2 and all(_is_index(v) for v in heads)
+    items = [heads] if isinstance(heads, (str, Site, SiteSet)) or one_pair else heads
+    if not isinstance(items, (list, tuple)) or not items:
+        raise SiteError(f"{heads!r} names no heads; use 'all', head labels ('L8.H1'), "
+                        "fieldcheck.sites.attn_head(layers, heads) or a list of (layer, head) pairs")
+    out = []
+    for x in items:
+        if isinstance(x, (tuple, list)) and len(x) == 2 and all(_is_index(v) for v in x):
+            out.append((int(x[0]), int(x[1])))
+            continue
+        if isinstance(x, (Site, SiteSet)):
+            texts = as_site_set(x).component_labels(n_layers, n_heads)
+        elif isinstance(x, str):
+            texts = [x]
+        else:
+            raise SiteError(f"{x!r} names no head; use head labels ('L8.H1'), attn_head sites or (layer, head) pairs")
+        for t in texts:
+            lab = parse(t, "head")
+            if lab.kind != "head" or lab.port is not None:
+                raise SiteError(f"attention needs attention heads, got {str(lab)!r}; name heads 'L8.H1' or use "
+                                "fieldcheck.sites.attn_head(layers, heads)")
+            out.append((lab.layer, lab.head))
+    for l, h in out:
+        if not (0 <= l < n_layers and 0 <= h < n_heads):
+            valid = [head_label(a, b) for a in range(min(n_layers, 1 << 12)) for b in range(min(n_heads, 1 << 12))] \
+                if n_layers * n_heads < 1 << 16 else []
+            raise unknown(head_label(l, h), valid, "head", f"a model of {n_layers} layers x {n_heads} heads")
+    return list(dict.fromkeys(out))
+
+
+def _is_index(v) -> bool:
+    """An int or numpy integer, not a bool (True is not head 1)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def head_label(l: int, h: int) -> str:
@@ -167,7 +176,7 @@ class AttentionResult:
         index = {hd: i for i, hd in enumerate(self.heads)}
         missing = [head_label(*h) for h in want if h not in index]
         if missing:
-            raise SiteError(f"{missing[0]} is not in this result (it has {len(self.heads)} heads)")
+            raise unknown(missing[0], self.labels, "head", "this result")
         idx = [index[h] for h in want]
         return AttentionResult(want, self.weights[idx], self.query, self.key, self.which, self.dataset,
                                self.query_pos, self.key_pos,
@@ -207,12 +216,16 @@ class AttentionResult:
         fig.tight_layout()
         return fig
 
-    def plot(self, head: Optional[tuple[int, int]] = None, example: int = 0, ax=None, tokens=None):
-        """The full pattern ``[q_pos, k_pos]`` of one head (default: the top head) on one example."""
+    def plot(self, head: Any = None, example: int = 0, ax=None, tokens=None):
+        """The full pattern ``[q_pos, k_pos]`` of one head (a label ``"L8.H1"`` or a ``(layer, head)`` pair;
+        default: the top head) on one example."""
         plt = pyplot()
         if self.patterns is None:
             raise UsageError("this result kept no full patterns (too large); measure fewer heads or examples")
-        head = tuple(head) if head is not None else self.top(1)[0]
+        head = as_heads(head, self.n_layers or 1 << 30, self.n_heads or 1 << 30)[0] if head is not None \
+            else self.top(1)[0]
+        if head not in self.heads:
+            raise unknown(head_label(*head), self.labels, "head", "this result")
         i = self.heads.index(head)
         p = self.patterns[i, example]
         if ax is None:
@@ -285,8 +298,8 @@ class HeadScores:
 
     def _get(self, kind: str) -> np.ndarray:
         if not isinstance(kind, str) or kind not in self.scores:
-            raise UsageError(f"kind {kind!r} was not measured; measured kinds: {', '.join(self.scores)} (head_scores("
-                             f"kinds=...) chooses them among {', '.join(HEAD_KINDS)})")
+            raise UsageError(f"no {kind!r} scores: measured kinds: {', '.join(self.scores)} (head_scores(kinds=...) "
+                             f"chooses them among {', '.join(HEAD_KINDS)})")
         return self.scores[kind]
 
     def top(self, kind: str, k: int = 5) -> list[tuple[int, int]]:
@@ -367,8 +380,8 @@ def attention(field, ds, heads="all", query: Any = "END", key: Any = "IO", which
     check_dataset(ds, field.model)
     t0 = time.perf_counter()
     hs = as_heads(heads, field.n_layers, field.n_heads)
-    qpos = ds.position(query).to(field.device)
-    kpos = ds.position(key).to(field.device)
+    qpos = _position(ds, query, "query", "END").to(field.device)
+    kpos = _position(ds, key, "key", "IO").to(field.device)
     bad = (kpos > qpos).nonzero()
     if len(bad):
         b = int(bad[0])
@@ -394,10 +407,27 @@ def attention(field, ds, heads="all", query: Any = "END", key: Any = "IO", which
                            cost={"seconds": time.perf_counter() - t0, "layers": len(layers)})
 
 
+def _position(ds, name, arg: str, default) -> torch.Tensor:
+    """``ds.position(name)``, with a message that says where a default position name came from."""
+    try:
+        return ds.position(name)
+    except DatasetError as e:
+        if name != default or not isinstance(name, str):
+            raise DatasetError(f"{arg}={name!r}: {e}") from None
+        raise DatasetError(f"position {name!r} is the default {arg}= of field.attention (made for the IOI sets, "
+                           f"which name the indirect object 'IO'); the data set {getattr(ds, 'name', '')!r} has "
+                           f"the positions {sorted(ds.position_names)}: pass {arg}= one of them or an int, e.g. "
+                           f"field.attention(ds, heads, {arg}={sorted(ds.position_names)[0]!r})") from None
+
+
 def repeated_random_tokens(model, n: int, length: int, seed: int = 0) -> torch.Tensor:
-    """``[n, 1 + 2*length]`` (without BOS where the tokenizer has none): [BOS] r r, r random ids."""
+    """``[n, 1 + 2*length]``: [BOS] r r, r random ids; ``[n, 2*length]`` (no BOS) for a model whose
+    prompts start without one (``model.cfg.default_prepend_bos`` False, Qwen2.5) or whose tokenizer
+    has none: each model is fed what it was trained with."""
     tok = getattr(model, "tokenizer", None)
     bos = getattr(tok, "bos_token_id", None) if tok is not None else None
+    if not getattr(model.cfg, "default_prepend_bos", True):
+        bos = None
     d_vocab = model.cfg.d_vocab
     special = set(getattr(tok, "all_special_ids", []) or []) if tok is not None else set()
     g = torch.Generator().manual_seed(int(seed))
@@ -433,8 +463,9 @@ def head_scores(field, n: int = 8, length: int = 20, seed: int = 0, kinds: Seque
     if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)) or not kinds:
         raise UsageError(f"kinds must be a non-empty list of head kinds ({', '.join(HEAD_KINDS)}), got {kinds!r}")
     kinds = tuple(kinds)
-    for k in kinds:
-        check_choice("head kind", k, HEAD_KINDS)
+    bad = [k for k in kinds if not isinstance(k, str) or k not in HEAD_KINDS]
+    if bad:
+        raise UsageError(f"unknown head kind {bad[0]!r}; valid: {', '.join(HEAD_KINDS)}")
     check_choice("normalize", normalize, ("targets", "transformer_lens"))
     n = check_int("n", n, low=1, hint="the number of random sequences")
     length = check_int("length", length, low=2, hint="random tokens repeated once")

@@ -5,51 +5,46 @@ example chunks both use.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from fieldcheck.errors import SiteError, UsageError, check_int
-from fieldcheck.experiments.edges import ABLATIONS, EdgeGraph
+from fieldcheck.experiments.edges import ABLATIONS, MEAN_BY, EdgeGraph
+from fieldcheck.field.sources import Source
+from fieldcheck.field.labels import canonical, parse, unknown
+from fieldcheck.field.sites import Site, SiteSet, as_site_set
 
 __all__ = ["Circuit", "as_circuit"]
 
 
 class Circuit:
-    """A circuit of ``edges`` (labels ``"sender->receiver"`` or (sender, receiver) pairs) or of
-    ``nodes`` (``"L3.H2"``, ``"MLP3"``). Give exactly one. ``scores`` (optional) holds the
-    attribution score of each part, in the order given (discovery fills it).
+    """A circuit of ``edges`` (labels ``"sender->receiver"`` such as ``"L0.H1->L2.H3.q"``, or
+    (sender, receiver) pairs) or of ``nodes`` (heads ``"L3.H2"`` and MLPs ``"L3.mlp"``, optionally at a
+    position ``"L3.H2@END"``, or ``attn_head``/``mlp_out`` site objects). Give exactly one, with at
+    least one part. Labels follow :mod:`fieldcheck.field.labels`; the 0.1 spellings ``"MLP3"`` and
+    ``"input"`` still work with a DeprecationWarning. ``scores`` (optional) holds the attribution score
+    of each part, in the order given (discovery fills it).
 
     ``len(c)`` is the number of parts; ``c.without(part)`` the circuit without one part;
     ``c.mask(graph)`` the kept edges as ``[n_senders, n_receivers]`` booleans."""
 
-    def __init__(self, edges: Optional[Sequence] = None, nodes: Optional[Sequence[str]] = None,
+    def __init__(self, edges: Optional[Sequence] = None, nodes: Optional[Sequence] = None,
                  scores: Optional[Sequence[float]] = None, name: str = ""):
         if (edges is None) == (nodes is None):
             raise UsageError("a Circuit takes edges=[...] or nodes=[...] (exactly one of them)")
-        for what, given in (("edges", edges), ("nodes", nodes)):
-            if given is not None and (isinstance(given, (str, bytes)) or not hasattr(given, "__iter__")):
-                raise UsageError(f"Circuit({what}=...) takes a list of labels, got {given!r}")
         if edges is not None:
-            parts = []
-            for e in edges:
-                if isinstance(e, (tuple, list)) and len(e) == 2 and all(isinstance(x, str) for x in e):
-                    e = f"{e[0]}->{e[1]}"
-                if not isinstance(e, str) or "->" not in e:
-                    raise SiteError(f"edge {e!r}: write 'sender->receiver' (e.g. 'L0.H1->L2.H3.q', 'MLP1->logits') "
-                                    "or a (sender, receiver) pair; for heads and MLPs use Circuit(nodes=[...])")
-                parts.append(e)
+            parts = [_edge_text(e) for e in _as_parts(edges, "edges")]
             self.level = "edge"
         else:
-            parts = [str(n) for n in nodes]
-            bad = [p for p in parts if "->" in p or p.split("@")[0].endswith((".q", ".k", ".v"))
-                   or p.startswith(("input@", "logits@"))]
-            if bad:
-                raise SiteError(f"node {bad[0]!r}: nodes are heads 'L{{layer}}.H{{head}}' and MLPs 'MLP{{layer}}'; "
-                                "for edges use Circuit(edges=[...])")
+            parts = _node_texts(_as_parts(nodes, "nodes"))
             self.level = "node"
-        self.parts = tuple(dict.fromkeys(p.replace(" ", "") for p in parts))
+        if not parts:
+            raise UsageError(f"a Circuit needs at least one part, got {self.level}s=[]: the empty circuit (every "
+                             "edge ablated) is what evaluate_circuit reports as `empty` next to each circuit")
+        self.parts = tuple(dict.fromkeys(parts))
         if scores is not None:
             if isinstance(scores, (str, bytes)) or not hasattr(scores, "__len__") or len(scores) != len(parts):
                 raise UsageError(f"a Circuit got {len(scores) if hasattr(scores, '__len__') else scores!r} scores "
@@ -63,6 +58,14 @@ class Circuit:
                 raise UsageError(f"a Circuit's scores must be numbers, got {list(scores)!r}") from None
         self.scores = None if scores is None else tuple(scores)
         self.name = name
+
+    @classmethod
+    def placeholder(cls, level: str, name: str = "") -> "Circuit":
+        """A circuit whose parts are not known (a FaithfulnessCurve read back without its circuits): no parts,
+        ``level`` "edge" or "node"; it cannot be evaluated."""
+        c = cls.__new__(cls)
+        c.level, c.parts, c.scores, c.name = level, (), None, name
+        return c
 
     @classmethod
     def all_edges(cls, graph: EdgeGraph) -> "Circuit":
@@ -124,10 +127,12 @@ class Circuit:
         return P
 
     def without(self, part: str) -> "Circuit":
-        """This circuit without ``part`` (one of its labels; SiteError otherwise), same level and name."""
-        if part not in self.parts:
-            raise SiteError(f"{part!r} is not part of this circuit")
-        keep = [p for p in self.parts if p != part]
+        """This circuit without ``part`` (one of its labels; SiteError listing the nearest parts otherwise),
+        same level and name."""
+        key = _part_text(part, self.level)
+        if key not in self.parts:
+            raise unknown(part, self.parts, self.level, "this circuit")
+        keep = [p for p in self.parts if p != key]
         return Circuit(**{("edges" if self.level == "edge" else "nodes"): keep}, name=self.name)
 
     def __len__(self) -> int:
@@ -137,7 +142,10 @@ class Circuit:
         return iter(self.parts)
 
     def __contains__(self, part) -> bool:
-        return part in self.parts
+        try:
+            return _part_text(part, self.level) in self.parts
+        except SiteError:
+            return False
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Circuit) and self.level == other.level and set(self.parts) == set(other.parts)
@@ -152,35 +160,145 @@ class Circuit:
 
     __repr__ = __str__
 
+    def plot_data(self, max_parts: int = 400) -> dict:
+        """A JSON-able picture of the circuit for the HTML report (``kind="circuit"``): ``nodes [[label, x, y],
+        ...]`` with y the layer (an MLP half a layer above its heads, ``embed`` below layer 0, ``logits``
+        on top) and x the head index, and ``edges [[i, j, port], ...]`` (port "q"/"k"/"v" or "");
+        the ``max_parts`` parts with the largest |score| when the circuit has more."""
+        keep = list(range(len(self.parts)))
+        if len(keep) > max_parts:
+            order = (np.argsort(-np.abs(np.asarray(self.scores)), kind="stable") if self.scores is not None
+                     else np.arange(len(keep)))
+            keep = sorted(int(i) for i in order[:max_parts])
+        pairs = []
+        for i in keep:
+            p = self.parts[i]
+            if self.level == "edge":
+                snd, rcv = p.split("->", 1)
+                pairs.append((parse(snd), parse(rcv)))
+            else:
+                pairs.append((parse(p), None))
+        labs = [x for pr in pairs for x in pr if x is not None]
+        H = max([x.head for x in labs if x.head is not None] or [0]) + 1
+        top = max([x.layer for x in labs if x.layer is not None] or [0]) + 1
+        mid = (H - 1) / 2
+
+        def xy(lab) -> tuple[str, float, float]:
+            if lab.kind == "head":
+                return lab.component.rsplit(".", 1)[0] if lab.port else lab.component, float(lab.head), float(lab.layer)
+            if lab.kind == "mlp":
+                return lab.component, mid, lab.layer + 0.5
+            return lab.component, mid, (-0.6 if lab.kind == "embed" else top + 0.2)
+
+        index: dict[str, int] = {}
+        nodes: list = []
+
+        def node(lab) -> int:
+            name, x, y = xy(lab)
+            if name not in index:
+                index[name] = len(nodes)
+                nodes.append([name if lab.pos is None else f"{name}@{lab.pos}", x, y])
+            return index[name]
+
+        edges = [[node(a), node(b), b.port or ""] for a, b in pairs if b is not None]
+        for a, b in pairs:
+            if b is None:
+                node(a)
+        shown = "" if len(keep) == len(self.parts) else f" (the {len(keep)} largest of {len(self.parts)})"
+        return {"kind": "circuit", "nodes": nodes, "edges": edges, "level": self.level,
+                "title": f"{self.name or 'circuit'}: {len(self.parts)} {self.level}s{shown}"}
+
     def to_dict(self) -> dict:
         """A JSON-safe dict: level ("edge" or "node"), parts, name and scores (None when not discovered)."""
         return {"level": self.level, "parts": list(self.parts), "name": self.name,
                 "scores": None if self.scores is None else list(self.scores)}
 
 
+def _as_parts(x, what: str) -> list:
+    if isinstance(x, (str, SiteSet, Site)):
+        return [x]
+    try:
+        return list(x)
+    except TypeError:
+        raise UsageError(f"{what}={x!r} is not a list of labels") from None
+
+
+def _edge_text(e) -> str:
+    if isinstance(e, str):
+        return _edge_str(e)
+    if isinstance(e, (tuple, list)) and len(e) == 2:
+        return f"{canonical(e[0], 'sender')}->{canonical(e[1], 'receiver')}"
+    raise SiteError(f"edge {e!r}: give 'sender->receiver' or a (sender, receiver) pair")
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _edge_str(e: str) -> str:
+    """Canonical text of one edge label (cached: a full graph has 10^5 edges)."""
+    snd, arrow, rcv = e.replace(" ", "").partition("->")
+    if not arrow:
+        raise SiteError(f"edge {e!r}: write 'sender->receiver', e.g. 'L0.H1->L2.H3.q' or 'L1.mlp->logits' "
+                        "(for nodes use Circuit(nodes=[...]))")
+    return f"{canonical(snd, 'sender')}->{canonical(rcv, 'receiver')}"
+
+
+def _node_texts(nodes: list) -> list[str]:
+    out = []
+    for n in nodes:
+        if isinstance(n, (Site, SiteSet)):
+            out += as_site_set(n).component_labels()
+        elif isinstance(n, str) and "->" in n:
+            raise SiteError(f"node {n!r} is an edge: for edges use Circuit(edges=[...])")
+        else:
+            out.append(n)
+    texts = []
+    for n in out:
+        lab = parse(n, "node")
+        if lab.port is not None or lab.kind not in ("head", "mlp", "embed", "logits"):
+            raise SiteError(f"node {str(lab)!r}: nodes are heads 'L{{layer}}.H{{head}}' and MLPs 'L{{layer}}.mlp' "
+                            "(optionally '@position'); for edges into q/k/v use Circuit(edges=[...])")
+        texts.append(str(lab))
+    return texts
+
+
+def _part_text(part, level: str) -> str:
+    return _edge_text(part) if level == "edge" else _node_texts([part])[0]
+
+
 def as_circuit(x) -> Circuit:
+    """A Circuit from a Circuit, or from a list of labels (edges when they contain ``->``, else nodes) or node
+    site objects; UsageError for an empty list or anything else."""
     if isinstance(x, Circuit):
         return x
     if isinstance(x, (list, tuple)):
-        if x and all(isinstance(p, str) and "->" not in p for p in x):
+        if not x:
+            raise UsageError("the circuit is empty ([]): give at least one edge or node; the empty circuit (every "
+                             "edge ablated) is what evaluate_circuit reports as `empty` next to each circuit")
+        if all(isinstance(p, (str, Site, SiteSet)) and not (isinstance(p, str) and "->" in p) for p in x):
             return Circuit(nodes=list(x))
         return Circuit(edges=list(x))
+    if isinstance(x, (Site, SiteSet)):
+        return Circuit(nodes=[x])
     raise UsageError(f"{type(x).__name__} is not a circuit: give fieldcheck.Circuit(edges=[...]) or "
                      "Circuit(nodes=[...]), or field.discover_circuit(ds, k=...)")
 
 
-def check_ablation(field, ablation: str, ds=None, seed: int = 0) -> None:
-    """UnsupportedArchitecture when ``field`` (a FieldCore) has no functional model, UsageError when
-    ``ablation`` is not one of "corrupt", "mean", "zero", "resample" or ``seed`` is not an int >= 0,
-    DatasetError when ``ds`` (if given) is not a ContrastiveSet that fits the model."""
+def check_ablation(field, ablation, ds=None, seed: int = 0) -> str:
+    """The ablation's name ("corrupt", "mean", "zero", "resample", or "mean(by=KEY)" for
+    ``fieldcheck.sources.mean(by=KEY)``, grouped mean ablation). UnsupportedArchitecture when ``field``
+    (a FieldCore) has no functional model, UsageError for any other ablation or a ``seed`` that is not an
+    int >= 0, DatasetError when ``ds`` (if given) is not a ContrastiveSet that fits the model."""
     from fieldcheck.field.core import check_dataset
 
     field.require_functional()
-    if not isinstance(ablation, str) or ablation not in ABLATIONS:
-        raise UsageError(f"unknown ablation {ablation!r}; use one of {', '.join(ABLATIONS)}")
     check_int("seed", seed, low=0, hint="it picks the other example of ablation='resample'")
     if ds is not None:
         check_dataset(ds, field.model)
+    if isinstance(ablation, Source) and ablation.kind in ("mean", "zero"):
+        return ablation.describe()
+    if isinstance(ablation, str) and (ablation in ABLATIONS or MEAN_BY.fullmatch(ablation)):
+        return ablation
+    raise UsageError(f"unknown ablation {ablation!r}; use one of {', '.join(ABLATIONS)}, or "
+                     "fieldcheck.sources.mean(by='template') (the mean within each example's template)")
 
 
 def example_chunks(n: int, size: int):

@@ -1,10 +1,10 @@
 """Circuits: a set of edges (or nodes) of the model's edge graph, evaluated by ablating the rest.
 
 A :class:`Circuit` is either a set of **edges** ``"sender->receiver"`` (``"L0.H1->L2.H3.q"``,
-``"input->MLP0"``, ``"MLP1->logits"``; see :mod:`fieldcheck.experiments.edges` for the graph) or a
-set of **nodes** (heads ``"L3.H2"`` and MLPs ``"MLP3"``; the input and the logits always belong to
-it). Edges are position-agnostic; a node is position-agnostic or kept only at some positions,
-``"L3.H2@END"`` or ``"MLP5@4"`` (a position name of the data set, resolved per example, or an
+``"embed->L0.mlp"``, ``"L1.mlp->logits"``; see :mod:`fieldcheck.experiments.edges` for the graph) or a
+set of **nodes** (heads ``"L3.H2"`` and MLPs ``"L3.mlp"``; the embeddings and the logits always belong
+to it). Edges are position-agnostic; a node is position-agnostic or kept only at some positions,
+``"L3.H2@END"`` or ``"L5.mlp@4"`` (a position name of the data set, resolved per example, or an
 int; repeat the node for several positions): its output elsewhere is ablated.
 
 ``evaluate_circuit(field, ds, circuit, ablation="corrupt")`` runs the clean prompts with every edge
@@ -113,6 +113,11 @@ class CircuitResult:
         from fieldcheck.display import rich_html
         return rich_html(self, self.plot)
 
+    def plot_data(self) -> Optional[dict]:
+        """The circuit drawn over the layers for the HTML report (:meth:`Circuit.plot_data`; None when the
+        circuit's parts are not known)."""
+        return self.spec.plot_data() if len(self.spec) else None
+
     def to_dict(self) -> dict:
         """A JSON-safe dict: the circuit spec, per-example ``circuit``/``full``/``empty [batch]``, cpr, cmd,
         ablation, metric, edge counts, data set and cost."""
@@ -161,7 +166,7 @@ def evaluate_circuit(field, ds, circuit: Union[Circuit, Sequence[str]], ablation
     else as nodes). ablation: "corrupt" (default), "mean", "zero" or "resample" (``seed`` picks
     the other example). Returns a :class:`CircuitResult` with ``circuit``, ``full`` and
     ``empty`` metrics ``[batch]``."""
-    check_ablation(field, ablation, ds, seed)
+    ablation = check_ablation(field, ablation, ds, seed)
     c = as_circuit(circuit)
     g = edge_graph(field)
     t0 = time.perf_counter()
@@ -245,7 +250,7 @@ class FaithfulnessCurve:
         if size not in self.sizes:
             raise UsageError(f"size {size} was not measured; measured sizes: {self.sizes.tolist()}")
         i = int(np.nonzero(self.sizes == size)[0][0])
-        spec = self.circuits[i] if i < len(self.circuits) else Circuit(**{f"{self.level}s": []}, name=f"top {size}")
+        spec = self.circuits[i] if i < len(self.circuits) else Circuit.placeholder(self.level, f"top {size}")
         return CircuitResult(spec=spec, circuit=self.circuit[i], full=self.full, empty=self.empty,
                              ablation=self.ablation, metric=self.metric, n_edges=int(self.cost.get("edges", {}).get(
                                  str(int(size)), 0)), n_edges_total=int(self.cost.get("n_edges_total", 0)),
@@ -276,6 +281,13 @@ class FaithfulnessCurve:
         from fieldcheck.display import rich_html
         return rich_html(self, self.plot)
 
+    def plot_data(self) -> dict:
+        """A JSON-able line plot for the HTML report: faithfulness against the share of parts kept (log x)."""
+        return {"kind": "line", "x": self.fractions.tolist(), "y": self.faithfulness.tolist(), "xscale": "log",
+                "hline": 1.0, "xlabel": f"share of {self.level}s in the circuit", "ylabel": "faithfulness",
+                "title": f"faithfulness of the top {self.level}s by {self.method or 'score'} ({self.ablation} "
+                         f"ablation): area {self.area:.3f}"}
+
     def plot(self, ax=None):
         """Faithfulness against the share of parts kept (log scale)."""
         from fieldcheck.display import pyplot
@@ -291,15 +303,18 @@ class FaithfulnessCurve:
 
 def faithfulness_curve(field, ds, scores=None, sizes=None, level: str = "edge", ablation: str = "corrupt",
                        metric="logit_diff", method: str = "eap-ig", steps: int = 5, seed: int = 0,
-                       eval_ds=None) -> FaithfulnessCurve:
+                       eval_ds=None, by: str = "abs") -> FaithfulnessCurve:
     """Faithfulness of the top-k parts of a ranking for each k in ``sizes``.
 
     scores: an :class:`~fieldcheck.experiments.discovery.EdgeScores` (default: computed on ``ds``
     with ``method``/``steps``/``ablation``). sizes: counts of parts, or fractions in (0, 1] of all
     parts (default MIB's 0.1%, 0.2%, 0.5%, 1%, 2%, 5%, 10%, 20%, 50%, 100%). level: "edge" or
-    "node". eval_ds: evaluate on another data set than the one the scores were computed on."""
+    "node". eval_ds: the data set the circuits are evaluated on (default ``ds``); ``ds`` then only
+    gives the scores, and with precomputed ``scores`` it is not used at all. by: "abs" ranks parts
+    by |score| (MIB's CMD ranking), "signed" from the most helpful part on (MIB's CPR ranking; see
+    :func:`fieldcheck.experiments.mib.mib_scores`)."""
     ev = ds if eval_ds is None else eval_ds
-    check_ablation(field, ablation, ev, seed)
+    ablation = check_ablation(field, ablation, ev, seed)
     check_choice("level", level, ("edge", "node"))
     check_int("steps", steps, low=1, hint="integration points of method='eap-ig'")
     t0 = time.perf_counter()
@@ -324,7 +339,7 @@ def faithfulness_curve(field, ds, scores=None, sizes=None, level: str = "edge", 
             raise UsageError(f"circuit size {s!r} is outside 1..{total} {level}s (or a fraction in (0, 1])")
         ks.append(k)
     ks = sorted(set(ks))
-    circuits = [scores.top(k, level) for k in ks]
+    circuits = [scores.top(k, level, by) for k in ks]
     masks = [c.mask(scores.graph) for c in circuits]
     vals = _masks_metric(field, ev, masks + [np.zeros_like(masks[0])], ablation, metric, seed)
     return FaithfulnessCurve(sizes=np.array(ks), fractions=np.array(ks, dtype=float) / total, circuit=vals[:-1],
@@ -390,7 +405,7 @@ class Minimality:
 
 def minimality(field, ds, circuit, ablation: str = "corrupt", metric="logit_diff", seed: int = 0) -> Minimality:
     """Evaluate ``circuit`` without each one of its parts (one edge forward per part)."""
-    check_ablation(field, ablation, ds, seed)
+    ablation = check_ablation(field, ablation, ds, seed)
     c = as_circuit(circuit)
     g = edge_graph(field)
     t0 = time.perf_counter()

@@ -62,27 +62,33 @@ class EdgeScores:
         """``[n_senders]``: each sender's outgoing scores summed (the first-order effect of ablating the node)."""
         return self.scores.sum(1)
 
-    def ranking(self, level: str = "edge") -> list[tuple[str, float]]:
-        """Parts by decreasing |score|: (label, score)."""
+    def ranking(self, level: str = "edge", by: str = "abs") -> list[tuple[str, float]]:
+        """Parts by decreasing |score| (``by="abs"``), or from the most negative score up
+        (``by="signed"``: first the parts whose ablation lowers the metric most, i.e. that help the
+        model most; MIB ranks by signed score for its CPR): (label, score)."""
+        if by not in ("abs", "signed"):
+            raise UsageError(f"by must be 'abs' or 'signed', got {by!r}")
+        key = (lambda v: -np.abs(v)) if by == "abs" else (lambda v: v)
         if level == "edge":
             s, r = np.nonzero(self.graph.adjacency)
             v = self.scores[s, r]
-            order = np.argsort(-np.abs(v), kind="stable")
+            order = np.argsort(key(v), kind="stable")
             return [(self.graph.edge_label(int(s[i]), int(r[i])), float(v[i])) for i in order]
         if level == "node":
             v = self.node_scores[1:]
-            order = np.argsort(-np.abs(v), kind="stable")
+            order = np.argsort(key(v), kind="stable")
             return [(self.graph.senders[i + 1], float(v[i])) for i in order]
         raise UsageError(f"level must be 'edge' or 'node', got {level!r}")
 
-    def top(self, k: int, level: str = "edge") -> Circuit:
-        """The circuit of the ``k`` parts with the largest |score|."""
-        ranked = self.ranking(level)
+    def top(self, k: int, level: str = "edge", by: str = "abs") -> Circuit:
+        """The circuit of the ``k`` first parts of ``ranking(level, by)`` (largest |score| by default)."""
+        ranked = self.ranking(level, by)
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= len(ranked):
             raise UsageError(f"k must be an integer in 1..{len(ranked)} ({level}s of this model), got {k!r}")
         parts = ranked[:int(k)]
         kw = {"edges" if level == "edge" else "nodes": [p for p, _ in parts]}
-        return Circuit(**kw, scores=[s for _, s in parts], name=f"top {k} {level}s by {self.method}")
+        how = "" if by == "abs" else " (signed)"
+        return Circuit(**kw, scores=[s for _, s in parts], name=f"top {k} {level}s by {self.method}{how}")
 
     def summary(self) -> str:
         """A readable summary: method, steps, ablation, the number of edges and the five largest scores."""
@@ -106,19 +112,29 @@ class EdgeScores:
 
 
 def _score_chunk_size(field, ds) -> int:
-    """Examples per backward: the gradient at every receiver input is kept for the chunk."""
-    fm = field.fm
+    """Examples per backward under the field's memory budget: per example, the gradient at every
+    receiver input and the senders' deltas (float32 at least) and the activations the backward
+    pass keeps (every head's own copy of its inputs), twice: the backward's transient gradients
+    are about as large again (calibrated on Qwen2.5-0.5B, benchmarks/README.md "Memory")."""
+    return max(1, min(ds.n, int(field.memory_budget // max(eap_bytes_per_example(field.fm, ds.seq_len), 1))))
+
+
+def eap_bytes_per_example(fm, T: int, itemsize: int = 4) -> int:
+    """Peak bytes one example adds to an EAP/EAP-IG backward (see ``_score_chunk_size``)."""
     n_recv = fm.n_layers * (3 * fm.n_heads + 1) + 1
     n_send = 1 + fm.n_layers * (fm.n_heads + 1)
-    per_ex = (n_recv + 2 * n_send) * ds.seq_len * fm.d_model * 4
-    return max(1, min(ds.n, int(field.memory_budget // max(per_ex, 1))))
+    item = max(4, itemsize)
+    d_mlp = getattr(fm, "d_mlp", 4 * fm.d_model)
+    kept = (n_recv + 2 * n_send) * T * fm.d_model * item + fm.n_layers * T * (
+        (3 * fm.n_heads + 12) * fm.d_model + 4 * d_mlp + 2 * fm.n_heads * T) * item
+    return 2 * kept
 
 
 def edge_scores(field, ds, method: str = "eap-ig", steps: int = 5, ablation: str = "corrupt",
                 metric="logit_diff", seed: int = 0) -> EdgeScores:
     """Attribution scores of every edge (see the module doc): ``steps`` forward+backward passes
     for "eap-ig", one for "eap"."""
-    check_ablation(field, ablation, ds, seed)
+    ablation = check_ablation(field, ablation, ds, seed)
     if not isinstance(method, str) or method not in METHODS:
         raise UsageError(f"unknown method {method!r}; use 'eap' or 'eap-ig'")
     steps = check_int("steps", steps, low=1, hint="integration points of method='eap-ig'")
@@ -140,19 +156,33 @@ def edge_scores(field, ds, method: str = "eap-ig", steps: int = 5, ablation: str
             delta = abl - sender_values(fm, r.clean, idx)                   # [S, b, T, d]
         x_clean, x_abl = r.clean.resid[0][idx], abl[0]
         grads: dict = {}
+        step: dict = {}
+        sums: dict = {}
 
         def hook(kind, l, t):
+            if kind == "attn_sum":       # post-norm families: the block's pre-norm sum in this run
+                sums[l] = t.detach()
+                return
+
             def acc(gr, key=(kind, l)):
-                grads[key] = grads[key] + gr.detach() if key in grads else gr.detach().clone()
+                step[key] = gr.detach()
             t.register_hook(acc)
 
         b = torch.arange(len(idx), device=dev)
         for k in range(steps):
             a = 1.0 if method == "eap" else (k + 0.5) / steps
+            step.clear()
             with torch.enable_grad():
                 x0 = (x_abl + a * (x_clean - x_abl)).detach().requires_grad_(True)
                 xf = edge_forward(fm, g, x0, abl, None, hooks=hook)
                 field.metric_on(m, r, xf[b, r.metric_pos[idx]], idx).sum().backward()
+            if fm.attn_post_norm:
+                _post_norm_head_scores(fm, g, scores, delta, step, sums)
+            for key, gr in step.items():
+                grads[key] = grads[key] + gr if key in grads else gr.clone()
+        if fm.attn_post_norm:  # the heads' terms went through each block's norm above
+            for l in range(fm.n_layers):
+                delta[g.head_senders(l)] = 0
         with torch.no_grad():
             for l in range(fm.n_layers):
                 n = g.heads_before(l)
@@ -169,6 +199,31 @@ def edge_scores(field, ds, method: str = "eap-ig", steps: int = 5, ablation: str
                       dataset=getattr(ds, "name", ""),
                       cost={"forward_backward": steps * len(list(example_chunks(ds.n, _score_chunk_size(field, ds)))),
                             "seconds": time.perf_counter() - t0})
+
+
+@torch.no_grad()
+def _post_norm_head_scores(fm, g: EdgeGraph, scores: torch.Tensor, delta: torch.Tensor, grads: dict,
+                           sums: dict) -> None:
+    """Add one gradient step's scores of the head senders of a post-norm family: a receiver that
+    drops the edge from head h of block l reads ``norm_l(y_l + delta_h)`` for ``norm_l(y_l)``, so
+    the first-order change is ``delta_h . J_l(y_l)^T grad_r`` (the norm's Jacobian at this run's
+    pre-norm sum ``y_l``; the edge forward's renormalized ablation, differentiated exactly)."""
+    L, H = fm.n_layers, fm.n_heads
+    for lp in range(L):
+        hs = g.head_senders(lp)
+        dr = delta[hs]                                                   # [H, b, T, d]
+        _, vjp = torch.func.vjp(lambda v, lp=lp: fm.attn_post(lp, v), sums[lp])
+        pull = torch.func.vmap(vjp)
+
+        def add(cols, G):                                                # G: [R, b, T, d]
+            (jt,) = pull(G)
+            scores[hs, cols] += torch.einsum("hbtd,rbtd->hr", dr, jt).double()
+
+        for l in range(lp + 1, L):
+            add(g.head_receivers(l), grads[("heads", l)])
+        for l in range(lp, L):
+            add([g.mlp_receiver(l)], grads[("mlp", l)][None])
+        add([g.logits], grads[("logits", L)][None])
 
 
 def discover_circuit(field, ds, k: int, level: str = "edge", method: str = "eap-ig", steps: int = 5,

@@ -1,10 +1,10 @@
 """The edge graph of a model and the edge-ablation forward that circuits and discovery share.
 
-**Graph.** Senders are the components that write into the residual stream: ``input`` (the
+**Graph.** Senders are the components that write into the residual stream: ``embed`` (the
 embeddings, with the position embeddings where the model has them), every attention head
-``L{l}.H{h}`` (its output through its slice of W_O) and every MLP ``MLP{l}``. Receivers are the
+``L{l}.H{h}`` (its output through its slice of W_O) and every MLP ``L{l}.mlp``. Receivers are the
 inputs that read it: the query, key and value inputs of every head (``L{l}.H{h}.q``/``.k``/``.v``),
-every MLP's input (``MLP{l}``, the MLP reads its own copy of resid_mid) and ``logits`` (the final
+every MLP's input (``L{l}.mlp``, the MLP reads its own copy of resid_mid) and ``logits`` (the final
 residual). An edge ``sender->receiver`` exists when the sender is upstream of the receiver: a head
 of layer l reads the input, the heads and MLPs of layers < l; the MLP of layer l also reads the
 heads of layer l; the logits read every sender. Edges are position-agnostic (an edge carries its
@@ -31,6 +31,7 @@ saved); every head's queries, keys and values are computed from its own receiver
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -38,16 +39,20 @@ import numpy as np
 import torch
 
 from fieldcheck.errors import SiteError, UsageError
+from fieldcheck.field.labels import canonical, unknown
+from fieldcheck.field.sources import example_groups
 
 __all__ = ["EdgeGraph", "edge_graph", "ABLATIONS"]
 
 ABLATIONS = ("corrupt", "mean", "zero", "resample")
+#: grouped mean ablation, ``fieldcheck.sources.mean(by=KEY).describe()``
+MEAN_BY = re.compile(r"mean\(by=(.+)\)")
 
 
 class EdgeGraph:
     """Senders, receivers and edges of a model with ``n_layers`` blocks of ``n_heads`` heads.
 
-    Sender index: 0 = ``input``; head (l, h) = 1 + l (H + 1) + h; MLP l = 1 + l (H + 1) + H.
+    Sender index: 0 = ``embed``; head (l, h) = 1 + l (H + 1) + h; MLP l = 1 + l (H + 1) + H.
     Receiver index: q/k/v of head (l, h) = l (3H + 1) + 3h + {0, 1, 2}; MLP l = l (3H + 1) + 3H;
     ``logits`` = L (3H + 1). ``adjacency`` is ``[n_senders, n_receivers]`` (True where an edge exists).
     """
@@ -55,12 +60,12 @@ class EdgeGraph:
     def __init__(self, n_layers: int, n_heads: int):
         L, H = int(n_layers), int(n_heads)
         self.n_layers, self.n_heads = L, H
-        self.senders = ["input"]
+        self.senders = ["embed"]
         for l in range(L):
-            self.senders += [f"L{l}.H{h}" for h in range(H)] + [f"MLP{l}"]
+            self.senders += [f"L{l}.H{h}" for h in range(H)] + [f"L{l}.mlp"]
         self.receivers = []
         for l in range(L):
-            self.receivers += [f"L{l}.H{h}.{c}" for h in range(H) for c in "qkv"] + [f"MLP{l}"]
+            self.receivers += [f"L{l}.H{h}.{c}" for h in range(H) for c in "qkv"] + [f"L{l}.mlp"]
         self.receivers.append("logits")
         self._s_index = {n: i for i, n in enumerate(self.senders)}
         self._r_index = {n: i for i, n in enumerate(self.receivers)}
@@ -107,23 +112,29 @@ class EdgeGraph:
         return l * (3 * self.n_heads + 1) + 3 * self.n_heads
 
     def sender_index(self, name: str) -> int:
-        if name not in self._s_index:
-            raise SiteError(f"unknown sender {name!r}: senders are 'input', 'L{{layer}}.H{{head}}' and "
-                            f"'MLP{{layer}}' (this model: layers 0..{self.n_layers - 1}, heads 0..{self.n_heads - 1})")
-        return self._s_index[name]
+        """Index of a sender label (``"embed"``, ``"L3.H2"``, ``"L3.mlp"``; the 0.1 spellings ``"input"`` and
+        ``"MLP3"`` with a DeprecationWarning); SiteError listing the nearest senders otherwise."""
+        key = canonical(name, "sender")
+        if key not in self._s_index:
+            raise unknown(name, self.senders, "sender", f"the edge graph of this model (layers 0..{self.n_layers - 1}, "
+                          f"heads 0..{self.n_heads - 1}; senders are 'embed', heads 'L3.H2' and MLPs 'L3.mlp')")
+        return self._s_index[key]
 
     def receiver_index(self, name: str) -> int:
-        if name not in self._r_index:
-            raise SiteError(f"unknown receiver {name!r}: receivers are 'L{{layer}}.H{{head}}.q' (or .k, .v), "
-                            f"'MLP{{layer}}' and 'logits' (this model: layers 0..{self.n_layers - 1}, "
-                            f"heads 0..{self.n_heads - 1})")
-        return self._r_index[name]
+        """Index of a receiver label (``"L3.H2.q"`` (or .k, .v), ``"L3.mlp"``, ``"logits"``); SiteError listing the
+        nearest receivers otherwise."""
+        key = canonical(name, "receiver")
+        if key not in self._r_index:
+            raise unknown(name, self.receivers, "receiver", f"the edge graph of this model (layers "
+                          f"0..{self.n_layers - 1}, heads 0..{self.n_heads - 1}; receivers are head inputs "
+                          "'L3.H2.q' (.k, .v), MLPs 'L3.mlp' and 'logits')")
+        return self._r_index[key]
 
     def edge_index(self, label) -> tuple[int, int]:
         """(sender, receiver) indices of ``"sender->receiver"`` or a (sender, receiver) pair."""
         if isinstance(label, str):
             if "->" not in label:
-                raise SiteError(f"edge {label!r}: write 'sender->receiver', e.g. 'L0.H1->L2.H3.q' or 'MLP1->logits'")
+                raise SiteError(f"edge {label!r}: write 'sender->receiver', e.g. 'L0.H1->L2.H3.q' or 'L1.mlp->logits'")
             snd, rcv = (p.strip() for p in label.split("->", 1))
         elif isinstance(label, (tuple, list)) and len(label) == 2 and all(isinstance(x, str) for x in label):
             snd, rcv = label
@@ -133,7 +144,7 @@ class EdgeGraph:
         s, r = self.sender_index(snd), self.receiver_index(rcv)
         if not self.adjacency[s, r]:
             raise SiteError(f"there is no edge {snd}->{rcv}: a receiver reads only senders upstream of it "
-                            "(heads of earlier layers, MLPs of earlier layers, the input; an MLP also reads its "
+                            "(heads of earlier layers, MLPs of earlier layers, embed; an MLP also reads its "
                             "own layer's heads)")
         return s, r
 
@@ -147,11 +158,11 @@ class EdgeGraph:
 
     def node_mask(self, nodes) -> np.ndarray:
         """Edge mask ``[n_senders, n_receivers]`` of a node circuit: every edge out of a kept node
-        (``input`` is always kept)."""
+        (``embed`` is always kept)."""
         keep = np.zeros(self.n_senders, dtype=bool)
         keep[0] = True
         for n in nodes:
-            if n in ("input", "logits"):
+            if canonical(n, "node") in ("embed", "logits"):
                 continue
             keep[self.sender_index(n)] = True
         return self.adjacency & keep[:, None]
@@ -168,8 +179,6 @@ def _check_family(fm) -> None:
 
     why = ("runs through the generic hooked path (no per-block functions)" if fm is None or getattr(fm, "generic", False)
            else "has a parallel residual (the MLP reads resid_pre)" if getattr(fm, "parallel", False)
-           else "normalizes the attention output, so heads do not add up" if getattr(fm, "attn_post_norm", False)
-           else "has sliding windows or soft-capped attention" if getattr(fm, "_per_layer_attention", False)
            else None)
     if why is not None:
         raise UnsupportedArchitecture(f"edge-level circuits are not available for {getattr(fm, 'family', 'this model')}: "
@@ -187,24 +196,20 @@ def edge_graph(field) -> EdgeGraph:
 
 
 # --- sender values ---------------------------------------------------------------------------
-def _W_O(fm, l: int) -> torch.Tensor:
-    """``[heads, d_head, d_model]``: every head's slice of the output projection of block ``l``."""
-    return torch.stack([fm.W_O_head(l, h) for h in range(fm.n_heads)])
-
-
 def _o_bias(fm, l: int, like: torch.Tensor) -> torch.Tensor:
     """The output projection's bias ``[d_model]`` (zeros where there is none)."""
-    z = torch.zeros(1, 1, fm.n_heads, fm.d_head, dtype=like.dtype, device=like.device)
-    return fm.o_proj(l, z)[0, 0]
+    b = fm.o_bias(l)
+    return torch.zeros(fm.d_model, dtype=like.dtype, device=like.device) if b is None else b.to(like.dtype)
 
 
 def sender_values(fm, cache, idx: torch.Tensor) -> torch.Tensor:
-    """Every sender's output in a cached run, examples ``idx``: ``[sender, batch, pos, d_model]``."""
-    L, H = fm.n_layers, fm.n_heads
+    """Every sender's output in a cached run, examples ``idx``: ``[sender, batch, pos, d_model]``.
+    A head's output is its result ``z_h @ W_O[h]`` (before the post-norm of post-norm families)."""
+    L = fm.n_layers
     z = cache.z[:, idx]                  # [L, B, T, H, dh]
     out = [cache.resid[0][idx][None]]
     for l in range(L):
-        out.append(torch.einsum("bthe,hed->hbtd", z[l], _W_O(fm, l)))
+        out.append(fm.head_results(l, z[l]))
         out.append(fm.mlp(l, cache.mid[l][idx])[None])
     return torch.cat(out)
 
@@ -213,26 +218,34 @@ def ablation_values(field, r, ablation: str, idx: torch.Tensor, seed: int = 0) -
     """The ablated sender outputs ``[sender, batch, pos, d_model]`` for examples ``idx``:
 
     - ``"corrupt"``: the corrupted run's (patching from the corrupted run, as in MIB);
-    - ``"mean"``: the mean over all examples of the clean run, per position;
+    - ``"mean"``: the mean over all examples of the clean run, per position; ``"mean(by=KEY)"``: the
+      mean over the examples that share ``example_meta[KEY]`` (grouped, e.g. per template);
     - ``"zero"``: zeros (the embeddings too);
     - ``"resample"``: the clean run of another example (a fixed random derangement, ``seed``).
     """
     fm = field.fm
     if ablation == "corrupt":
         return sender_values(fm, r.corrupt, idx)
-    if ablation == "mean":
-        key = ("mean", r.ds.content_hash())
+    by = MEAN_BY.fullmatch(ablation)
+    if ablation == "mean" or by:
+        key = (ablation, r.ds.content_hash())
         cache = getattr(field, "_edge_means", {})
         if key not in cache:
             n = r.ds.n
+            groups = torch.zeros(n, dtype=torch.long) if not by else example_groups(r.ds, by.group(1))
+            G = int(groups.max()) + 1
             acc = None
             for c in range(0, n, 16):
-                v = sender_values(fm, r.clean, torch.arange(c, min(n, c + 16), device=idx.device)).sum(1)
-                acc = v if acc is None else acc + v
-            cache = {key: acc / n}
+                ex = torch.arange(c, min(n, c + 16), device=idx.device)
+                v = sender_values(fm, r.clean, ex)                          # [S, b, T, d]
+                part = torch.zeros((G,) + v.shape[:1] + v.shape[2:], dtype=v.dtype, device=v.device)
+                part.index_add_(0, groups[c:c + len(ex)].to(v.device), v.transpose(0, 1))
+                acc = part if acc is None else acc + part
+            counts = torch.bincount(groups, minlength=G).to(acc.dtype).to(acc.device)
+            cache = {key: (acc / counts[:, None, None, None], groups)}
             field._edge_means = cache
-        m = cache[key]
-        return m[:, None].expand(-1, len(idx), -1, -1)
+        m, groups = cache[key]                                                # [G, S, T, d], [n]
+        return m[groups[idx.cpu()].to(m.device)].transpose(0, 1)
     if ablation == "zero":
         S = 1 + fm.n_layers * (fm.n_heads + 1)
         T = r.clean.tokens.shape[1]
@@ -240,7 +253,7 @@ def ablation_values(field, r, ablation: str, idx: torch.Tensor, seed: int = 0) -
     if ablation == "resample":
         perm = derangement(r.ds.n, seed).to(idx.device)
         return sender_values(fm, r.clean, perm[idx])
-    raise UsageError(f"unknown ablation {ablation!r}; use one of {', '.join(ABLATIONS)}")
+    raise UsageError(f"unknown ablation {ablation!r}; use one of {', '.join(ABLATIONS)} or mean(by=KEY)")
 
 
 def derangement(n: int, seed: int) -> torch.Tensor:
@@ -255,16 +268,29 @@ def derangement(n: int, seed: int) -> torch.Tensor:
 
 
 # --- the edge-ablated forward ----------------------------------------------------------------
-def _mix(x: torch.Tensor, xa: torch.Tensor, D: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+def _mix(x: torch.Tensor, xa: Optional[torch.Tensor], D: torch.Tensor, K: torch.Tensor,
+         post: Optional[list] = None) -> torch.Tensor:
     """Receiver inputs ``[R, B, T, d]`` for keep weights ``K [n, R]`` over the first n senders'
-    deltas ``D [n, B, T, d]``: ``xa + K^T D`` (= ``x - (1 - K)^T D``), whichever is cheaper."""
+    deltas ``D [n, B, T, d]``: ``xa + K^T D`` (= ``x - (1 - K)^T D``), whichever is cheaper.
+
+    ``post`` (post-norm families): ``(heads, y, Dr, norm)`` of each block upstream, whose head rows
+    of ``D`` are zero; a receiver that drops some of a block's heads reads that block's attention
+    output renormalized, ``norm(y - sum_h drop_h Dr_h)`` in place of ``norm(y)`` (``y`` the block's
+    pre-norm sum in this run, ``Dr`` its heads' results minus their ablated results)."""
     drop = 1 - K
     live_keep = K.any(1) if K.dtype == torch.bool else (K != 0).any(1)
     live_drop = (drop != 0).any(1)
-    if int(live_drop.sum()) <= int(live_keep.sum()):
+    if post or int(live_drop.sum()) <= int(live_keep.sum()):
         if not bool(live_drop.any()):
             return x[None].expand(K.shape[1], *x.shape)
-        return x[None] - torch.einsum("sr,sbtd->rbtd", drop[live_drop].to(x.dtype), D[live_drop])
+        out = x[None] - torch.einsum("sr,sbtd->rbtd", drop[live_drop].to(x.dtype), D[live_drop])
+        for heads, y, Dr, norm in post or ():
+            dh = drop[heads].to(x.dtype)                       # [H, R]
+            rows = (dh != 0).any(0)
+            if bool(rows.any()):
+                ymix = y[None] - torch.einsum("hr,hbtd->rbtd", dh[:, rows], Dr)
+                out[rows] += norm(ymix) - norm(y)[None]
+        return out
     if not bool(live_keep.any()):
         return xa[None].expand(K.shape[1], *xa.shape)
     return xa[None] + torch.einsum("sr,sbtd->rbtd", K[live_keep].to(x.dtype), D[live_keep])
@@ -277,7 +303,7 @@ def _per_head_qkv(fm, l: int, inp: torch.Tensor, q_of, k_of, v_of):
     (GPT-2, Llama/Mistral, checked against ``fm.qkv`` by the tests); None for others (the
     caller then uses ``fm.qkv``)."""
     kind = type(fm).__name__
-    if kind not in ("GPT2Functional", "LlamaFunctional"):
+    if kind not in ("GPT2Functional", "LlamaFunctional") or fm.dispatch is not None:  # dispatched: fm.qkv
         return None
     from fieldcheck.field import arch
     H, Hkv, dh = fm.n_heads, fm.n_kv_heads, fm.d_head
@@ -313,7 +339,7 @@ def _heads_attend(fm, l: int, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torc
     rep = H // Hkv
     if q_in.shape[0] == 1:
         q, k, v = fm.qkv(l, q_in[0], 0)
-        return fm.attend(q, k, v, 0)
+        return fm.attend(q, k, v, 0, l)
     U, B, T, d = q_in.shape
     hs = torch.arange(H, device=q_in.device)
     fast = _per_head_qkv(fm, l, q_in, q_of, k_of, v_of)
@@ -328,12 +354,12 @@ def _heads_attend(fm, l: int, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torc
         ks = k[k_of, :, hs // rep].transpose(0, 1)     # [B, H, T, dh]: head h's own keys
         vs = v[v_of, :, hs // rep].transpose(0, 1)
     if rep == 1:
-        return fm.attend(qs, ks, vs, 0)
+        return fm.attend(qs, ks, vs, 0, l)
     # fm.attend shares each key/value head between `rep` query heads; give each of the rep
     # heads of a group its own keys in its own copy of the batch, and read back its column
     Kb = torch.cat([ks[:, r::rep] for r in range(rep)])   # [rep * B, Hkv, T, dh]
     Vb = torch.cat([vs[:, r::rep] for r in range(rep)])
-    zb = fm.attend(qs.repeat(rep, 1, 1, 1), Kb, Vb, 0).view(rep, B, T, H, -1)
+    zb = fm.attend(qs.repeat(rep, 1, 1, 1), Kb, Vb, 0, l).view(rep, B, T, H, -1)
     return zb[hs % rep, :, :, hs].permute(1, 2, 0, 3)      # [B, T, H, dh]
 
 
@@ -347,17 +373,26 @@ def edge_forward(fm, graph: EdgeGraph, x0: torch.Tensor, abl: torch.Tensor, keep
     input sender is always kept). ``hooks(kind, l, tensor)`` (gradient mode) is called
     with every receiver input tensor (kind "heads" ``[3H, B, T, d]``, "mlp" ``[B, T, d]``,
     "logits" ``[B, T, d]``) before it is used, so that a caller can register gradient hooks;
-    receiver inputs are then separate tensors even where they are equal.
+    receiver inputs are then separate tensors even where they are equal. In post-norm families
+    it is also called with each block's pre-norm attention sum (kind "attn_sum" ``[B, T, d]``).
+
+    Post-norm families (``fm.attn_post_norm``: attn_out = norm(sum_h z_h W_O[h] + b)): a receiver
+    that drops some of a block's heads reads ``norm`` of that block's sum with those heads' results
+    replaced by their ablated results (renormalized for that receiver, as MIB's evaluation of
+    Gemma 2 does). Keeping every edge is the model and keeping none is the ablation run, exactly;
+    ablating every edge out of one head is exactly patching that head's output.
     """
     L, H = fm.n_layers, fm.n_heads
     S = graph.n_senders
     B, T, d = x0.shape
     grad_mode = hooks is not None
+    post_norm = bool(getattr(fm, "attn_post_norm", False))
     if keep is None:
         keep = torch.ones(S, graph.n_receivers, dtype=x0.dtype, device=x0.device)
     keep = keep.to(x0.dtype) * torch.as_tensor(graph.adjacency, device=x0.device).to(x0.dtype)
     # D: current minus ablated output of each sender so far (not needed in gradient mode)
     D = None if grad_mode else torch.empty(S, B, T, d, dtype=x0.dtype, device=x0.device)
+    post: list = []      # post-norm blocks so far: (head sender slice, y, Dr, norm)
     x = x0
     xa = abl[0]
     if D is not None:
@@ -372,23 +407,37 @@ def edge_forward(fm, graph: EdgeGraph, x0: torch.Tensor, abl: torch.Tensor, keep
             z = _heads_attend(fm, l, inp, inp, inp, idx[0::3], idx[1::3], idx[2::3])
         else:
             Ku, inv = torch.unique(keep[:n, hr].T, dim=0, return_inverse=True)  # distinct receivers [U, n]
-            inp = _mix(x, xa, D[:n], Ku.T)                            # [U, B, T, d]
+            inp = _mix(x, xa, D[:n], Ku.T, post)                      # [U, B, T, d]
             z = _heads_attend(fm, l, inp, inp, inp, inv[0::3], inv[1::3], inv[2::3])
         hs = graph.head_senders(l)
         ms = graph.mlp_sender(l)
-        x_mid = x + fm.o_proj(l, z)
+        if post_norm:
+            res = fm.head_results(l, z)                              # [H, B, T, d], before the norm
+            if pos_keep is not None:  # a head's result outside its positions is its ablated result
+                P = pos_keep[hs, :, :, None].to(x.dtype)
+                res = abl[hs] + P * (res - abl[hs])
+            y = res.sum(0) + _o_bias(fm, l, x)
+            if grad_mode:
+                hooks("attn_sum", l, y)
+            x_mid = x + fm.attn_post(l, y)
+            if not grad_mode:
+                D[hs] = 0
+                post.append((hs, y, res - abl[hs], lambda v, l=l: fm.attn_post(l, v)))
+        else:
+            x_mid = x + fm.o_proj(l, z)
         if grad_mode:
             m_in = x_mid.clone()
             hooks("mlp", l, m_in)
             x = x_mid + fm.mlp(l, m_in)
             continue
-        D[hs] = torch.einsum("bthe,hed->hbtd", z, _W_O(fm, l)) - abl[hs]
-        if pos_keep is not None:  # ablated at the positions outside the node's: for every receiver
-            P = pos_keep[hs, :, :, None].to(x.dtype)
-            x_mid = x_mid - ((1 - P) * D[hs]).sum(0)
-            D[hs] = D[hs] * P
+        if not post_norm:
+            D[hs] = fm.head_results(l, z) - abl[hs]
+            if pos_keep is not None:  # ablated at the positions outside the node's: for every receiver
+                P = pos_keep[hs, :, :, None].to(x.dtype)
+                x_mid = x_mid - ((1 - P) * D[hs]).sum(0)
+                D[hs] = D[hs] * P
         xa_mid = xa + abl[hs].sum(0) + _o_bias(fm, l, x)
-        m_in = _mix(x_mid, xa_mid, D[:ms], keep[:ms, graph.mlp_receiver(l)][:, None])[0]
+        m_in = _mix(x_mid, xa_mid, D[:ms], keep[:ms, graph.mlp_receiver(l)][:, None], post)[0]
         m = fm.mlp(l, m_in)
         D[ms] = m - abl[ms]
         x = x_mid + m
@@ -401,4 +450,4 @@ def edge_forward(fm, graph: EdgeGraph, x0: torch.Tensor, abl: torch.Tensor, keep
         out = x.clone()
         hooks("logits", L, out)
         return out
-    return _mix(x, xa, D, keep[:, graph.logits][:, None])[0]
+    return _mix(x, xa, D, keep[:, graph.logits][:, None], post)[0]

@@ -671,7 +671,9 @@ class GreenSlice:
 
 
 def _orth(Y: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.qr(Y, mode="reduced")[0]
+    """Orthonormal columns of ``Y [d, k]``; QR in float32 at least (no half-precision QR on CPUs)."""
+    work = Y if Y.dtype in (torch.float32, torch.float64) else Y.float()
+    return torch.linalg.qr(work, mode="reduced")[0].to(Y.dtype)
 
 
 def green_slice(field, ds, source_site, target_site, rank: int = 8, n_iter: int = 2, oversample: int = 8,

@@ -12,7 +12,10 @@ component, ``d . (w * P(c)) / s`` with ``d = W_U[answer] - W_U[wrong]``, plus a 
 ``"bias"`` term ``d . b + b_U[answer] - b_U[wrong]``. The terms add up to the run's logit
 difference (checked at run time). The scale is what the frozen convention hides: a component's
 term is not the change in the metric if the component were removed (removing it changes ``s``).
-``which="diff"`` gives clean minus corrupted terms, each run with its own scale, comparable to
+In post-norm families (Gemma 2/3, OLMo-2: attn_out = norm(sum of head results)) a head's term is
+its share of attn_out with the post-norm's scale frozen the same way (``fm.head_shares``), so the
+heads of a block add up to its attention output and ``L{l}.attn_bias`` holds only the bias's
+share. ``which="diff"`` gives clean minus corrupted terms, each run with its own scale, comparable to
 the denoising effects of patching.
 
 **Logit lens** (``logit_lens``). The cached residual ``phi(l, t)`` of every layer decoded
@@ -29,6 +32,7 @@ import numpy as np
 import torch
 
 from fieldcheck.errors import NumericalError, SiteError, UsageError, check_choice, check_int, check_number
+from fieldcheck.field.labels import parse, unknown
 from fieldcheck.field.sites import layer_index
 from fieldcheck.display import pyplot
 from fieldcheck.jsonable import jsonable as _jsonable
@@ -117,24 +121,28 @@ class DirectAttribution:
         return float(self.values.sum(0).sum() / self.total.sum())
 
     def select(self, labels) -> "DirectAttribution":
-        """Rows by label (``["L20.H3", "L21.mlp"]``)."""
-        if not isinstance(labels, (str, list, tuple)) or not labels:
-            raise SiteError(f"select(labels): give a component label or a non-empty list of them (e.g. "
-                            f"['L20.H3', 'L21.mlp']), got {labels!r}")
-        labels = [labels] if isinstance(labels, str) else list(labels)
+        """Rows by label (``["L20.H3", "L21.mlp"]``), one label, or attn_head/attn_out/mlp_out site objects;
+        SiteError naming the nearest labels this attribution has for one it does not."""
+        want = component_labels(labels, self.n_layers, self.n_heads, "select")
         idx = {lab: i for i, lab in enumerate(self.labels)}
-        missing = [x for x in labels if x not in idx]
+        missing = [x for x in want if x not in idx]
         if missing:
-            raise SiteError(f"component {missing[0]!r} is not in this attribution; it has "
-                            f"{', '.join(self.labels[:8])}{' ...' if len(self.labels) > 8 else ''}")
-        rows = [idx[x] for x in labels]
-        return DirectAttribution(labels, self.values[rows], self.total, self.scale, self.which, self.dataset,
+            raise unknown(missing[0], self.labels, "component", "this attribution")
+        rows = [idx[x] for x in want]
+        return DirectAttribution(want, self.values[rows], self.total, self.scale, self.which, self.dataset,
                                  self.n_layers, self.n_heads, self.sum_error, dict(self.cost))
+
+    #: the orders :meth:`top` knows
+    TOP_BY = ("abs", "value")
 
     def top(self, k: int = 10, by: str = "abs") -> list[str]:
         """The labels of the ``k`` components (default 10) with the largest mean term: by |mean| (``by="abs"``,
-        default) or by the signed mean (any other ``by``)."""
+        default: the largest in either direction) or by the signed mean (``by="value"``: the most
+        positive first, the components that push toward the answer); UsageError for another ``by``."""
         k = check_int("k", k, low=0)
+        if not isinstance(by, str) or by not in self.TOP_BY:
+            raise UsageError(f"top(by={by!r}): use 'abs' (largest |mean| first) or 'value' (largest signed mean "
+                             "first)")
         m = self.mean
         key = -np.abs(m) if by == "abs" else -m
         return [self.labels[i] for i in np.argsort(key, kind="stable")[:k]]
@@ -210,10 +218,38 @@ class DirectAttribution:
         return rich_html(self, self.heatmap)
 
 
+_DLA_KINDS = ("embed", "bias", "head", "attn", "attn_bias", "mlp")
+
+
+def component_labels(components, n_layers: int, n_heads: int, what: str = "components") -> list[str]:
+    """DLA component labels (positions dropped) from a label, a list of labels, or attn_head/attn_out/
+    mlp_out site objects (:mod:`fieldcheck.field.labels`); SiteError for anything else."""
+    from fieldcheck.field.sites import Site, SiteSet, as_site_set
+
+    try:
+        items = [components] if isinstance(components, (str, Site, SiteSet)) else list(components)
+    except TypeError:
+        raise SiteError(f"{what}={components!r} names no components; use a list of labels ('L3.H5', 'L3.mlp', "
+                        "'L3.attn', 'embed', 'bias') or attn_head/attn_out/mlp_out sites") from None
+    if not items:
+        raise SiteError(f"{what} is empty; give at least one component label ('L3.H5', 'L3.mlp', 'L3.attn', "
+                        "'embed', 'bias')")
+    out = []
+    for c in items:
+        texts = as_site_set(c).component_labels(n_layers, n_heads) if isinstance(c, (Site, SiteSet)) else [c]
+        for t in texts:
+            lab = parse(t, "component")
+            if lab.kind not in _DLA_KINDS or lab.port is not None:
+                raise SiteError(f"direct logit attribution splits the final residual into 'embed', heads 'L3.H5', "
+                                f"attention layers 'L3.attn' (and their biases 'L3.attn_bias'), MLPs 'L3.mlp' and "
+                                f"'bias'; {str(lab)!r} is not one of them")
+            out.append(lab.component)
+    return list(dict.fromkeys(out))
+
+
 def _components(field, components) -> Optional[list[str]]:
     """Requested component labels (None: all)."""
     import builtins
-    from fieldcheck.field.sites import Site, SiteSet, as_site_set
 
     if components is None or components is builtins.all or components == "all":
         return None
@@ -221,27 +257,7 @@ def _components(field, components) -> Optional[list[str]]:
         return [f"L{l}.H{h}" for l in range(field.n_layers) for h in range(field.n_heads)]
     if components == "layers":
         return [f"L{l}.{k}" for l in range(field.n_layers) for k in ("attn", "mlp")]
-    if isinstance(components, (list, tuple)) and not components:
-        raise SiteError("components is an empty list; give 'all', 'heads', 'layers' or at least one label")
-    if isinstance(components, (list, tuple)) and components and all(isinstance(c, str) for c in components):
-        return list(components)
-    if isinstance(components, (Site, SiteSet, list, tuple)):
-        ss = as_site_set(components)
-        names, max_pos = ss.position_hints()
-        out = []
-        for s in ss.resolve(field.n_layers, field.n_heads, max_pos + 1, names):
-            if s.kind == "attn_head":
-                out.append(f"L{s.layer}.H{s.head}")
-            elif s.kind == "mlp_out":
-                out.append(f"L{s.layer}.mlp")
-            elif s.kind == "attn_out":
-                out.append(f"L{s.layer}.attn")
-            else:
-                raise SiteError(f"direct logit attribution splits the final residual into heads, attention "
-                                f"layers and MLPs; {s.label} is not one (use attn_head, attn_out or mlp_out)")
-        return list(dict.fromkeys(out))
-    raise SiteError(f"{components!r} names no components; use 'all', 'heads', 'layers', a list of labels "
-                    "('L3.H5', 'L3.mlp', 'L3.attn', 'embed', 'bias') or attn_head/attn_out/mlp_out sites")
+    return component_labels(components, field.n_layers, field.n_heads)
 
 
 @torch.no_grad()
@@ -272,8 +288,9 @@ def _terms(field, cache, ds, metric_pos) -> tuple[list[str], torch.Tensor, torch
         z = cache.z[l][b, metric_pos]  # [batch, head, d_head]
         attn_total = cache.mid[l][b, metric_pos] - cache.resid[l][b, metric_pos]
         heads_sum = torch.zeros_like(attn_total, dtype=torch.float64)
+        shares = fm.head_shares(l, z[:, None])[:, :, 0]  # [head, batch, d_model]: they add up to attn_out
         for h in range(field.n_heads):
-            out_h = z[:, h].double() @ fm.W_O_head(l, h).double()
+            out_h = shares[h].double()
             heads_sum = heads_sum + out_h
             labels.append(f"L{l}.H{h}")
             rows.append(term(out_h))
@@ -343,8 +360,9 @@ def dla(field, ds, components="all", which: str = "clean", tol: Optional[float] 
                 pre = lab[:-5]
                 out.append(sum(T[index[f"{pre}.H{h}"]] for h in range(field.n_heads)) + T[index[f"{pre}.attn_bias"]])
             else:
-                raise SiteError(f"unknown component {lab!r}; components are 'embed', 'bias', 'L<l>.H<h>', "
-                                f"'L<l>.attn', 'L<l>.attn_bias', 'L<l>.mlp' (layers 0..{field.n_layers - 1})")
+                valid = labels + [f"L{l}.attn" for l in range(field.n_layers)]
+                raise unknown(lab, valid, "component", f"this model (layers 0..{field.n_layers - 1}, heads "
+                              f"0..{field.n_heads - 1})")
         keep_labels, rows = want, torch.stack(out)
     return DirectAttribution(list(keep_labels), rows.cpu().numpy(), total.cpu().numpy(), scale.cpu().numpy(),
                              which=which, dataset=getattr(ds, "name", ""), n_layers=field.n_layers,

@@ -35,9 +35,10 @@ reactions (step 1's receiver inputs are target inputs + direct sender deltas; st
 model from the receivers with their recomputed outputs).
 
 Families with a norm on the attention output (Gemma 2/3, OLMo-2: attn_out = norm(o_proj(z))): the
-heads of one block do not add up, so head senders of one block at one position are sent as one
-delta (exact), and a head sender whose block also holds receiver heads is exact only up to that
-coupling: its delta is taken against the target run's other heads.
+heads of one block do not add up, so the head senders of a block are sent together as one delta,
+computed in the path run itself: the block's output with the senders at their source values minus
+its output there (other heads of the block may be receivers that changed). Path patching into
+every downstream receiver then equals joint patching exactly, as in the other families.
 """
 from __future__ import annotations
 
@@ -49,13 +50,15 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from fieldcheck.errors import DatasetError, SiteError, check_choice, check_int, check_number
+from fieldcheck.errors import SiteError, check_choice, check_int
 from fieldcheck.field.core import DIRECTIONS, check_dataset
+from fieldcheck.field.labels import parse
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.results import PatchResult, dataset_hash_of
-from fieldcheck.field.sites import Site, as_site_set
+from fieldcheck.field.sites import FeatureSite, Site, as_site_set
 
-__all__ = ["path_patch", "receiver_heads", "receiver_mlps", "downstream", "Receivers", "PathResult", "FINAL"]
+__all__ = ["path_patch", "receiver_heads", "receiver_mlps", "downstream", "Receivers", "PathResult", "FINAL", "path_run",
+           "run_path_patch", "as_receivers"]
 
 FINAL = "final"
 _SENDER_KINDS = ("attn_head", "attn_out", "mlp_out")
@@ -152,12 +155,23 @@ def receiver_mlps(layers="all") -> Receivers:
 
 
 def as_receivers(x) -> Receivers:
+    """Receivers from ``"final"`` / ``"logits"``, a label (``"L3.H2.q"``, ``"L3.H2"`` for its q, k and v,
+    ``"L3.mlp"``), receiver_heads/receiver_mlps objects, or a list of them."""
     if isinstance(x, Receivers):
         return x
     if isinstance(x, str):
         if x == FINAL:
             return Receivers(final=True)
-        raise SiteError(f"unknown receiver {x!r}: use 'final', receiver_heads(...), receiver_mlps(...) or a list")
+        lab = parse(x, "receiver")
+        if lab.kind == "logits":
+            return Receivers(final=True)
+        if lab.kind == "head":
+            return receiver_heads(lab.layer, lab.head, lab.port or "qkv")
+        if lab.kind == "mlp":
+            return receiver_mlps(lab.layer)
+        raise SiteError(f"unknown receiver {x!r}: receivers are head inputs 'L3.H2.q' (.k, .v; 'L3.H2' for all "
+                        "three), MLP inputs 'L3.mlp' and 'logits' (or 'final'), receiver_heads(...), "
+                        "receiver_mlps(...) or a list of them")
     if isinstance(x, (list, tuple)):
         out = Receivers()
         for r in x:
@@ -170,19 +184,24 @@ def as_receivers(x) -> Receivers:
 def downstream(senders, n_layers: int) -> Receivers:
     """Every receiver input downstream of the senders: the q/k/v of all heads at layers after the
     earliest sender, all MLPs at and after it (after it for an MLP sender), and the final residual.
-    ``senders`` is a list of resolved Sites (or a SiteSet resolved with n_layers)."""
+    ``senders`` is a list of resolved Sites (or a SiteSet resolved with n_layers), or dictionary
+    feature sites (``fieldcheck.sites.features(sae, ...)``: a feature on ``resid_pre(l)`` reaches
+    the heads and the MLP of block l, one on ``attn_out``/``resid_mid`` the MLP of its block)."""
     n_layers = check_int("n_layers", n_layers, low=1, error=SiteError, hint="the model's number of blocks")
-    if isinstance(senders, (str, bytes)) or not hasattr(senders, "__iter__"):
-        raise SiteError(f"downstream(senders, ...): senders must be Sites (attn_head/attn_out/mlp_out), got "
-                        f"{senders!r}")
-    sites = list(senders)
-    if not sites or not all(isinstance(s, Site) for s in sites):
-        raise SiteError(f"downstream(senders, ...): senders must be a non-empty list of Sites "
-                        f"(attn_head/attn_out/mlp_out), got {senders!r}")
-    l_attn = min((s.layer for s in sites if s.kind in ("attn_head", "attn_out")), default=n_layers)
-    l_mlp = min((s.layer for s in sites if s.kind == "mlp_out"), default=n_layers)
-    head_from = min(l_attn, l_mlp) + 1
-    mlp_from = min(l_attn, l_mlp + 1)
+    if hasattr(senders, "dictionaries"):  # a FeatureSiteSet: where its dictionaries write
+        stages = [FeatureSite(d, None, "all").stage for d in senders.dictionaries]
+    else:
+        if isinstance(senders, (str, bytes)) or not hasattr(senders, "__iter__"):
+            raise SiteError(f"downstream(senders, ...): senders must be Sites (attn_head/attn_out/mlp_out), got "
+                            f"{senders!r}")
+        sites = list(senders)
+        if not sites or not all(isinstance(s, (Site, FeatureSite)) for s in sites):
+            raise SiteError(f"downstream(senders, ...): senders must be a non-empty list of resolved Sites "
+                            f"(attn_head/attn_out/mlp_out) or feature sites, got {senders!r}")
+        stages = [s.stage for s in sites]
+    first = min(stages, default=4 * n_layers)
+    head_from = (first + 3) // 4      # stage 4l (before block l): block l's heads; later: block l+1's
+    mlp_from = (first + 1) // 4       # before or in block l's attention: block l's MLP
     rec = Receivers(final=True)
     if head_from < n_layers:
         rec = rec + receiver_heads(list(range(head_from, n_layers)), "all", "qkv")
@@ -239,12 +258,14 @@ class _Sender:
         self.heads = heads if heads is not None else [site.head]
         if site.kind == "attn_head" and len(self.heads) == 1:
             self.z_tgt = tgt.z[l][b, self.pos, site.head]             # [B, d_head]
-            self.delta = fm.head_out_delta(l, tgt.z[l][b, self.pos], site.head, src.z[l][b, self.pos, site.head])
+            self.z_src = src.z[l][b, self.pos, site.head]
+            self.delta = fm.head_out_delta(l, tgt.z[l][b, self.pos], site.head, self.z_src)
         elif site.kind == "attn_head":
             full = tgt.z[l][b, self.pos]                               # [B, heads, d_head]
             self.z_tgt = full[:, self.heads]                           # [B, k, d_head]
+            self.z_src = src.z[l][b, self.pos][:, self.heads]
             new = full.clone()
-            new[:, self.heads] = src.z[l][b, self.pos][:, self.heads]
+            new[:, self.heads] = self.z_src
             self.delta = fm.o_proj(l, new[:, None])[:, 0] - fm.o_proj(l, full[:, None])[:, 0]
         elif getattr(fm, "generic", False) and site.kind in ("attn_out", "mlp_out"):  # the hooked fallback
             self.z_tgt = tgt.z[l][b, self.pos]
@@ -252,7 +273,7 @@ class _Sender:
             self.delta = fm.site_value(src, site.kind, l, b, self.pos) - self.m_tgt
         elif site.kind == "attn_out":
             self.z_tgt = tgt.z[l][b, self.pos]                         # [B, heads, d_head]
-            zs = src.z[l][b, self.pos]
+            self.z_src = zs = src.z[l][b, self.pos]
             self.delta = fm.o_proj(l, zs[:, None])[:, 0] - fm.o_proj(l, self.z_tgt[:, None])[:, 0]
         else:  # mlp_out
             mlp_in = lambda c: fm.mlp_in(c.resid[l][b, self.pos], c.mid[l][b, self.pos])[:, None]
@@ -262,6 +283,11 @@ class _Sender:
     @property
     def layer(self) -> int:
         return self.site.layer
+
+    @property
+    def stage(self) -> str:
+        """Where the delta enters the stream in its block: "attn" (after attention) or "mlp"."""
+        return "mlp" if self.site.kind == "mlp_out" else "attn"
 
     def add_to(self, D: torch.Tensor) -> None:
         D[torch.arange(D.shape[0], device=D.device), self.pos] += self.delta.to(D.dtype)
@@ -282,8 +308,14 @@ def _senders(field, r, sites: list[Site], direction: str) -> list[_Sender]:
     return out
 
 
-def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bool) -> torch.Tensor:
-    """The final residual ``[B, T, d]`` of the path-patched run."""
+def path_run(fm, tgt, senders: list, heads: dict, mlps: set, final: bool) -> torch.Tensor:
+    """The final residual ``[B, T, d]`` of the path-patched run of the target run ``tgt`` (a RunCache).
+
+    A sender has ``layer``, ``stage`` ("pre": its delta enters before block ``layer``, "attn": after
+    its attention, "mlp": after its MLP), ``site`` (component senders, whose values are held at the
+    target run: ``site.kind`` attn_head/attn_out/mlp_out) and ``add_to(D)``, which adds its
+    residual delta to ``D [B, T, d]``. ``heads``: (layer, head) -> receiving inputs ("q", "k", "v");
+    ``mlps``: receiving MLP layers; ``final``: the final residual receives."""
     L = fm.n_layers
     B, T = tgt.tokens.shape
     if not heads and not mlps:  # only the final residual receives: nothing upstream changes
@@ -299,6 +331,9 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
     D = torch.zeros_like(x)  # sender deltas visible at the current point of the stream
     bidx = torch.arange(B, device=x.device)
     for l in range(l0, L):
+        for s in senders:  # deltas that enter before the block (a feature on resid_pre)
+            if s.layer == l and s.stage == "pre":
+                s.add_to(D)
         q, k, v = fm.qkv(l, x, 0)
         z = fm.attend(q, k, v, 0, l)
         recv = {h: ins for (ll, h), ins in heads.items() if ll == l}
@@ -319,11 +354,24 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
                 z[bidx[:, None], s.pos[:, None], hh[None, :]] = s.z_tgt.to(z.dtype)
             elif s.layer == l and s.site.kind == "attn_out":
                 z[bidx, s.pos] = s.z_tgt.to(z.dtype)
-        x_mid = x + fm.o_proj(l, z)
+        attn = fm.o_proj(l, z)
+        x_mid = x + attn
         D_pre = D.clone() if fm.parallel else D  # a parallel MLP reads resid_pre: not this block's senders
-        for s in senders:
-            if s.layer == l and s.site.kind in ("attn_head", "attn_out"):
-                s.add_to(D)
+        here = [s for s in senders if s.layer == l and s.stage == "attn"]
+        heads_here = [s for s in here if s.site.kind in ("attn_head", "attn_out")]
+        if heads_here and fm.attn_post_norm:
+            # the block's heads do not add up (attn_out = norm(sum)): the senders' delta is the block's
+            # output with their source values minus its output here, where other heads may have
+            # changed as receivers (exact: path patching into everything downstream = joint patching)
+            zs = z.clone()
+            for s in heads_here:
+                hh = (torch.tensor(s.heads, device=z.device) if s.site.kind == "attn_head"
+                      else torch.arange(fm.n_heads, device=z.device))
+                zs[bidx[:, None], s.pos[:, None], hh[None, :]] = s.z_src.reshape(B, len(hh), -1).to(z.dtype)
+            D = D + (fm.o_proj(l, zs) - attn)
+            here = [s for s in here if s not in heads_here]
+        for s in here:
+            s.add_to(D)
         D_mlp = fm.mlp_in(D_pre, D)
         if l in mlps and bool((D_mlp != 0).any()):
             m = fm.mlp(l, fm.mlp_in(x, x_mid) + D_mlp)
@@ -334,8 +382,11 @@ def _path_run(fm, tgt, senders: list[_Sender], heads: dict, mlps: set, final: bo
                 m[bidx, s.pos] = s.m_tgt.to(m.dtype)
         x = x_mid + m
         for s in senders:
-            if s.layer == l and s.site.kind == "mlp_out":
+            if s.layer == l and s.stage == "mlp":
                 s.add_to(D)
+    for s in senders:  # a delta entering the final residual (a feature on the last resid_post)
+        if s.layer >= L and s.stage == "pre":
+            s.add_to(D)
     return x + D if final else x
 
 
@@ -350,13 +401,23 @@ def path_patch(field, ds, senders, receivers, direction: str = "denoise", metric
     jointly: True (default) patches all senders together (one row); False one row per sender.
     Returns a :class:`PathResult` (``values [rows, batch]``, both baselines, ``method="path"``).
     """
-    import time
     check_choice("direction", direction, DIRECTIONS)
+    field.require_functional()
+    check_dataset(ds, field.model)
+    sites = _resolve_senders(field, ds, senders)
+    return run_path_patch(field, ds, sites, lambda r, group: _senders(field, r, group, direction), receivers,
+                          direction, metric, jointly)
+
+
+def run_path_patch(field, ds, sites: list, make_senders, receivers, direction: str, metric, jointly: bool,
+                   source: str = "other") -> PathResult:
+    """The path-patching loop: one :func:`path_run` of the target run per group of ``sites`` (all
+    together, or one each), whose senders ``make_senders(run, group)`` builds (see
+    :func:`path_run` for what a sender is); the metric read at the metric position."""
+    import time
     t_start = time.perf_counter()
     fm = field.require_functional()
     m = as_metric(metric)
-    check_dataset(ds, field.model)
-    sites = _resolve_senders(field, ds, senders)
     rec = as_receivers(receivers)
     heads, mlps, final = rec.resolve(field.n_layers, field.n_heads)
     if not (heads or mlps or final):
@@ -365,18 +426,18 @@ def path_patch(field, ds, senders, receivers, direction: str = "denoise", metric
     tgt = r.target(direction)
     groups = [sites] if jointly else [[s] for s in sites]
     b = torch.arange(ds.n, device=r.metric_pos.device)
-    rows = []
+    rows, first = [], field.n_layers
     with torch.no_grad():
         for g in groups:
-            snd = _senders(field, r, g, direction)
-            x = _path_run(fm, tgt, snd, heads, mlps, final)
+            snd = make_senders(r, g)
+            first = min([first] + [s.layer for s in snd])
+            x = path_run(fm, tgt, snd, heads, mlps, final)
             rows.append(field.metric_on(m, r, x[b, r.metric_pos], b))
     clean, corrupt = field.baselines(ds, m)
-    layers_run = field.n_layers - min(s.layer for s in sites) if (heads or mlps) else 0
-    cost = {"engine": "path", "forwards": len(groups), "layers_per_forward": layers_run,
+    cost = {"engine": "path", "forwards": len(groups), "layers_per_forward": field.n_layers - first if (heads or mlps) else 0,
             "seconds": time.perf_counter() - t_start}
     return PathResult(sites=sites, values=torch.stack(rows), baseline_clean=clean, baseline_corrupt=corrupt,
-                      direction=direction, metric=m.name, jointly=jointly, alpha=1.0, source="other",
+                      direction=direction, metric=m.name, jointly=jointly, alpha=1.0, source=source,
                       dataset=getattr(ds, "name", ""), method="path", cost=cost, dataset_hash=dataset_hash_of(ds),
                       skipped=np.zeros((len(groups), ds.n), dtype=bool),
                       receivers=rec.describe(field.n_layers, field.n_heads))

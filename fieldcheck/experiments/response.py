@@ -34,16 +34,18 @@ from fieldcheck.measures import alpha_star_of
 
 
 # --- differentiable forwards -------------------------------------------------------------------
-def _forward_collect(fm, x0: torch.Tensor):
-    """Full forward from embeddings ``x0 [B, T, d]`` keeping every site activation in the graph.
+def _forward_collect(fm, x0: torch.Tensor, l0: int = 0):
+    """Forward from ``x0 [B, T, d]`` = phi(l0) (the embeddings for ``l0 = 0``) keeping every site
+    activation of blocks l0.. in the graph.
 
-    Returns dict with lists: resid (L+1) [B,T,d], mid (L), z (L) [B,T,H,dh], mlp_out (L), attn_out (L).
+    Returns dict with lists: resid (L+1-l0) [B,T,d], mid (L-l0), z (L-l0) [B,T,H,dh], mlp_out,
+    attn_out (L-l0), for layers l0..
     """
-    if getattr(fm, "generic", False):  # the hooked fallback: one bridge forward
+    if getattr(fm, "generic", False) and l0 == 0:  # the hooked fallback: one bridge forward
         return fm.forward_collect(x0)
     acts: dict[str, list] = {"resid": [x0], "mid": [], "z": [], "mlp_out": [], "attn_out": []}
     x = x0
-    for l in range(fm.n_layers):
+    for l in range(l0, fm.n_layers):
         q, k, v = fm.qkv(l, x, 0)
         z = fm.attend(q, k, v, 0, l)
         acts["z"].append(z)
@@ -58,15 +60,17 @@ def _forward_collect(fm, x0: torch.Tensor):
     return acts
 
 
-def _metric_at_end(field, m, r, x_final_full: torch.Tensor) -> torch.Tensor:
-    """Metric per example from the full final residual ``[B, T, d]``."""
-    B = x_final_full.shape[0]
-    ex = torch.arange(B, device=x_final_full.device)
+def _metric_at_end(field, m, r, x_final_full: torch.Tensor, ex: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Metric per example from the full final residual ``[b, T, d]`` of examples ``ex`` (default: all)."""
+    b = x_final_full.shape[0]
+    rows = torch.arange(b, device=x_final_full.device)
+    ex = rows if ex is None else ex.to(x_final_full.device)
+    pos = r.metric_pos.to(x_final_full.device)[ex]
     ref = None
     if m.name == "kl":
-        xc = r.clean.resid[-1][ex, r.metric_pos]
+        xc = r.clean.resid[-1][ex, pos]
         ref = torch.log_softmax(field.fm.unembed(field.fm.final_norm(xc)).float(), -1)
-    return m(field.fm, x_final_full[ex, r.metric_pos], ex, r.ds, ref)
+    return m(field.fm, x_final_full[rows, pos], ex, r.ds, ref)
 
 
 @dataclass
@@ -153,19 +157,56 @@ class Sensitivity:
         return rich_html(self, self.heatmap)
 
 
-def _sens_from_x0(field, r, m, x0: torch.Tensor) -> tuple[dict, torch.Tensor]:
+def _sens_one_pass(field, r, m, x0: torch.Tensor, ex: Optional[torch.Tensor] = None,
+                   l0: int = 0) -> tuple[dict, torch.Tensor]:
+    """Gradients of the metric at every activation of blocks ``l0..`` of the forward from ``x0`` =
+    phi(l0) ``[batch, pos, d_model]``; the entries of earlier layers are zeros (callers that pass
+    ``l0 > 0`` read none)."""
+    home = x0.device
     x0 = x0.detach().requires_grad_(True)
     with torch.enable_grad():
-        acts = _forward_collect(field.fm, x0)
-        val = _metric_at_end(field, m, r, acts["resid"][-1])
+        acts = _forward_collect(field.fm, x0, l0)
+        val = _metric_at_end(field, m, r, acts["resid"][-1], ex)
         inputs = acts["resid"] + acts["mid"] + acts["mlp_out"] + acts["attn_out"] + acts["z"]
         grads = torch.autograd.grad(val.sum(), inputs, allow_unused=True)
-    L = field.n_layers
-    g = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(inputs, grads)]
-    out = {"resid": torch.stack(g[:L + 1]), "mid": torch.stack(g[L + 1:2 * L + 1]),
-           "mlp_out": torch.stack(g[2 * L + 1:3 * L + 1]), "attn_out": torch.stack(g[3 * L + 1:4 * L + 1]),
-           "z": torch.stack(g[4 * L + 1:])}
-    return out, val.detach()
+    n = field.n_layers - l0
+    g = [(torch.zeros_like(t) if gr is None else gr).to(home) for t, gr in zip(inputs, grads)]
+    parts = {"resid": g[:n + 1], "mid": g[n + 1:2 * n + 1], "mlp_out": g[2 * n + 1:3 * n + 1],
+             "attn_out": g[3 * n + 1:4 * n + 1], "z": g[4 * n + 1:]}
+    out = {k: torch.stack([torch.zeros_like(v[0])] * l0 + v) for k, v in parts.items()}
+    return out, val.detach().to(home)
+
+
+def examples_per_backward(fm, T: int, itemsize: int, budget: int) -> int:
+    """Examples one forward+backward through every site may take under ``budget`` bytes: per
+    example and layer, the activations autograd keeps (about 12 d_model + 4 d_mlp + 2 heads x T
+    numbers per position) and the gradients returned (5 d_model per position)."""
+    d_mlp = getattr(fm, "d_mlp", 4 * fm.d_model)
+    per_ex = fm.n_layers * T * ((17 * fm.d_model + 4 * d_mlp) * itemsize + 2 * fm.n_heads * T * 4)
+    return max(1, int(budget // max(per_ex, 1)))
+
+
+def _sens_from_x0(field, r, m, x0: torch.Tensor, l0: int = 0) -> tuple[dict, torch.Tensor]:
+    """Sensitivities of every site for ``x0 [batch, pos, d_model]`` = phi(l0) (the embeddings for
+    ``l0 = 0``), in chunks of
+    examples under the field's memory budget; non-finite gradients are an error naming the layer."""
+    from fieldcheck.field.memory import oom_hint
+    from fieldcheck.field.precision import check_grads
+
+    B, T = x0.shape[:2]
+    size = examples_per_backward(field.fm, T, x0.element_size(), field.memory_budget)
+    parts = []
+    with oom_hint(f"computing sensitivities of {min(size, B)} example(s) per backward", field.memory_budget):
+        for s0 in range(0, B, size):
+            ex = torch.arange(s0, min(B, s0 + size), device=x0.device)
+            parts.append(_sens_one_pass(field, r, m, x0[s0:s0 + size], None if size >= B else ex, l0))
+    if len(parts) == 1:
+        out, val = parts[0]
+    else:
+        out = {k: torch.cat([p[0][k] for p in parts], dim=1) for k in parts[0][0]}
+        val = torch.cat([p[1] for p in parts])
+    check_grads(out, f"the sensitivity dm/dphi ({m.name})", x0.dtype)
+    return out, val
 
 
 def sensitivity(field, ds, metric="logit_diff", run: str = "corrupt") -> Sensitivity:
@@ -233,9 +274,12 @@ def predict(field, ds, sites, order: int = 1, method: str = "gradient", steps: i
         g = _integrated_sens(field, ds, m, direction, steps)
         cost = {"forward": steps, "backward": steps}
     else:
-        s = sensitivity(field, ds, m, run="corrupt" if direction == "denoise" else "clean")
-        g = {"resid": s.resid, "mid": s.resid_mid, "mlp_out": s.mlp_out, "attn_out": s.attn_out, "z": s.z}
-        cost = {"forward": 1, "backward": 1}
+        # the gradient at a site needs only the forward from the earliest site's layer on: start the
+        # graph at the target run's cached phi(l0) (the same numbers as a forward from the embeddings)
+        l0 = 0 if getattr(field.fm, "generic", False) else min(s.layer + (s.kind == "resid_post") for s in site_list)
+        cache = r.target(direction)
+        g, _ = _sens_from_x0(field, r, m, cache.resid[l0], l0)
+        cost = {"forward": 1, "backward": 1, "from_layer": l0}
     base_c, base_k = field.metric_values(ds, m, "clean"), field.metric_values(ds, m, "corrupt")
     target = base_k if direction == "denoise" else base_c
     vals = torch.zeros(len(site_list), ds.n, dtype=torch.float64)

@@ -26,7 +26,7 @@ from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.sites import Site, as_site_set
 from fieldcheck.field.sources import check_alpha, steer
 
-__all__ = ["transfer", "TransferResult"]
+__all__ = ["transfer", "TransferResult", "pair_hash"]
 
 
 @dataclass
@@ -221,11 +221,12 @@ def transfer(field, ds_ab, site, targets=None, alpha: float = 1.0, metric="logit
         after=main.values[0].copy(), clean=main.baseline_clean.copy(), ld_before=ld.baseline_corrupt.copy(),
         ld_after=ld.values[0].copy(), displacement_norm=to_numpy(disp.norm(dim=-1)),
         dataset=getattr(ds_ab, "name", ""), targets=getattr(targets, "name", ""), confidence=confidence,
-        cost=dict(main.cost), dataset_hash=_pair_hash(ds_ab, targets, pair))
+        cost=dict(main.cost), dataset_hash=pair_hash(ds_ab, targets, pair))
 
 
-def _pair_hash(ds_ab: Any, targets: Any, pair: str) -> str:
-    """The examples of a transfer: the targets, and the source set whose displacements they got."""
+def pair_hash(ds_ab: Any, targets: Any, pair: str) -> str:
+    """The identity of a transfer's examples (by which a gating run pairs results): the targets,
+    and the source set whose displacements they got (``pair`` "mean" or "matched")."""
     import hashlib
 
     from fieldcheck.field.results import dataset_hash_of

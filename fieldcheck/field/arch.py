@@ -71,11 +71,19 @@ class FunctionalModel:
     attn_post_norm: bool = False    # attn_out = norm(o_proj(z)) (Gemma 2/3, OLMo-2): heads do not add up
     logit_softcap: Optional[float] = None
     generic = False                 # the hooked fallback (fieldcheck.field.hooked.HookedFunctional) is True
+    dispatch = None                 # a model spread over devices: fieldcheck.field.dispatch.Dispatch
 
     @property
     def linear_unembed(self) -> bool:
-        """Logits are x_normed @ W_U.T (+ b_U), so a logit difference needs two columns only."""
-        return self.logit_softcap is None
+        """Logits are x_normed @ W_U.T (+ b_U), so a logit difference needs two columns only (on a
+        model whose unembedding is on another device than its embedding, the logits are computed
+        on the unembedding's device: ``logit_of``)."""
+        d = self.dispatch
+        return self.logit_softcap is None and (d is None or d.final_device == d.embed_device)
+
+    def to_layer(self, l: int, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the device block ``l`` runs on (itself on a model on one device)."""
+        return x
 
     # --- to implement per architecture -------------------------------------------------
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:  # [row, pos] -> [row, pos, d_model]
@@ -111,6 +119,40 @@ class FunctionalModel:
         """``[d_head, d_model]``: the slice of the output projection that head ``h`` writes through
         (before the post-norm where ``attn_post_norm``; use ``head_out_delta`` for residual deltas)."""
         raise NotImplementedError
+
+    def o_bias(self, l: int) -> Optional[torch.Tensor]:
+        """``[d_model]``: the output projection's bias of block ``l`` (before any post-norm), or None."""
+        return None
+
+    def attn_post(self, l: int, y: torch.Tensor) -> torch.Tensor:
+        """attn_out from the output projection's result ``y [..., d_model]`` (the sum of the head
+        results and the bias): the post-attention norm where ``attn_post_norm``, else ``y``."""
+        return y
+
+    def head_results(self, l: int, z: torch.Tensor) -> torch.Tensor:
+        """``[head, row, pos, d_model]``: each head's output ``z_h @ W_O[h]`` for ``z [row, pos, head,
+        d_head]``, before any post-norm and without the bias. With ``o_bias`` they add up to the
+        output projection's result; ``attn_post`` of that is ``o_proj(l, z)``."""
+        W = torch.stack([self.W_O_head(l, h) for h in range(self.n_heads)])   # [head, d_head, d_model]
+        return torch.einsum("rthe,hed->hrtd", z, W.to(z.dtype))
+
+    def head_shares(self, l: int, z: torch.Tensor) -> torch.Tensor:
+        """``[head, row, pos, d_model]``: each head's additive share of ``attn_out``. Without a
+        post-norm these are ``head_results``. With one (an RMSNorm ``g * y / s(y)``, linear in ``y``
+        once its scale ``s`` is fixed) each head's result goes through the norm with the scale of the
+        whole block's ``y`` frozen: the shares add up (with the bias's share) to ``o_proj(l, z)``
+        exactly, and a share is not what removing the head would change (that changes ``s``)."""
+        r = self.head_results(l, z)
+        if not self.attn_post_norm:
+            return r
+        b = self.o_bias(l)
+        y = r.sum(0) + (b.to(r.dtype) if b is not None else 0)
+        return self.attn_post_scaled(l, r, y)
+
+    def attn_post_scaled(self, l: int, parts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``parts [..., row, pos, d_model]`` through block ``l``'s post-attention norm with the
+        scale of ``y [row, pos, d_model]`` frozen (the identity without a post-norm)."""
+        return parts
 
     # --- shared -----------------------------------------------------------------------
     def mlp_in(self, x_pre: torch.Tensor, x_mid: torch.Tensor) -> torch.Tensor:
@@ -237,8 +279,7 @@ class _Norm:
 
     def __init__(self, module):
         m = _raw(module)
-        self.w = m.weight
-        self.b = getattr(m, "bias", None)
+        self.m = m
         name = type(m).__name__
         self.eps = float(getattr(m, "variance_epsilon", None) or getattr(m, "eps", None) or 1e-5)
         self.layer = isinstance(m, torch.nn.LayerNorm)
@@ -246,6 +287,28 @@ class _Norm:
         self.gain_in_float = self.offset or name.startswith("Olmo2")
         if not self.layer and self.b is not None:
             raise UnsupportedArchitecture(f"norm {name} with a bias")
+
+    # read at each use, never kept: a dispatched model's offloaded weights exist only while their
+    # block runs (fieldcheck.field.dispatch)
+    @property
+    def w(self) -> torch.Tensor:
+        return self.m.weight
+
+    @property
+    def b(self) -> Optional[torch.Tensor]:
+        return getattr(self.m, "bias", None)
+
+    def frozen(self, parts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``parts [..., *x.shape]`` (which add up to ``x``) through this RMSNorm with the scale of
+        ``x`` frozen: linear in the parts, and they add up to ``self(x)``."""
+        if self.layer or self.b is not None:
+            raise UnsupportedArchitecture("a frozen-scale split of a LayerNorm post-norm (centering and bias)")
+        dtype = x.dtype
+        inv = torch.rsqrt(x.to(_upcast(dtype)).pow(2).mean(-1, keepdim=True) + self.eps)
+        w = self.w.to(inv.dtype)
+        gain = (1.0 + w) if self.offset else w
+        out = parts.to(inv.dtype) * inv
+        return (out * gain if self.gain_in_float else (out.to(dtype) * self.w)).to(dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.layer:
@@ -267,9 +330,26 @@ def _lin(x: torch.Tensor, wb) -> torch.Tensor:
     return F.linear(x, wb[0], wb[1])
 
 
-def _wb(module):
-    m = _raw(module)
-    return (m.weight, getattr(m, "bias", None))
+class _WB:
+    """A module's (weight, bias), read at each use (``wb[0]``, ``wb[1]``, ``w, b = wb``)."""
+
+    __slots__ = ("m",)
+
+    def __init__(self, module):
+        self.m = _raw(module)
+
+    def __getitem__(self, i: int):
+        return (self.m.weight, getattr(self.m, "bias", None))[i]
+
+    def __iter__(self):
+        return iter((self.m.weight, getattr(self.m, "bias", None)))
+
+    def __len__(self) -> int:
+        return 2
+
+
+def _wb(module) -> _WB:
+    return _WB(module)
 
 
 @dataclass(frozen=True)
@@ -347,17 +427,13 @@ class DecoderFunctional(FunctionalModel):
         self.attn_post_norm = spec.post_attn is not None
         self.logit_softcap = getattr(cfg, "final_logit_softcapping", None)
         emb = _raw(getattr(core, spec.embed))
-        self.W_E = emb.weight
+        self._emb = emb
         scale = getattr(emb, "embed_scale", None)
         self._embed_scale = scale if torch.is_tensor(scale) else None
         self._lnf = _Norm(getattr(core, spec.final_norm))
         # the final norm's affine form, as GPT2Functional/the former LlamaFunctional exposed it (DLA reads it):
         # LayerNorm: lnf = (weight, bias); RMSNorm: w_norm (Gemma: the effective 1 + w); both: eps
         self.eps = self._lnf.eps
-        if self._lnf.layer:
-            self.lnf = (self._lnf.w, self._lnf.b)
-        else:
-            self.w_norm = (1.0 + self._lnf.w) if self._lnf.offset else self._lnf.w
         self.rotary = _raw(core.rotary_emb)
         import inspect
         self._rotary_by_type = "layer_type" in inspect.signature(self.rotary.forward).parameters
@@ -393,6 +469,26 @@ class DecoderFunctional(FunctionalModel):
         self._per_layer_attention = any(b["window"] is not None or b["softcap"] is not None for b in self.blocks)
         self._lm_head = _raw(getattr(hf_model, spec.lm_head))
         self._rope_cache: dict = {}
+        self.layer_modules = [_raw(x) for x in getattr(core, "layers")]
+        self.embed_modules, self.final_modules = [emb], [self._lnf.m, self._lm_head]
+
+    @property
+    def W_E(self) -> torch.Tensor:
+        return self._emb.weight
+
+    @property
+    def lnf(self):
+        """LayerNorm final norm: (weight, bias) (an AttributeError for RMSNorm: see ``w_norm``)."""
+        if not self._lnf.layer:
+            raise AttributeError("lnf: this model's final norm is an RMSNorm (w_norm)")
+        return (self._lnf.w, self._lnf.b)
+
+    @property
+    def w_norm(self):
+        """RMSNorm final norm's effective gain (Gemma: 1 + w); an AttributeError for LayerNorm."""
+        if self._lnf.layer:
+            raise AttributeError("w_norm: this model's final norm is a LayerNorm (lnf)")
+        return (1.0 + self._lnf.w) if self._lnf.offset else self._lnf.w
 
     @property
     def attn_scale(self):
@@ -466,6 +562,17 @@ class DecoderFunctional(FunctionalModel):
         W = self.blocks[l]["o"][0]  # [d_model, n_heads*d_head]
         return W[:, h * self.d_head:(h + 1) * self.d_head].T
 
+    def o_bias(self, l):
+        return self.blocks[l]["o"][1]
+
+    def attn_post(self, l, y):
+        post = self.blocks[l]["post_attn"]
+        return y if post is None else post(y)
+
+    def attn_post_scaled(self, l, parts, y):
+        post = self.blocks[l]["post_attn"]
+        return parts if post is None else post.frozen(parts, y)
+
     def mlp(self, l, x_in):
         w = self.blocks[l]
         h = x_in if w["n2"] is None else w["n2"](x_in)
@@ -512,20 +619,25 @@ class GPT2Functional(FunctionalModel):
         self.d_mlp = getattr(cfg, "n_inner", None) or 4 * self.d_model
         self.eps = cfg.layer_norm_epsilon
         self._scale = 1.0 / math.sqrt(self.d_head) if getattr(cfg, "scale_attn_weights", True) else 1.0
-        self.W_E, self.W_pos = _raw(core.wte).weight, _raw(core.wpe).weight
-        lnf = _raw(core.ln_f)
-        self.lnf = (lnf.weight, lnf.bias)
+        self._wte, self._wpe = _raw(core.wte), _raw(core.wpe)
+        self.lnf = _WB(core.ln_f)
         self.blocks = []
         for block in core.h:
             block = _raw(block)
             attn, mlp = _raw(block.attn), _raw(block.mlp)
-            ln1, ln2 = _raw(block.ln_1), _raw(block.ln_2)
-            c_attn, c_proj = _raw(attn.c_attn), _raw(attn.c_proj)
-            c_fc, m_proj = _raw(mlp.c_fc), _raw(mlp.c_proj)
-            self.blocks.append(dict(ln1=(ln1.weight, ln1.bias), ln2=(ln2.weight, ln2.bias),
-                                    qkv=(c_attn.weight, c_attn.bias), o=(c_proj.weight, c_proj.bias),
-                                    fc=(c_fc.weight, c_fc.bias), proj=(m_proj.weight, m_proj.bias)))
+            self.blocks.append(dict(ln1=_WB(block.ln_1), ln2=_WB(block.ln_2), qkv=_WB(attn.c_attn),
+                                    o=_WB(attn.c_proj), fc=_WB(mlp.c_fc), proj=_WB(mlp.c_proj)))
         self._lm_head = _raw(hf_model.lm_head)
+        self.layer_modules = [_raw(b) for b in core.h]
+        self.embed_modules, self.final_modules = [self._wte, self._wpe], [_raw(core.ln_f), self._lm_head]
+
+    @property
+    def W_E(self) -> torch.Tensor:
+        return self._wte.weight
+
+    @property
+    def W_pos(self) -> torch.Tensor:
+        return self._wpe.weight
 
     @property
     def attn_scale(self):
@@ -563,6 +675,9 @@ class GPT2Functional(FunctionalModel):
         W = self.blocks[l]["o"][0]  # Conv1D: [in = n_heads*d_head, out = d_model]
         return W[h * self.d_head:(h + 1) * self.d_head, :]
 
+    def o_bias(self, l):
+        return self.blocks[l]["o"][1]
+
     def mlp(self, l, x_mid):
         w = self.blocks[l]
         h = F.gelu(self._conv1d(self._ln(x_mid, w["ln2"]), w["fc"]), approximate=self._gelu_approx)
@@ -577,14 +692,16 @@ def functional_model(bridge) -> FunctionalModel:
     hf = _raw(getattr(bridge, "original_model", bridge))
     name = type(hf).__name__
     family = LIGHTCONE_FAMILIES.get(name)
+    from fieldcheck.field import dispatch
+
     if family == "gpt2":
-        return GPT2Functional(hf)
+        return dispatch.enable(GPT2Functional(hf), hf)
     if family in FAMILY_SPECS:
         fm = DecoderFunctional(hf, family, FAMILY_SPECS[family])
         plain = all(b is None for blk in fm.blocks for b in [wb[1] for wb in blk["qkv"]] + [blk["o"][1]])
-        if family == "llama" and plain:
+        if family == "llama" and plain and not dispatch.is_dispatched(hf):
             fm.__class__ = LlamaFunctional
-        return fm
+        return dispatch.enable(fm, hf)
     raise UnsupportedArchitecture(
         f"the light-cone engine does not support {name}; fieldcheck runs it through the TransformerBridge's "
         "hooks instead (slower, same experiments)"

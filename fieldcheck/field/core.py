@@ -20,11 +20,13 @@ import torch
 from fieldcheck.field.arch import FunctionalModel, UnsupportedArchitecture, functional_model
 from fieldcheck.field.engine import Injection, LightConeEngine, Row, RunCache, run_cache
 from fieldcheck.errors import (DatasetError, ModelNotAvailable, NumericalError, PatchError, SourceError, UsageError,
-                               check_choice, check_number)
+                               check_choice)
+from fieldcheck.field.memory import oom_hint, resolve_budget
 from fieldcheck.field.metrics import Metric, as_metric
+from fieldcheck.field.precision import check_cache
 from fieldcheck.field.results import PatchResult, dataset_hash_of
 from fieldcheck.field.sites import Site, as_site_set
-from fieldcheck.field.sources import Source, as_source, check_alpha, noise_for
+from fieldcheck.field.sources import Source, as_source, check_alpha, example_groups, group_mean, noise_for
 
 DIRECTIONS = ("denoise", "noise")
 WHICH = ("clean", "corrupt")
@@ -64,7 +66,8 @@ class FieldCore:
     Use ``fieldcheck.Field`` (this class plus one method per experiment); experiments in
     :mod:`fieldcheck.experiments` take a FieldCore. model: a model loaded by
     ``fieldcheck.load_model`` or a spec/path that ``load_model`` accepts.
-    memory_budget: bytes a patch sweep may use for one chunk of stacked rows (default 2 GiB).
+    memory_budget: bytes one chunk of a patch sweep, edge scoring or EAP-IG may use (default: the
+    session's ``--fc-memory-budget``, else 2 GiB; a size such as "512MiB" works too).
     engine: "lightcone" (default where the family is supported: fieldcheck.field.arch) or "hooks"
     (the default for other families, and the reference): one hooked TransformerLens forward per
     patched site, and sensitivities, predictions, Green functions and transfer through the bridge's
@@ -72,7 +75,7 @@ class FieldCore:
     says which; each result's ``cost["engine"]`` what ran.
     """
 
-    def __init__(self, model, memory_budget: int = 2 * 2**30, engine: str = "auto"):
+    def __init__(self, model, memory_budget: Optional[int] = None, engine: str = "auto"):
         if isinstance(model, (str, os.PathLike)):
             from fieldcheck.models.loading import load_model
             model = load_model(model)
@@ -84,8 +87,7 @@ class FieldCore:
         self.n_layers: int = cfg.n_layers
         self.n_heads: int = cfg.n_heads
         self.d_model: int = cfg.d_model
-        self.memory_budget = int(check_number("memory_budget", memory_budget, low=1, hint="give the bytes one chunk of a "
-                                              "patch sweep may use, e.g. 2 * 2**30"))
+        self.memory_budget = resolve_budget(memory_budget)
         try:
             self.fm: Optional[FunctionalModel] = functional_model(model)
         except UnsupportedArchitecture:
@@ -135,12 +137,13 @@ class FieldCore:
             dev = self.device
             B = ds.n
             toks = torch.cat([ds.clean_tokens, ds.corrupt_tokens]).to(dev)
-            both = fm.run_cache(toks) if getattr(fm, "generic", False) else run_cache(fm, toks)
+            with oom_hint(f"running the {2 * B} clean and corrupted prompts of {getattr(ds, 'name', 'the data set')}",
+                          chunked=False):
+                both = fm.run_cache(toks) if getattr(fm, "generic", False) else run_cache(fm, toks)
             sl = lambda c, s: RunCache(c.tokens[s], c.resid[:, s], c.mid[:, s], c.z[:, s], c.k[:, s], c.v[:, s])
             clean, corrupt = sl(both, slice(0, B)), sl(both, slice(B, 2 * B))
-            if not torch.isfinite(both.resid[-1]).all():
-                raise NumericalError("the model's residual stream contains NaN or inf on this data set; "
-                                     "check the model's dtype (float16 overflows easily) and weights")
+            for which, c in (("clean", clean), ("corrupted", corrupt)):
+                check_cache(c, f"the residual stream of the {which} prompts of {getattr(ds, 'name', 'the data set')!r}")
             self._runs[key] = FieldRun(ds, clean, corrupt, ds.positions["END"].to(dev))
         return self._runs[key]
 
@@ -243,7 +246,7 @@ class FieldCore:
             v = torch.zeros_like(tgt)
             delta = -tgt
         elif src.kind == "mean":
-            v = tgt.mean(0, keepdim=True).expand_as(tgt)
+            v = group_mean(tgt, None if src.by is None else example_groups(ds, src.by))
             delta = v - tgt
         elif src.kind == "gaussian":
             delta = noise_for(src, site.label, tgt.shape, tgt.dtype, tgt.device)
@@ -263,14 +266,15 @@ class FieldCore:
             zero |= pos < ds.first_diff.to(pos.device)
         if alpha == 0.0:  # phi + 0 * delta is phi: a no-op, exactly
             zero[:] = True
+        zero_l, pos_l = zero.tolist(), pos.tolist()  # one copy per site, not a device sync per example
         out = []
         for b in range(ds.n):
-            if bool(zero[b]):
+            if zero_l[b]:
                 out.append(None)
             elif replace:
-                out.append(Injection(stage, int(pos[b]), 1.0 - alpha, alpha * v[b], site.head if site.head is not None else -1))
+                out.append(Injection(stage, pos_l[b], 1.0 - alpha, alpha * v[b], site.head if site.head is not None else -1))
             else:
-                out.append(Injection(stage, int(pos[b]), 1.0, alpha * delta[b], site.head if site.head is not None else -1))
+                out.append(Injection(stage, pos_l[b], 1.0, alpha * delta[b], site.head if site.head is not None else -1))
         return out, delta
 
     # --- patching --------------------------------------------------------------------------
@@ -280,10 +284,12 @@ class FieldCore:
         """Activation patching: insert a source at each site (or all jointly) and read the metric.
 
         ds: a ContrastiveSet. sites: a site set from :mod:`fieldcheck.sites` (``resid_pre(range(20,
-        30), "END")``, ``attn_head(5, 1, "IO")``, ...), a Site or a list of them; positions are
-        ints or the data set's position names. direction: "denoise" (default: the clean value into
+        30), "END")``, ``attn_head(5, 1, "IO")``, ...), a Site, a label (``"L20.resid_pre@END"``,
+        ``"L5.H1@IO"``; docs/writing-claims.md) or a list of them; positions are ints or the data
+        set's position names. direction: "denoise" (default: the clean value into
         the corrupted run, sufficiency) or "noise" (corrupted into clean, necessity). source: None
-        (the other run's value), "zero", "mean", ``fieldcheck.sources.gaussian(scale)`` or a
+        (the other run's value), "zero", "mean", ``fieldcheck.sources.mean(by="template")`` (the
+        mean over the examples of the same template), ``fieldcheck.sources.gaussian(scale)`` or a
         steering tensor ``[d]``/``[batch, d]``. alpha: the scale in ``phi + alpha * delta`` (1.0
         replaces the value). jointly: patch every site together (one row) instead of one row per
         site. metric: a metric name, a callable, or a list of them. engine: None (the field's),
@@ -337,6 +343,7 @@ class FieldCore:
         slots: list[tuple[int, int]] = []  # (site row in result, example)
         n_out = 1 if jointly else len(site_list)
         skipped = np.ones((n_out, B), dtype=bool)
+        mpos = r.metric_pos.tolist()  # once: no device sync per row
         if jointly:
             per_ex: list[list[Injection]] = [[] for _ in range(B)]
             for s in site_list:
@@ -345,14 +352,14 @@ class FieldCore:
                     if inj is not None:
                         per_ex[b].append(inj)
             for b in range(B):
-                if per_ex[b] and min(i.pos for i in per_ex[b]) <= int(r.metric_pos[b]):
+                if per_ex[b] and min(i.pos for i in per_ex[b]) <= mpos[b]:
                     rows.append(Row(b, per_ex[b]))
                     slots.append((0, b))
         else:
             for i, s in enumerate(site_list):
                 injs, _ = self.injections(r, s, direction, src, alpha)
                 for b, inj in enumerate(injs):
-                    if inj is not None and inj.pos <= int(r.metric_pos[b]):
+                    if inj is not None and inj.pos <= mpos[b]:
                         rows.append(Row(b, [inj]))
                         slots.append((i, b))
         engine = LightConeEngine(self.fm, self.memory_budget)
@@ -362,7 +369,9 @@ class FieldCore:
             from tqdm.auto import tqdm
             bar = tqdm(total=len(rows), desc=f"fieldcheck {direction} {len(site_list)} sites", unit="row", leave=False)
         try:
-            x_final = engine.run(r.target(direction), rows, r.metric_pos, progress=bar) if rows else None
+            labels = [("jointly " + ", ".join(x.label for x in site_list[:4]) if jointly else site_list[i].label)
+                      for i, _ in slots]
+            x_final = engine.run(r.target(direction), rows, r.metric_pos, progress=bar, labels=labels) if rows else None
         finally:
             if bar is not None:
                 bar.close()

@@ -92,7 +92,7 @@ class PatchResult:
 
     @property
     def labels(self) -> list[str]:
-        """Site labels (``"resid_pre L20@END"``, ...), one per row of ``values``; a joint patch has one label
+        """Site labels (``"L20.resid_pre@END"``, ``"L3.H2@IO"``, ...), one per row of ``values``; a joint patch has one label
         naming its sites."""
         if self.jointly:
             return ["joint(" + ", ".join(s.label for s in self.sites[:4]) + (", ..." if len(self.sites) > 4 else "") + ")"]

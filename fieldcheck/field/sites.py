@@ -2,6 +2,8 @@
 
 A site is ``(kind, layer, pos[, head])``. ``pos`` is an int (negative counts from the end) or a
 position name of the data set (``"END"``, ``"S2"``), resolved per example when the site is used.
+A site prints as its label (:mod:`fieldcheck.field.labels`: ``L20.resid_pre@END``, ``L3.H2@IO``,
+``L5.mlp@7``), and every function that takes sites also takes these labels as strings.
 
     resid_pre(layers, positions)      blocks.{l}.hook_resid_pre     phi(l, t)
     resid_mid(layers, positions)      blocks.{l}.hook_resid_mid     after attention, before the MLP
@@ -11,16 +13,20 @@ position name of the data set (``"END"``, ``"S2"``), resolved per example when t
     mlp_out(layers, positions)        blocks.{l}.hook_mlp_out
 
 ``layers``/``heads``/``positions`` take an int, a range or list, ``"all"`` (or the builtin ``all``),
-and positions also a name. The constructors return a :class:`SiteSet`, resolved against a model
+and positions also a name. Layers can also be relative to the model's depth, resolved with the
+model: ``depth(0.85, 1)`` (the last 15%), ``depth(0.5)`` (the middle layer), ``last(3)``,
+``first(2)``, so that one claim runs on models of different depths. The constructors return a :class:`SiteSet`, resolved against a model
 and a data set by :meth:`SiteSet.resolve`, which raises :class:`SiteError` naming the valid range.
 """
 from __future__ import annotations
 
 import builtins
+import math
 from dataclasses import dataclass
 from typing import Iterable, Optional, Union
 
 from fieldcheck.errors import SiteError
+from fieldcheck.field.labels import format_label, parse
 
 KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_head", "attn_out", "mlp_out")
 _HOOKS = {
@@ -31,8 +37,6 @@ _HOOKS = {
     "attn_out": "blocks.{l}.hook_attn_out",
     "mlp_out": "blocks.{l}.hook_mlp_out",
 }
-_PREFIX = {"resid_pre": "", "resid_mid": "mid:", "resid_post": "post:", "attn_head": "",
-           "attn_out": "attn:", "mlp_out": "mlp:"}
 
 Pos = Union[int, str]
 
@@ -48,13 +52,18 @@ class Site:
 
     @property
     def hook_name(self) -> str:
+        """The TransformerLens hook this site reads (``blocks.{l}.hook_resid_pre``, ...)."""
         return _HOOKS[self.kind].format(l=self.layer)
 
     @property
     def label(self) -> str:
-        p = self.pos if isinstance(self.pos, str) else f"P{self.pos}"
-        h = f".H{self.head}" if self.head is not None else ""
-        return f"{_PREFIX[self.kind]}L{self.layer}{h}@{p}"
+        """The site's label: ``L20.resid_pre@END``, ``L3.H2@IO``, ``L5.mlp@7`` (docs/writing-claims.md)."""
+        return format_label(self.kind, self.layer, self.head, pos=self.pos)
+
+    @property
+    def component(self) -> str:
+        """The label without the position: ``L3.H2``, ``L5.mlp``, ``L20.resid_pre``."""
+        return format_label(self.kind, self.layer, self.head)
 
     def __str__(self) -> str:
         return self.label
@@ -78,13 +87,85 @@ class Site:
         return 4 * self.layer + 3  # mlp_out
 
 
+@dataclass(frozen=True)
+class Depth:
+    """Layers given relative to the model's depth, resolved when the model is known, so that one
+    claim file runs on models of different depths (an out-of-range layer is impossible).
+
+    ``depth(lo, hi)``: the layers ``l`` with ``lo <= l / n_layers < hi`` (``hi = 1`` includes
+    the last layer); ``depth(f)``: the one layer nearest to ``f * n_layers``; ``last(k)``: the
+    last ``k`` layers; ``first(k)``: the first ``k``. ``.of(n)`` gives the list of layer indices
+    for a model of ``n`` layers (or anything with ``n_layers``: a Field, ``model.cfg``)."""
+
+    lo: float
+    hi: Optional[float] = None
+    count: Optional[int] = None     # last(k) / first(k): k layers from the end (-k) or the start (+k)
+
+    def of(self, n_layers) -> list[int]:
+        L = _n_layers(n_layers)
+        if self.count is not None:
+            k = min(abs(self.count), L)
+            return list(range(L - k, L)) if self.count < 0 else list(range(k))
+        if self.hi is None:
+            return [min(L - 1, max(0, int(math.floor(self.lo * L + 0.5))))]
+        hi = math.inf if self.hi >= 1 else self.hi
+        return [l for l in range(L) if self.lo <= l / L < hi]
+
+    def __iter__(self):
+        raise SiteError(f"{self!r} is relative to the model's depth: resolve it with .of(n_layers) "
+                        "(or .of(field)) before iterating")
+
+    def __repr__(self) -> str:
+        if self.count is not None:
+            return f"last({-self.count})" if self.count < 0 else f"first({self.count})"
+        return f"depth({self.lo:g})" if self.hi is None else f"depth({self.lo:g}, {self.hi:g})"
+
+
+def _n_layers(x) -> int:
+    n = x if isinstance(x, int) and not isinstance(x, bool) else getattr(x, "n_layers", None)
+    if n is None:
+        n = getattr(getattr(x, "cfg", None), "n_layers", None)
+    if not isinstance(n, int) or n < 1:
+        raise SiteError(f"cannot read a number of layers from {type(x).__name__}: give an int, a Field or a model")
+    return n
+
+
+def depth(lo: float, hi: Optional[float] = None) -> Depth:
+    """Layers at a fraction of the model's depth: ``depth(0.85, 1)`` the last 15% of the layers,
+    ``depth(0.5)`` the middle layer (see :class:`Depth`)."""
+    for name, v in (("lo", lo), ("hi", hi)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
+            raise SiteError(f"depth({lo!r}, {hi!r}): {name} must be a fraction of the depth in [0, 1]")
+    if hi is not None and hi <= lo:
+        raise SiteError(f"depth({lo!r}, {hi!r}): hi must be above lo")
+    return Depth(float(lo), None if hi is None else float(hi))
+
+
+def last(k: int) -> Depth:
+    """The last ``k`` layers of the model (all of them when it has fewer)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise SiteError(f"last({k!r}): k must be a positive number of layers")
+    return Depth(0.0, None, -k)
+
+
+def first(k: int) -> Depth:
+    """The first ``k`` layers of the model (all of them when it has fewer)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise SiteError(f"first({k!r}): k must be a positive number of layers")
+    return Depth(0.0, None, k)
+
+
 def _is_all(x) -> bool:
     return x is builtins.all or (isinstance(x, str) and x == "all")
 
 
-def _as_list(x, what: str) -> Union[list, str]:
+def _as_list(x, what: str) -> Union[list, str, Depth]:
     if _is_all(x):
         return "all"
+    if isinstance(x, Depth):
+        if what != "layers":
+            raise SiteError(f"{what}={x!r}: depth(...), last(...) and first(...) give layers, not {what}")
+        return x
     if isinstance(x, (int, str)) and not isinstance(x, bool):
         return [x]
     if isinstance(x, (range, list, tuple)):
@@ -141,6 +222,29 @@ class SiteSet:
                     max_pos = max(max_pos, int(p) if int(p) >= 0 else -int(p) - 1)
         return sorted(names), max_pos
 
+    def component_labels(self, n_layers: Optional[int] = None, n_heads: Optional[int] = None) -> list[str]:
+        """The labels of the components this set names, each at its positions (``"L3.H2@END"``), or without a
+        position where the set takes every position (``attn_head(3, 2)`` gives ``"L3.H2"``): how
+        circuits, attention and DLA read site objects. ``"all"`` layers or heads need ``n_layers`` /
+        ``n_heads`` (SiteError without them)."""
+        out: list[str] = []
+        specs = list(self._specs) + ([("sites", self._sites)] if self._sites is not None else [])
+        for spec in specs:
+            if spec[0] == "sites":
+                out.extend(s.label for s in spec[1])
+                continue
+            kind, layers, positions, heads = spec
+            if layers == "all" or (kind == "attn_head" and heads == "all"):
+                n = n_layers if layers == "all" else n_heads
+                if n is None:
+                    raise SiteError(f"{kind}(layers={_fmt(layers)}, heads={_fmt(heads)}) names 'all' of them, which "
+                                    "needs a model; give the layers and heads explicitly")
+            layers_ = list(range(n_layers)) if layers == "all" else layers
+            heads_ = (list(range(n_heads)) if heads == "all" else heads) if kind == "attn_head" else [None]
+            poss = [None] if positions == "all" else positions
+            out.extend(format_label(kind, l, h, pos=p) for l in layers_ for h in heads_ for p in poss)
+        return list(dict.fromkeys(out))
+
     def resolve(self, n_layers: int, n_heads: int, seq_len: int, position_names: Iterable[str] = ("END",)) -> list[Site]:
         """The concrete sites for a model with ``n_layers``/``n_heads`` and prompts of ``seq_len`` tokens."""
         names = set(position_names)
@@ -154,7 +258,8 @@ class SiteSet:
             if kind not in KINDS:
                 raise SiteError(f"unknown site kind {kind!r}; valid kinds: {', '.join(KINDS)}")
             max_layer = n_layers + 1 if kind == "resid_pre" else n_layers  # resid_pre(n_layers) = final residual
-            layers_ = list(range(n_layers)) if layers == "all" else layers
+            layers_ = list(range(n_layers)) if layers == "all" else layers.of(n_layers) \
+                if isinstance(layers, Depth) else layers
             for l in layers_:
                 if not isinstance(l, int) or isinstance(l, bool):
                     raise SiteError(f"layer {l!r} is not an int; layers are 0..{n_layers - 1}")
@@ -226,15 +331,38 @@ def _fmt(x) -> str:
     return repr(x)
 
 
+def from_label(label) -> SiteSet:
+    """The site set a label names (:mod:`fieldcheck.field.labels`): ``"L20.resid_pre@END"`` is
+    ``resid_pre(20, "END")``, ``"L3.H2@IO"`` is ``attn_head(3, 2, "IO")``; a label without a position
+    (``"L3.H2"``) means every position. SiteError for a label that is not a site (``embed``,
+    ``logits``, a head's q/k/v input) or not a label."""
+    lab = parse(label, "site")
+    kind = lab.site_kind
+    if kind is None:
+        raise SiteError(f"{str(lab)!r} is a component but not a site; sites are heads 'L3.H2', 'L3.attn', 'L3.mlp' "
+                        "and 'L3.resid_pre' (.resid_mid, .resid_post), each optionally '@position'")
+    pos = "all" if lab.pos is None else lab.pos
+    return _make(kind, lab.layer, pos, lab.head if kind == "attn_head" else None)
+
+
 def as_site_set(x) -> SiteSet:
-    """Accept a SiteSet, one Site, or a list of Sites."""
+    """Accept a SiteSet, one Site, a label (``"L20.resid_pre@END"``, ``"L3.H2@IO"``), or a list mixing
+    Sites, labels and site sets."""
     if isinstance(x, SiteSet):
         return x
     if isinstance(x, Site):
         return SiteSet.of([x])
-    if isinstance(x, (list, tuple)) and all(isinstance(s, Site) for s in x):
+    if isinstance(x, str):
+        return from_label(x)
+    if isinstance(x, (list, tuple)) and x and all(isinstance(s, Site) for s in x):
         return SiteSet.of(x)
-    raise SiteError(f"{x!r} is not a site set; build one with fieldcheck.sites.resid_pre(...), attn_head(...), ...")
+    if isinstance(x, (list, tuple)) and x and all(isinstance(s, (Site, SiteSet, str)) for s in x):
+        out = as_site_set(x[0])
+        for s in x[1:]:
+            out = out + as_site_set(s)
+        return out
+    raise SiteError(f"{x!r} is not a site set; build one with fieldcheck.sites.resid_pre(...), attn_head(...), ... "
+                    "or name sites by label ('L20.resid_pre@END', 'L3.H2@IO')")
 
 
 def _make(kind: str, layers, positions, heads=None) -> SiteSet:
@@ -295,3 +423,172 @@ def layer_index(layer, n_rows: int, what: str) -> int:
         raise SiteError(f"layer {int(layer)} is not in {what}: it has layers 0..{n_rows - 1} (or -{n_rows}..-1, "
                         "-1 the last)")
     return int(layer) % n_rows
+
+
+# --- dictionary features (SAEs, transcoders) -------------------------------------------------
+# A feature site names latent i of a dictionary (an SAE or a transcoder, fieldcheck.sae) at a
+# position. The dictionary is any object with ``hook_name``/``hook_name_out``, ``d_sae`` and
+# ``name`` (duck-typed here: this module sits below fieldcheck.sae). Patching it inserts
+# (a_i(src) - a_i(tgt)) * W_dec[i] into the dictionary's output site; the error term is its own
+# node (``latent=None``).
+_HOOK_KINDS = {v.split(".", 2)[2]: k for k, v in _HOOKS.items()}
+_HOOK_KINDS["hook_mlp_in"] = "mlp_in"  # a transcoder's input: the residual the MLP reads
+
+
+def site_of_hook(hook_name: str) -> tuple[str, int]:
+    """``(kind, layer)`` of a TransformerLens hook name (``blocks.3.hook_resid_pre`` ->
+    ``("resid_pre", 3)``); SiteError for a hook fieldcheck cannot place on the lattice."""
+    parts = str(hook_name).split(".", 2)
+    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] in _HOOK_KINDS:
+        return _HOOK_KINDS[parts[2]], int(parts[1])
+    raise SiteError(f"hook {hook_name!r} is not a site fieldcheck knows; dictionaries may read "
+                    f"blocks.{{layer}}.{{{', '.join(sorted(_HOOK_KINDS))}}}")
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureSite:
+    """Latent ``latent`` of ``dictionary`` at position ``pos`` (``latent=None``: its error term).
+
+    ``pos`` is an int, a position name, or ``"all"`` (every position of the prompt at once)."""
+
+    dictionary: object
+    latent: Optional[int]
+    pos: Pos
+
+    kind = "feature"
+    head = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.latent is None
+
+    @property
+    def layer(self) -> int:
+        return site_of_hook(self.hook_name)[1]
+
+    @property
+    def hook_name(self) -> str:
+        """The hook the feature writes to (a transcoder's output hook)."""
+        return getattr(self.dictionary, "hook_name_out", None) or self.dictionary.hook_name
+
+    @property
+    def stage(self) -> int:
+        """Where the feature's decoder row enters the residual stream, as :attr:`Site.stage`
+        (``4*l`` + 0 before block l, 1 head outputs, 2 after attention, 3 after the MLP)."""
+        kind, layer = site_of_hook(self.hook_name)
+        return Site("mlp_out" if kind == "mlp_in" else kind, layer, 0).stage
+
+    @property
+    def label(self) -> str:
+        p = self.pos if isinstance(self.pos, str) else f"P{self.pos}"
+        what = "ERR" if self.latent is None else f"F{self.latent}"
+        return f"{self.dictionary.name}:{what}@{p}"
+
+    def _key(self):
+        return (id(self.dictionary), self.latent, self.pos)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, FeatureSite) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __str__(self) -> str:
+        return self.label
+
+    def to_dict(self) -> dict:
+        return {"kind": "feature_error" if self.latent is None else "feature", "dictionary": self.dictionary.name,
+                "latent": self.latent, "layer": self.layer, "pos": self.pos, "head": None, "label": self.label,
+                "hook": self.hook_name}
+
+
+class FeatureSiteSet:
+    """Feature sites of one or more dictionaries, resolved against a data set by ``resolve``.
+
+    ``+`` concatenates feature site sets; mixing them with residual sites is refused (patch
+    them in separate calls)."""
+
+    def __init__(self, specs: list[tuple]):
+        self._specs = specs  # (dictionary, latents or "all" or "active", positions, with_error)
+
+    def __add__(self, other):
+        if not isinstance(other, FeatureSiteSet):
+            raise SiteError("feature sites cannot be combined with residual/head sites in one set; "
+                            "patch them in separate calls")
+        return FeatureSiteSet(self._specs + other._specs)
+
+    @property
+    def dictionaries(self) -> list:
+        return list(dict.fromkeys(s[0] for s in self._specs))
+
+    def resolve(self, n_layers: int, n_heads: int, seq_len: int,
+                position_names: Iterable[str] = ("END",)) -> list[FeatureSite]:
+        names = set(position_names)
+        out: list[FeatureSite] = []
+        for d, latents, positions, with_error in self._specs:
+            d_sae = int(d.d_sae)
+            lat = list(range(d_sae)) if latents == "all" else latents
+            for i in lat:
+                if i is None:
+                    continue
+                if isinstance(i, bool) or not isinstance(i, int) or not -d_sae <= i < d_sae:
+                    raise SiteError(f"latent {i!r} out of range: {d.name} has latents 0..{d_sae - 1}")
+            lat = [i % d_sae for i in lat if i is not None]
+            poss = ["all"] if positions == "all" else positions
+            for p in poss:
+                if p == "all":
+                    continue
+                if isinstance(p, str):
+                    if p not in names:
+                        raise SiteError(f"position name {p!r} is not in the data set; its named positions are "
+                                        f"{sorted(names)}")
+                elif isinstance(p, bool) or not isinstance(p, int) or not -seq_len <= p < seq_len:
+                    raise SiteError(f"position {p!r} out of range: prompts have {seq_len} tokens")
+            poss = [p + seq_len if isinstance(p, int) and p < 0 else p for p in poss]
+            layer = site_of_hook(getattr(d, "hook_name_out", None) or d.hook_name)[1]
+            if layer >= n_layers:
+                raise SiteError(f"{d.name} reads {d.hook_name}, but the model has layers 0..{n_layers - 1}")
+            out.extend(FeatureSite(d, i, p) for p in poss for i in lat)
+            if with_error:
+                out.extend(FeatureSite(d, None, p) for p in poss)
+        if not out:
+            raise SiteError("the feature site set is empty; give at least one latent (or error=True)")
+        return list(dict.fromkeys(out))
+
+    def __repr__(self) -> str:
+        parts = [f"features({d.name}, latents={_fmt(l)}, positions={_fmt(p)}{', error=True' if e else ''})"
+                 for d, l, p, e in self._specs]
+        return " + ".join(parts)
+
+
+def is_feature_sites(sites) -> bool:
+    """True for dictionary feature sites (a FeatureSiteSet, a FeatureSite or a non-empty list of
+    them): the experiments that take them route them to :mod:`fieldcheck.experiments.features`."""
+    if isinstance(sites, (FeatureSiteSet, FeatureSite)):
+        return True
+    return isinstance(sites, (list, tuple)) and bool(sites) and all(isinstance(s, FeatureSite) for s in sites)
+
+
+def features(dictionary, latents="all", positions="all", error: bool = False) -> FeatureSiteSet:
+    """Latents of an SAE or transcoder (``fieldcheck.sae``) at positions.
+
+    ``latents``: an int, a list/range, or ``"all"``; ``positions``: an int, a name, a list, or
+    ``"all"`` -- every position of the prompt *together* (one node per latent, as a feature
+    patched or ablated everywhere). ``error=True`` adds the dictionary's error term as a node."""
+    if not hasattr(dictionary, "d_sae") or not hasattr(dictionary, "hook_name"):
+        raise SiteError(f"{dictionary!r} is not a dictionary; load one with fieldcheck.sae.load(path) or "
+                        "train one with fieldcheck.sae.train(...)")
+    lat = _as_list(latents, "latents")
+    pos = "all" if _is_all(positions) else _as_list(positions, "positions")
+    return FeatureSiteSet([(dictionary, lat, pos, bool(error))])
+
+
+def feature(dictionary, latent: int, positions="all") -> FeatureSiteSet:
+    """One latent of a dictionary (see :func:`features`)."""
+    return features(dictionary, [latent], positions)
+
+
+def sae_error(dictionary, positions="all") -> FeatureSiteSet:
+    """The error term of a dictionary (what its reconstruction misses) as a node of its own."""
+    s = features(dictionary, [], positions, error=True)
+    return s

@@ -7,7 +7,9 @@ Every source is applied as ``phi <- phi + alpha * delta``:
   value in the patched run itself, so replacement semantics hold along a light cone as in
   TransformerLens.
 - ``zero()``: zero ablation, ``delta = -phi``.
-- ``mean()``: mean ablation, ``delta = mean_over_examples(phi_target_run) - phi``.
+- ``mean()``: mean ablation, ``delta = mean_over_examples(phi_target_run) - phi``;
+  ``mean(by="template")``: grouped (per-template) mean ablation, the mean over the examples that
+  share the example's ``example_meta["template"]``.
 - ``gaussian(scale, seed)``: additive noise ``delta ~ N(0, scale^2 I)``, seeded per site.
 - ``steer(vector)``: an additive direction (``[d]`` or ``[batch, d]``) -- a steering vector or a
   displacement between prompts.
@@ -20,12 +22,13 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from fieldcheck.errors import SourceError, check_int, check_number
+from fieldcheck.errors import DatasetError, SourceError, check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Source:
     scale: float = 0.0
     seed: int = 0
     vector: Optional[torch.Tensor] = None
+    by: Optional[str] = None
 
     @property
     def replaces(self) -> bool:
@@ -46,6 +50,8 @@ class Source:
             return f"gaussian(scale={self.scale}, seed={self.seed})"
         if self.kind == "steer":
             return f"steer(|v|={float(self.vector.norm()):.3g})"
+        if self.kind == "mean" and self.by is not None:
+            return f"mean(by={self.by})"
         return self.kind
 
 
@@ -60,9 +66,48 @@ def zero() -> Source:
     return Source("zero")
 
 
-def mean() -> Source:
-    """Mean ablation: delta = the mean of phi over the target run's examples - phi."""
-    return Source("mean")
+def mean(by: Optional[str] = None) -> Source:
+    """Mean ablation: delta = the mean of phi over the target run's examples - phi. ``by``: None (the mean
+    over every example) or a key of the data set's ``example_meta`` (``"template"`` for the built-in
+    sets): each example then gets the mean over the examples that share its value (grouped, per-template
+    mean ablation). Also an ``ablation=`` of the circuit methods."""
+    if by is not None and (not isinstance(by, str) or not by):
+        raise SourceError(f"mean(by=...) takes a key of the data set's example_meta such as 'template', got {by!r}")
+    return Source("mean", by=by)
+
+
+def example_groups(ds, by: str) -> torch.Tensor:
+    """``[batch]`` group index of each example of ``ds`` by ``ds.example_meta[i][by]`` (groups numbered in
+    order of first appearance). DatasetError naming the examples without the key; a UserWarning when a
+    group has one example (its mean is the example itself: mean ablation changes nothing there)."""
+    metas = getattr(ds, "example_meta", None) or [{} for _ in range(ds.n)]
+    missing = [i for i, m in enumerate(metas) if by not in (m or {})]
+    if missing:
+        keys = sorted({k for m in metas for k in (m or {})})
+        raise DatasetError(f"mean(by={by!r}): example(s) {missing[:5]} of {getattr(ds, 'name', 'the data set')!r} "
+                           f"have no example_meta[{by!r}] (keys present: {keys or 'none'}); give every example one, "
+                           "e.g. ContrastiveSet.from_pairs(..., example_meta=[{'template': 0}, ...])")
+    ids: dict = {}
+    groups = torch.tensor([ids.setdefault(repr(m[by]), len(ids)) for m in metas], dtype=torch.long)
+    counts = torch.bincount(groups)
+    if (counts == 1).any():
+        lone = [k for k, i in ids.items() if counts[i] == 1]
+        warnings.warn(f"mean(by={by!r}): {len(lone)} of {len(ids)} groups have one example ({', '.join(lone[:4])}): "
+                      "their mean is the example itself, so mean ablation changes nothing there", UserWarning,
+                      stacklevel=3)
+    return groups
+
+
+def group_mean(x: torch.Tensor, groups: Optional[torch.Tensor]) -> torch.Tensor:
+    """``[batch, ...]``: each example replaced by the mean over its group (``groups [batch]``), or over every
+    example when ``groups`` is None."""
+    if groups is None:
+        return x.mean(0, keepdim=True).expand_as(x)
+    g = groups.to(x.device)
+    G = int(g.max()) + 1
+    sums = torch.zeros((G,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device).index_add_(0, g, x)
+    counts = torch.bincount(g, minlength=G).to(x.dtype).reshape((G,) + (1,) * (x.ndim - 1))
+    return (sums / counts)[g]
 
 
 def gaussian(scale: float, seed: int = 0) -> Source:

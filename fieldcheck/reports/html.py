@@ -12,7 +12,7 @@ from fieldcheck.display import draw_plot
 from fieldcheck.reports.grid import grid_html
 from fieldcheck.jsonable import jsonable
 from fieldcheck.reports.schema import atomic_write_text
-from fieldcheck.reports.table import fmt, fmt_interval, table_rows
+from fieldcheck.reports.table import decided_by, fmt, fmt_interval, table_rows
 
 # --- HTML -----------------------------------------------------------------------------------
 _CSS = """
@@ -107,7 +107,7 @@ def render_html(report: dict) -> str:
                 cls = {"FAIL(adj)": "adj", "PASS": "PASS", "PASSED": "PASS", "FAIL": "FAIL",
                        "FAILED": "FAIL", "ERROR": "FAIL", "XFAIL": "XFAIL", "XFAILED": "XFAIL",
                        "XPASS": "XPASS", "XPASSED": "XPASS"}.get(v, "skipped")
-            elif h not in ("claim", "statistic", "interval", "bar"):
+            elif h not in ("claim", "statistic", "decided by", "interval", "bar"):
                 cls = "num"
             if h == "claim":
                 v = f'<a href="#c-{_esc(_anchor(v))}">{_esc(v)}</a>'
@@ -117,6 +117,7 @@ def render_html(report: dict) -> str:
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</table>")
     parts.append(grid_html(report))
+    parts.append(_file_times_html(timing.get("files") or {}))
     for c in report.get("claims", []):
         parts.append(f'<h2 id="c-{_esc(_anchor(c["id"]))}">{_esc(c["id"])} '
                      f'<span class="badge {_esc(c["outcome"])}">{_esc(c["outcome"])}</span>'
@@ -124,6 +125,7 @@ def render_html(report: dict) -> str:
                         if c.get("failed_after_correction") else "") + "</h2>")
         for r in c.get("results", []):
             line = (f"{r.get('assertion', '')} &middot; {_esc(r.get('statistic'))} = {_esc(fmt(r.get('estimate')))} "
+                    f"({_esc(decided_by(r))}) "
                     f"{_esc(fmt_interval(r.get('interval')))}, needs {_esc(r.get('op'))} {_esc(fmt(r.get('bar')))}"
                     f" &middot; p = {_esc(fmt(r.get('p_value')))}, adjusted {_esc(fmt(r.get('p_adjusted')))}"
                     f" &middot; n = {_esc(r.get('n'))}")
@@ -138,6 +140,18 @@ def render_html(report: dict) -> str:
             parts.append(f"<p><b>Falsifying example</b></p><pre>{_esc(c['falsifying_example'])}</pre>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _file_times_html(files: dict) -> str:
+    """The time spent per claim file, fixtures (setup and teardown) apart from the test bodies."""
+    if not files:
+        return ""
+    rows = "".join(f"<tr><td>{_esc(f)}</td><td class=\"num\">{_esc(t.get('claims', ''))}</td>"
+                   + "".join(f"<td class=\"num\">{_esc(fmt(t.get(k)))}</td>" for k in ("fixtures_s", "calls_s", "total_s"))
+                   + "</tr>" for f, t in files.items() if isinstance(t, dict))
+    return ("<p><b>Time per claim file</b> (seconds; fixtures: setup and teardown, where module fixtures "
+            "build data sets or score edges)</p><table><tr><th>file</th><th>claims</th><th>fixtures</th>"
+            f"<th>claims' bodies</th><th>total</th></tr>{rows}</table>")
 
 
 def _anchor(s: str) -> str:

@@ -46,25 +46,51 @@ def verdict(claim: dict, result: Optional[dict]) -> str:
     return "PASS" if result.get("passed") else "FAIL"
 
 
+def decided_by(result: dict) -> str:
+    """What a table row's number comes from, so that the rows of one claim can be told apart: the
+    site, head or component that decides it (``L20.resid_pre@END (worst of 5)`` for a claim on
+    several sites, each of which must pass; ``best of`` for ``require="any"``), the layer of a
+    logit-lens rank, the circuit, or else the criterion as written (``rank(layer=-1) < 1``)."""
+    d = result.get("details") or {}
+    for key, n_key in (("site", "n_sites"), ("row", "n_rows")):
+        v = d.get(key)
+        if isinstance(v, str) and v:
+            n = d.get(n_key)
+            if isinstance(n, int) and n > 1:
+                return f"{v} ({'best' if d.get('require') == 'any' else 'worst'} of {n})"
+            return v
+    comps = d.get("components")
+    if isinstance(comps, list) and comps:
+        n = d.get("n_components", len(comps))
+        return str(comps[0]) if n == 1 else f"{n} components ({', '.join(map(str, comps[:2]))}, ...)"
+    for key in ("circuit", "decided_by"):
+        if isinstance(d.get(key), str) and d[key]:
+            return d[key]
+    if isinstance(d.get("layer"), int):
+        return f"layer {d['layer']}"
+    return str(result.get("criterion") or "-")
+
+
 def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the summary table: one row per result (one per claim without
-    results, showing its outcome)."""
+    results, showing its outcome); ``decided by`` names the site, head, component or criterion
+    behind each row (:func:`decided_by`)."""
     comp = report.get("comparison") or {}
     by_key = {(row["claim_id"], row["key"]): row for row in comp.get("rows", [])}
-    header = ["claim", "statistic", "estimate", "interval", "bar", "p", "p_adj", "n", "verdict"]
+    header = ["claim", "statistic", "decided by", "estimate", "interval", "bar", "p", "p_adj", "n", "verdict"]
     if comp:
         header += ["baseline", "delta"]
     rows = []
     for c in report["claims"]:
         keyed = list(iter_keyed_results(c))
         if not keyed:
-            row = [c["id"], "-", "-", "-", "-", "-", "-", "-", verdict(c, None)]
+            row = [c["id"], "-", "-", "-", "-", "-", "-", "-", "-", verdict(c, None)]
             if comp:
                 row += ["-", "-"]
             rows.append(row)
             continue
         for key, r in keyed:
-            row = [c["id"], str(r.get("statistic", "")), fmt(r.get("estimate")),
+            row = [c["id"], str(r.get("statistic", "")), decided_by(r), fmt(r.get("estimate")),
                    fmt_interval(r.get("interval")), f"{r.get('op', '')} {fmt(r.get('bar'))}",
                    fmt(r.get("p_value")), fmt(r.get("p_adjusted")), fmt(r.get("n")),
                    verdict(c, r)]

@@ -3,7 +3,9 @@ then default), validation into an :class:`Options` (a bad value is a usage error
 the ``auto`` device."""
 from __future__ import annotations
 
+import argparse
 import os
+import re
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Optional
 
@@ -39,6 +41,22 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "fc_models": ("comma-separated model specs: run every claim on each, one model at a time "
                   "(a checkpoint sweep; a claims x models grid in the reports)", None, "string"),
     "fc_no_cache": ("do not use or write the converted-model cache", False, "bool"),
+    # beyond one process (docs/gating.md "CI shards", docs/scale.md)
+    "fc_memory_budget": ("bytes one chunk of a patch sweep, edge scoring or EAP-IG may use, e.g. "
+                         "512MiB or 8GB (default 2GiB): lower it when a run is out of memory", None, "string"),
+    "fc_shard": ("K/N: run only the K-th of N shards of the claim files (whole files, balanced by "
+                 "--fc-shard-durations); merge the shards' JSON reports with fieldcheck report merge",
+                 None, "string"),
+    "fc_shard_durations": ("a previous run's JSON report: balance the shards by its claims' "
+                           "durations (default: by the number of claims per file)", None, "string"),
+    "fc_ray": ("run the claims as Ray tasks: one per model of --fc-models/--fc-baseline-model (and "
+               "per --fc-ray-shards shard); ADDRESS of a running cluster (auto, HOST:PORT, "
+               "ray://HOST:PORT), no value: start a local cluster", None, "string"),
+    "fc_ray_shards": ("split each model's claim files into this many Ray tasks (default 1)", 1, "string"),
+    "fc_ray_cpus": ("CPUs each Ray task asks for (default 1)", 1, "string"),
+    "fc_ray_gpus": ("GPUs each Ray task asks for (default: 1 where the cluster has GPUs and "
+                    "--fc-device is not cpu, else 0)", None, "string"),
+    "fc_ray_retries": ("times Ray reruns a task whose worker died (default 3)", 3, "string"),
 }
 # ini only: node-id patterns (fnmatch) of tests that are not claims, e.g. a library's own unit
 # tests that call fc.assert_* on purpose: their results are not collected, reported or corrected
@@ -58,11 +76,16 @@ def add_options(parser: pytest.Parser) -> None:
             g.addoption(flag, dest=name, action="append", default=None, metavar="EXPR", help=help_)
         elif name == "fc_no_cache":
             g.addoption(flag, dest=name, action="store_true", default=None, help=help_)
+        elif name == "fc_ray":
+            g.addoption(flag, dest=name, nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help=help_ + " (write --fc-ray=ADDRESS when a test path follows)")
         else:
             g.addoption(flag, dest=name, default=None, metavar=name[3:].upper(), help=help_)
         parser.addini(name, help_.replace("%%", "%") + f" (command line: {flag})", type=kind,
                       default=[] if kind == "linelist" else None)
     parser.addini("fc_not_claims", _NOT_CLAIMS_HELP, type="linelist", default=[])
+    # internal: a Ray task's pytest process runs these claims only (pytest_fieldcheck.worker)
+    g.addoption("--fc-task", dest="fc_task", default=None, help=argparse.SUPPRESS)
 
 
 def _opt(config: pytest.Config, name: str) -> Any:
@@ -98,6 +121,15 @@ class Options:
     no_cache: bool = False
     baseline_model: Optional[str] = None
     models: list = dc_field(default_factory=list)
+    memory_budget: Optional[int] = None
+    shard: Optional[tuple] = None              # (K, N)
+    shard_durations: Optional[str] = None
+    ray: Optional[str] = None                  # "local" or a cluster address
+    ray_shards: int = 1
+    ray_cpus: float = 1.0
+    ray_gpus: Optional[float] = None
+    ray_retries: int = 3
+    task: Optional[str] = None                 # a Ray task's JSON file (inside the task's pytest)
 
     @property
     def model_specs(self) -> list:
@@ -177,6 +209,7 @@ def read_options(config: pytest.Config) -> Options:
                      "a saved run: use one of them")
     if o.compare_fail and o.compare is None and o.baseline_model is None:
         o.compare = "latest"
+    _read_scale_options(config, o)
     return o
 
 
@@ -198,3 +231,60 @@ def resolve_device(device: str) -> str:
     except ValueError:
         idx = 0
     return f"cuda:{idx % n}"
+
+
+def _number(config, name: str, kind=int, low=0):
+    raw = _opt(config, name)
+    flag = "--" + name.replace("_", "-")
+    try:
+        v = kind(str(raw).strip())
+    except ValueError:
+        v = None
+    if v is None or v < low:
+        raise pytest.UsageError(f"{flag} {raw!r} must be a {'whole ' if kind is int else ''}number >= {low}")
+    return v
+
+
+_RAY_ADDRESS = re.compile(r"^(local|auto|ray://\S+|[A-Za-z0-9_.\-\[\]:]+:\d+)$")
+
+
+def _read_scale_options(config: pytest.Config, o: Options) -> None:
+    """--fc-memory-budget, --fc-shard*, --fc-ray*, --fc-task (usage errors name the option)."""
+    from fieldcheck.config import parse_bytes
+    from fieldcheck.errors import FieldcheckError
+
+    mb = _opt(config, "fc_memory_budget")
+    if mb is not None:
+        try:
+            o.memory_budget = parse_bytes(mb)
+        except FieldcheckError as e:
+            raise pytest.UsageError(f"--fc-memory-budget: {e}") from None
+    sh = _opt(config, "fc_shard")
+    if sh is not None:
+        from fieldcheck.reports.shards import parse_shard
+
+        try:
+            o.shard = parse_shard(sh)
+        except FieldcheckError as e:
+            raise pytest.UsageError(str(e)) from None
+    o.shard_durations = _opt(config, "fc_shard_durations")
+    if o.shard_durations is not None and o.shard is None:
+        raise pytest.UsageError("--fc-shard-durations balances shards: give --fc-shard K/N too")
+    o.task = config.getoption("fc_task", None)
+    ray = _opt(config, "fc_ray")
+    o.ray = None if ray is None or o.task is not None else str(ray).strip()
+    if o.ray is not None and not _RAY_ADDRESS.match(o.ray):
+        raise pytest.UsageError(
+            f"--fc-ray {o.ray!r} is not a Ray address: use --fc-ray (a local cluster), --fc-ray auto, "
+            f"--fc-ray HOST:PORT or --fc-ray ray://HOST:PORT (write --fc-ray=ADDRESS, or put --fc-ray "
+            f"after the test paths: a path right after it is read as its address)")
+    o.ray_shards = _number(config, "fc_ray_shards", int, 1)
+    o.ray_cpus = _number(config, "fc_ray_cpus", float, 0)
+    if _opt(config, "fc_ray_gpus") is not None:
+        o.ray_gpus = _number(config, "fc_ray_gpus", float, 0)
+    o.ray_retries = _number(config, "fc_ray_retries", int, 0)
+    if o.ray is not None:
+        n = config.getoption("numprocesses", None) if hasattr(config.option, "numprocesses") else None
+        if n:
+            raise pytest.UsageError("--fc-ray runs claims as Ray tasks: it cannot be combined with "
+                                    "xdist's -n (use --fc-ray-shards N to split each model's claims)")

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import pytest
 
-from . import baselines
+from . import baselines, timing
 from .collection import collect
 from .common import STATE_NAME, is_controller, pinned_model, settings_module, uses_our_fixture
 from .options import Options, read_options, resolve_device, usage_error
@@ -42,7 +42,10 @@ class FieldcheckPlugin:
         self.model_infos: dict[str, dict] = {}
         self.load_times: dict[str, dict] = {}
         self.claims: dict[str, dict] = {}      # nodeid -> claim entry (controller)
-        self.durations: dict[str, float] = {}
+        self.durations: dict[str, float] = {}            # claim nodeid -> seconds, setup and teardown included
+        self.phase_times: dict[str, dict[str, float]] = {}   # nodeid -> {setup/call/teardown: seconds}
+        self.extra_timing: dict = {}           # more volatile members of the report's timing (ray, shards)
+        self.shard_info: Optional[dict] = None  # an xdist run's shard (from its workers)
         self.started = time.time()
         self.report: Optional[dict] = None
         self.baseline: Optional[dict] = None
@@ -148,6 +151,7 @@ class FieldcheckPlugin:
     def pytest_runtest_logreport(self, report) -> None:
         if is_controller(self.config):
             collect(self, report)
+            timing.collect(self.config, report)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
@@ -160,6 +164,7 @@ class FieldcheckPlugin:
                 for k, v in got.get("times", {}).items():
                     self.load_times.setdefault(k, v)
                 self.released.extend(got.get("released", []))
+                self.shard_info = self.shard_info or got.get("shard")
             except (TypeError, ValueError):
                 pass
 
@@ -228,7 +233,8 @@ def configure(config: pytest.Config) -> None:
     m = settings_module()
     if m is not None and hasattr(m, "get"):
         state.prev_settings = m.get()
-    _set_settings(alpha=opts.alpha, decide=opts.decide, seed=opts.seed, show_progress=progress)
+    _set_settings(alpha=opts.alpha, decide=opts.decide, seed=opts.seed, show_progress=progress,
+                  memory_budget=opts.memory_budget)
     state.prev_profile = _hypothesis_profile(config)
 
 

@@ -15,13 +15,14 @@ def write_summary(terminalreporter, state: FieldcheckPlugin) -> None:
         o = state.opts
         tr.write_line(f"alpha={o.alpha} correction={o.correction} decide={o.decide} seed={o.seed} "
                       f"model={o.model}")
+        for line in sae_lines(rep):
+            tr.write_line(line, yellow=True)
     after = rep["summary"]["failed_after_correction"]
     if after:
         fam = getattr(state.opts, "correction_family", "file")
         tr.write_line(f"fieldcheck: {len(after)} claim(s) passed on their own but FAIL after the "
-                      f"{state.opts.correction} correction over {_n_p(rep)} p-values "
-                      f"(alpha={state.opts.alpha}, family: {fam}, {_families(rep)}):",
-                      red=True, bold=True)
+                      f"{state.opts.correction} correction {correction_scope(rep, fam)} "
+                      f"(alpha={state.opts.alpha}):", red=True, bold=True)
         for cid in after:
             tr.write_line(f"  {cid}", red=True)
         _recount(tr, after)
@@ -47,6 +48,10 @@ def write_summary(terminalreporter, state: FieldcheckPlugin) -> None:
                           f"baseline ({', '.join(comp['rules'])}):", red=True, bold=True)
             for r in comp["regressions"]:
                 tr.write_line(f"  {r}", red=True)
+    from .timing import summary_lines
+
+    for line in summary_lines(rep.get("timing") or {}):
+        tr.write_line(line)
     for w in state.written:
         tr.write_line(f"fieldcheck {w}")
     for e in state.write_errors:
@@ -72,15 +77,47 @@ def _recount(tr, after: list) -> None:
     tr.stats.setdefault(AFTER_CORRECTION, []).extend(moved)
 
 
-def _families(rep: dict) -> str:
-    """``m = 3`` or ``m = 3-7``: the family sizes (claims per family) of the run."""
+_FAMILY_WORDS = {"file": "the claims of one test file", "session": "every claim of the run",
+                 "claim": "each claim alone"}
+
+
+def correction_scope(rep: dict, family: str) -> str:
+    """What the correction counted, in the words of docs/statistics.md: ``over 7 claims in 3
+    families (family = file: the claims of one test file; m = 2-3 claims per family)``. A claim
+    counts once (its p-value is its largest result's), however many criteria it has."""
+    from fieldcheck.reports.schema import NOT_ASSERTED, family_of, finite_number
+
+    counted = [c["id"] for c in rep["claims"] if c.get("outcome") not in NOT_ASSERTED
+               and any(finite_number(r.get("p_value")) for r in c.get("results", []))]
+    groups = {(c.get("model"), family_of(c["id"], family)) for c in rep["claims"] if c["id"] in set(counted)}
     sizes = sorted({r["family_size"] for c in rep["claims"] for r in c["results"]
                     if isinstance(r.get("family_size"), int)})
-    if not sizes:
-        return "m = 0"
-    return f"m = {sizes[0]}" if len(sizes) == 1 else f"m = {sizes[0]}-{sizes[-1]}"
+    m = "m = 0" if not sizes else f"m = {sizes[0]}" if len(sizes) == 1 else f"m = {sizes[0]}-{sizes[-1]}"
+    return (f"over {len(counted)} claim(s) in {len(groups)} famil{'y' if len(groups) == 1 else 'ies'} "
+            f"(family = {family}: {_FAMILY_WORDS.get(family, family)}; {m} claims per family)")
 
 
-def _n_p(rep: dict) -> int:
-    return sum(1 for c in rep["claims"] for r in c["results"]
-               if isinstance(r.get("p_value"), (int, float)) and not isinstance(r.get("p_value"), bool))
+def sae_lines(rep: dict) -> list[str]:
+    """One line per dictionary applied to a model other than the one it was trained on, with its
+    explained variance there (the lowest and highest over the data sets it was applied to) and on
+    its own model (from the ClaimResults' ``details["sae"]``)."""
+    seen: dict = {}
+    for c in rep.get("claims", []):
+        for i, r in enumerate(c.get("results", [])):
+            for s in (r.get("details") or {}).get("sae") or []:
+                if s.get("other_model"):
+                    key = (s.get("sae"), s.get("trained_on"), s.get("applied_to"))
+                    seen.setdefault(key, {"rows": [], "results": set()})
+                    seen[key]["rows"].append(s)
+                    seen[key]["results"].add((c.get("id"), i))
+    out = []
+    for (name, trained, applied), got in sorted(seen.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        rows = got["rows"]
+        ev = [x["explained_variance"] for x in rows if isinstance(x.get("explained_variance"), (int, float))]
+        own = rows[0].get("explained_variance_trained")
+        there = ("explained variance unknown" if not ev else f"explained variance {min(ev):.3f}" if max(ev) == min(ev)
+                 else f"explained variance {min(ev):.3f} to {max(ev):.3f}")
+        out.append(f"fieldcheck: SAE {name} was trained on {trained} and is applied to {applied}: {there} there"
+                   + (f" ({own:.3f} on {trained})" if isinstance(own, (int, float)) else "")
+                   + f"; {len(got['results'])} result(s) use it")
+    return out

@@ -1,0 +1,60 @@
+"""Claims about dictionary features of SmolLM2-135M: the example TopK SAE on the residual stream
+entering layer 15 (``fc.sae.example("smollm2-135m")``: 2304 latents, k=32, trained by fieldcheck on
+Python's help topics -- the ``pydoc`` corpus, always installed -- the first time it is needed,
+about 220 CPU-seconds, then cached in ``$FIELDCHECK_HOME/sae``). The SAE is named by the model it
+was trained on, so a gating run (``--fc-baseline-model``) applies the same SAE to both models and
+the report says how well it reconstructs the candidate. Bars were set on ``--fc-seed 0`` and
+confirmed on ``--fc-seed 1`` (other IOI draws); claims/README.md has both values."""
+import numpy as np
+import pytest
+
+import fieldcheck as fc
+from fieldcheck import auroc, completeness, faithfulness, r2, rate_off, rate_on, recovered
+
+
+@pytest.fixture(scope="module")
+def sae():
+    return fc.sae.example("smollm2-135m")
+
+
+def test_attribution_predicts_feature_patches(field, ioi, sae):
+    """One backward pass predicts denoising each of the 40 most attributed latents (all positions)."""
+    pred_all = field.predict(ioi, fc.sites.features(sae, "all", "all"))
+    top = [pred_all.sites[i] for i in np.argsort(-np.abs(pred_all.mean_effect))[:40]]
+    fc.assert_predicted_effect(field.predict(ioi, top), field.patch(ioi, top), r2 > 0.9)
+
+
+def test_top_features_form_a_faithful_circuit(field, ioi, sae):
+    """The 30 nodes (latents and the error term) with the largest attribution keep over 40% of the
+    logit difference when every other node is mean-ablated (Marks et al.'s faithfulness)."""
+    circuit = field.feature_circuit(ioi, [sae], k=30, ablation="mean")
+    fc.assert_feature_circuit(circuit, faithfulness > 0.4)
+
+
+@pytest.mark.xfail(strict=True, reason="measured: completeness 0.42 (the complement of the 30-node circuit "
+                                       "keeps 58% of the effect)")
+def test_top_feature_circuit_is_complete(field, ioi, sae):
+    circuit = field.feature_circuit(ioi, [sae], k=30, ablation="mean")
+    fc.assert_feature_circuit(circuit, completeness > 0.8)
+
+
+@pytest.mark.xfail(strict=True, reason="measured: recovered 0.27; the SAE's error term and the "
+                                       "interaction with it carry the rest of the IOI signal at layer 15")
+def test_sae_latents_carry_the_ioi_signal_at_layer_15(field, ioi, sae):
+    result = field.patch(ioi, fc.sites.features(sae, "all", "all"), jointly=True)
+    fc.assert_feature_effect(result, recovered > 0.5)
+
+
+def test_a_clause_comma_latent_fires_on_ioi_prompts_only(field, fc_model, sae, fc_session_seed):
+    """The latent that best separates IOI prompts (a comma after "When A and B went to the store")
+    from factual-recall prompts on one draw of each (seed s) separates a fresh draw (seed s + 1)."""
+    from fieldcheck.experiments.features import feature_run
+
+    pick_on = fc.datasets.ioi(fc_model, n=32, seed=fc_session_seed + 10)
+    pick_off = fc.datasets.factual_recall(fc_model, n=32, seed=fc_session_seed + 10)
+    on_max = feature_run(field, pick_on, sae).f["clean"][:, 1:].max(1).values.numpy()
+    off_max = feature_run(field, pick_off, sae).f["clean"][:, 1:].max(1).values.numpy()
+    latent = int(np.argmax((on_max > 0).mean(0) - (off_max > 0).mean(0)))
+    sel = field.selectivity(sae, latent, fc.datasets.ioi(fc_model, n=32, seed=fc_session_seed + 11),
+                            fc.datasets.factual_recall(fc_model, n=32, seed=fc_session_seed + 11))
+    fc.assert_selective(sel, rate_on > 0.8, rate_off < 0.2, auroc > 0.9)
