@@ -390,7 +390,7 @@ def site_sets(draw, ctx: Ctx, ds: Any, kinds: Sequence[str] = KINDS, max_terms: 
     seq_len, names = shape_of(ds)
     choice = draw(st.integers(0, 9))
     if choice == 9:  # not a site set
-        return draw(bad(st.sampled_from(["L0@END", 3, None, [], [("resid_pre", 0)]]), "site"))
+        return draw(bad(st.sampled_from(["L0.nothing@END", 3, None, [], [("resid_pre", 0)]]), "site"))
     if choice == 8 and direct:  # Sites built directly
         items = []
         for _ in range(draw(st.integers(1, 3))):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
 from typing import Any, Callable
 
 import numpy as np
@@ -26,6 +27,9 @@ from _fuzz import Arg, Escaped, Exerciser, bad, ok
 from fieldcheck.experiments.attention import AttentionResult, HeadScores
 from fieldcheck.experiments.circuits import CircuitResult, FaithfulnessCurve, Minimality
 from fieldcheck.experiments.discovery import EdgeScores
+from fieldcheck.experiments.feature_circuits import FeatureCircuitResult, NodeScores
+from fieldcheck.experiments.feature_views import FeatureDLA, Selectivity, TopExamples
+from fieldcheck.experiments.features import FeatureActivations
 from fieldcheck.experiments.green import GreenResult, GreenSlice, LinearVsReal, Propagation
 from fieldcheck.experiments.lens import DirectAttribution, LogitLens
 from fieldcheck.experiments.response import LinearRegime, Selection, Sensitivity, Sweep
@@ -45,7 +49,7 @@ def invariant(*types: type):
 def check_invariants(obj: Any, ex: Exerciser | None = None) -> None:
     """Assert the invariants of ``obj`` (a result, a list or dict of them, a plain value)."""
     ex = ex or Exerciser()
-    if obj is None or isinstance(obj, (str, int, float, bool, np.ndarray, torch.Tensor)):
+    if obj is None or isinstance(obj, (str, int, float, bool, np.ndarray, torch.Tensor, pathlib.PurePath)):
         return
     if type(obj).__module__.startswith("matplotlib"):  # a picture (Figure, Axes): drawn without error
         return
@@ -157,6 +161,8 @@ def _patch(r: fc.PatchResult, ex: Exerciser) -> None:
     shape(r.baseline_clean, (B,), "baseline_clean")
     finite(r.baseline_clean, "baseline_clean")
     finite(r.baseline_corrupt, "baseline_corrupt")
+    target = r.baseline_clean if r.direction == "noise" else r.baseline_corrupt
+    np.testing.assert_array_equal(arr(r.baseline_target), arr(target))
     finite(r.effect, "effect")
     shape(r.mean_effect, (S,), "mean_effect")
     gap = r.baseline_clean - r.baseline_corrupt
@@ -232,6 +238,17 @@ def _contrastive(ds: fc.ContrastiveSet, ex: Exerciser) -> None:
                                                st.integers(T, T + 9).map(lambda p: Arg(p, ("position", str(p)))),
                                                bad(st.sampled_from(["X9", None, 1.5]), "position")), Arg("END")))
         ex.call(ds.swapped)
+        moved = ex.call(ds.to, ex.draw(st.one_of(ok(st.sampled_from(["cpu", torch.device("cpu")])),
+                                                 bad(st.sampled_from(["gpu9", "nowhere"]), "device")), Arg("cpu")))
+        if isinstance(moved, fc.ContrastiveSet):
+            assert moved == ds
+        if ex.plots:  # a file round trip (to_jsonl then from_jsonl) for some examples
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = f"{tmp}/set.jsonl"
+                ex.call(ds.to_jsonl, path)
+                ex.call(ds.to_jsonl, Arg(f"{tmp}/no/such/folder/x.jsonl", ("folder", "directory", "path", "write")))
 
 
 # --- response, Green functions, transfer ----------------------------------------------------------
@@ -305,6 +322,8 @@ def _selection(r, ex: Exerciser) -> None:
     finite(r.predicted, "predicted")
     assert r.real.jointly and r.real.values.shape == (1, B)
     assert r.recall is None or 0 <= r.recall <= 1
+    if float(np.sum(arr(r.gap))) != 0:
+        assert math.isfinite(r.predicted_recovered) and math.isfinite(r.real_recovered)
     assert [lab for lab, _ in r.ranking[:k]] == [s.label for s in r.sites] or len(r.ranking) >= k
     strict_json(r.to_dict(), "Selection")
     text(r, "repr")
@@ -321,6 +340,8 @@ def _green(r, ex: Exerciser) -> None:
     assert math.isfinite(r.outside_cone_max) and r.outside_cone_max >= 0
     shape(r.spread, (B, L1), "spread")
     shape(r.mean_norm, (L1, T), "mean_norm")
+    assert r.n == B
+    shape(r.spread_mean, (L1,), "spread_mean")
     if r.metric_response is not None:
         shape(r.metric_response, (B,), "metric_response")
         finite(r.metric_response, "metric_response")
@@ -345,8 +366,11 @@ def _propagation(r, ex: Exerciser) -> None:
     shape(r.response_norm, (B, L1, T), "response_norm")
     finite(r.response, "response")
     assert math.isfinite(r.outside_cone_max) and r.outside_cone_max >= 0
+    assert r.n == B
+    shape(r.mean_norm, (L1, T), "mean_norm")
     strict_json(r.to_dict(), "Propagation")
     text(r, "summary", "repr")
+    plots(r, ex, r.plot)
 
 
 @invariant(LinearVsReal)
@@ -455,7 +479,8 @@ def _head_scores(r, ex: Exerciser) -> None:
                                               st.integers(L, L + 9).map(lambda l: Arg([(l, 0)], ("layer", str(l))))),
                                     Arg("all")))
         ex.call(r.plot_data, kind)
-        plots(r, ex, lambda: r.heatmap(kind.value if not kind.bad else kinds[0]))
+        plots(r, ex, lambda: r.heatmap(kind.value if not kind.bad else kinds[0]),
+              lambda: r.plot(kind.value if not kind.bad else kinds[0]))
 
 
 @invariant(DirectAttribution)
@@ -524,7 +549,10 @@ def _circuit_result(r, ex: Exerciser) -> None:
     _metrics_1d(r)
     if np.sum(r.full - r.empty) != 0:
         assert math.isfinite(r.cpr) and math.isclose(r.cmd, abs(1 - r.cpr))
-    assert 0 <= r.n_edges <= max(r.n_edges_total, r.n_edges)
+    assert 0 <= r.n_edges <= max(r.n_edges_total, r.n_edges) and r.n == r.full.size
+    pd = r.plot_data()
+    assert pd is None or isinstance(pd, dict)
+    strict_json(fc.jsonable.jsonable(pd), "CircuitResult.plot_data")
     strict_json(r.to_dict(), "CircuitResult")
     text(r, "summary", "repr")
     check_invariants(r.spec, Exerciser())
@@ -539,7 +567,8 @@ def _curve(r, ex: Exerciser) -> None:
     shape(r.circuit, (K, B), "circuit")
     finite(r.circuit, "circuit")
     shape(r.faithfulness, (K,), "faithfulness")
-    assert ((r.fractions > 0) & (r.fractions <= 1 + 1e-9)).all()
+    assert ((r.fractions > 0) & (r.fractions <= 1 + 1e-9)).all() and r.n == B
+    strict_json(fc.jsonable.jsonable(r.plot_data()), "FaithfulnessCurve.plot_data")
     if np.sum(r.full - r.empty) != 0:
         assert math.isfinite(r.area) and math.isfinite(r.cmd_area)
     strict_json(r.to_dict(), "FaithfulnessCurve")
@@ -562,6 +591,7 @@ def _minimality(r, ex: Exerciser) -> None:
     shape(r.without, (P, B), "without")
     finite(r.without, "without")
     shape(r.cost, (P,), "cost")
+    assert r.n == B
     strict_json(r.to_dict(), "Minimality")
     text(r, "summary", "repr")
 
@@ -581,6 +611,8 @@ def _edge_scores(r, ex: Exerciser) -> None:
         n = len(ranked) if isinstance(ranked, list) else 1
         ex.call(r.top, ex.draw(st.one_of(ok(st.integers(1, n)), st.integers(n + 1, n + 30).map(lambda k: Arg(k, ("k",))),
                                          bad(st.sampled_from([0, -2, 1.5, None]), "k")), Arg(1)), level)
+        everything = fc.Circuit.all_edges(r.graph)
+        assert everything.mask(r.graph).sum() == r.graph.adjacency.sum()
         labels = [lab for lab, _ in r.ranking("edge")[:5]]
         ex.call(r.edge, ex.draw(st.one_of(ok(st.sampled_from(labels)),
                                           bad(st.sampled_from(["L99.H0->logits", "input->input", "nonsense", 3]),
@@ -595,10 +627,136 @@ def _circuit(c: fc.Circuit, ex: Exerciser) -> None:
     assert all(p in c for p in c.parts)
     assert isinstance(c.nodes, tuple) and isinstance(c.edges, tuple)
     strict_json(c.to_dict(), "Circuit")
+    strict_json(fc.jsonable.jsonable(c.plot_data()), "Circuit.plot_data")
+    assert c.positional == (c.level == "node" and any("@" in p for p in c.parts))
+    blank = fc.Circuit.placeholder(c.level, c.name)
+    assert len(blank) == 0 and blank.level == c.level
     text(c, "repr")
     if ex.deep and c.parts:
-        ex.call(c.without, ex.draw(st.one_of(ok(st.sampled_from(list(c.parts))),
-                                             bad(st.sampled_from(["L99.H9", ""]), "part")), Arg(c.parts[0])))
+        only = ("no part",) if len(c.parts) == 1 else ()   # a circuit is never empty
+        ex.call(c.without, ex.draw(st.one_of(st.sampled_from(list(c.parts)).map(lambda p: Arg(p, only)),
+                                             bad(st.sampled_from(["L99.H9", ""]), "part", "unknown", "edge", "node")), Arg(c.parts[0], only)))
+
+
+# --- dictionary features -------------------------------------------------------------------------
+
+
+@invariant(FeatureActivations)
+def _feature_activations(r, ex: Exerciser) -> None:
+    B, T, K = r.values.shape
+    assert B >= 1 and K == len(r.latents) >= 1 and len(r.tokens) == B and all(len(t) == T for t in r.tokens)
+    finite(r.values, "values")
+    shape(r.max(), (B, K), "max()")
+    strict_json(r.to_dict(), "FeatureActivations")
+    text(r, "summary", "repr")
+    if ex.deep:
+        names = sorted(r.positions)
+        out = ex.call(r.at, ex.draw(st.one_of(ok(st.sampled_from(names)), ok(st.integers(-T, T - 1)),
+                                              st.integers(T, T + 20).map(lambda p: Arg(p, ("position", str(p)))),
+                                              bad(st.sampled_from(["NOPE", None, 1.5]), "position")), Arg("END")))
+        if isinstance(out, np.ndarray):
+            assert out.shape == (B, K)
+        plots(r, ex, lambda: r.heatmap(ex.draw(st.integers(0, B - 1), 0)))
+
+
+@invariant(NodeScores)
+def _node_scores(r, ex: Exerciser) -> None:
+    N, B = r.scores.shape
+    assert len(r.nodes) == N >= 1 and B >= 1
+    finite(r.scores, "scores")
+    shape(r.mean, (N,), "mean")
+    strict_json(r.to_dict(), "NodeScores")
+    text(r, "summary", "repr")
+    if ex.deep:
+        k = ex.draw(ks(), Arg(3))
+        top = ex.call(r.top, k)
+        if isinstance(top, list):
+            assert len(top) == min(k.value, N)
+
+
+@invariant(FeatureCircuitResult)
+def _feature_circuit(r, ex: Exerciser) -> None:
+    B = _metrics_1d(r, ("circuit", "complement", "full", "empty"))
+    assert r.n == B >= 1 and len(r.nodes) <= max(r.n_nodes_total, len(r.nodes))
+    if float(np.sum(r.full - r.empty)) != 0:
+        assert math.isfinite(r.faithfulness) and math.isfinite(r.completeness) and r.cpr == r.faithfulness
+    strict_json(r.to_dict(), "FeatureCircuitResult")
+    text(r, "summary", "repr")
+    if r.scores is not None:
+        check_invariants(r.scores, Exerciser())
+    plots(r, ex, r.plot)
+
+
+@invariant(Selectivity)
+def _selectivity(r, ex: Exerciser) -> None:
+    assert r.on.ndim == 1 and r.off.ndim == 1 and r.on.size >= 1 and r.off.size >= 1
+    finite(r.on, "on")
+    finite(r.off, "off")
+    for name in ("rate_on", "rate_off", "auroc"):
+        v = getattr(r, name)
+        assert 0 <= v <= 1, f"{name} = {v} outside [0, 1]"
+    assert isinstance(r.dataset_hash, str)
+    strict_json(r.to_dict(), "Selectivity")
+    text(r, "summary", "repr")
+    plots(r, ex, r.plot)
+
+
+@invariant(TopExamples)
+def _top_examples(r, ex: Exerciser) -> None:
+    assert r.n_texts >= 1 and r.examples
+    for lat, rows in r.examples.items():
+        acts = [a for a, *_ in rows]
+        assert acts == sorted(acts, reverse=True), f"F{lat}: rows not strongest first"
+        assert all(0 <= i < r.n_texts and "[[" in ctx for _, i, _, ctx in rows), f"F{lat}: {rows[:2]}"
+    strict_json(r.to_dict(), "TopExamples")
+    text(r, "summary", "repr")
+    plots(r, ex, r.plot)
+
+
+@invariant(FeatureDLA)
+def _feature_dla(r, ex: Exerciser) -> None:
+    K, B = r.values.shape
+    assert K == len(r.latents) >= 1 and B >= 1
+    finite(r.values, "values")
+    shape(r.mean, (K,), "mean")
+    assert set(r.promoted) <= set(r.latents) and set(r.suppressed) <= set(r.latents)
+    strict_json(r.to_dict(), "FeatureDLA")
+    text(r, "summary", "repr")
+    if ex.deep:
+        k = ex.draw(ks(), Arg(3))
+        top = ex.call(r.top, k)
+        if isinstance(top, list):
+            assert len(top) == min(k.value, K)
+    plots(r, ex, r.plot)
+
+
+@invariant(fc.sites.FeatureSiteSet)
+def _feature_site_set(s, ex: Exerciser) -> None:
+    assert s.dictionaries and isinstance(repr(s), str)
+
+
+def _dictionary(d, ex: Exerciser) -> None:
+    assert d.W_enc.shape == (d.d_in, d.d_sae) and d.d_sae >= 1
+    assert torch.isfinite(d.W_enc).all() and torch.isfinite(d.W_dec).all()
+    assert isinstance(d.name, str) and d.name
+
+
+def _quality(q, ex: Exerciser) -> None:
+    assert math.isfinite(q.explained_variance) and q.explained_variance <= 1 + 1e-9
+    assert 0 <= q.dead_fraction <= 1 and q.l0 >= 0 and q.n_tokens >= 1
+    assert q.loss_recovered is None or math.isfinite(q.loss_recovered)
+    strict_json(q.to_dict(), "Quality")
+
+
+def _register_sae() -> None:
+    from fieldcheck.sae.dictionary import Dictionary
+    from fieldcheck.sae.quality import Quality
+
+    INVARIANTS[Dictionary] = _dictionary
+    INVARIANTS[Quality] = _quality
+
+
+_register_sae()
 
 
 # --- claims ------------------------------------------------------------------------------------
@@ -619,8 +777,9 @@ def _claim_result(r: fc.ClaimResult, ex: Exerciser) -> None:
             tol = 1e-9 * max(1.0, abs(r.estimate))
             assert lo - tol <= r.estimate <= hi + tol, f"interval {r.interval} does not contain estimate {r.estimate}"
         assert 0 < r.level < 1, f"level {r.level}"
-    if r.p_value is not None:
-        assert 0 < r.p_value <= 1, f"p-value {r.p_value} is not in (0, 1]"
+    if r.p_value is not None:  # p = 0 only where the data are impossible under the null (an exact test)
+        assert 0 < r.p_value <= 1 or (r.p_value == 0 and r.passed and "binomial" in r.method), \
+            f"p-value {r.p_value} is not in (0, 1] ({r.method})"
     if r.decide == "bound" and r.bound is not None and math.isfinite(r.estimate) and r.interval is not None:
         side = r.interval[0] if r.op in (">", ">=") else r.interval[1]
         assert r.bound == side or (math.isnan(r.bound) and math.isnan(side)), (r.bound, r.interval)
@@ -681,6 +840,14 @@ def _site_set(s, ex: Exerciser) -> None:
     assert isinstance(repr(s), str) and repr(s)
     names, max_pos = s.position_hints()
     assert "END" in names and max_pos >= 0
+
+
+@invariant(fc.sites.Depth)
+def _depth(d, ex: Exerciser) -> None:
+    assert isinstance(repr(d), str) and repr(d).startswith(("depth(", "last(", "first("))
+    for n in (1, 2, 7, 30):
+        got = d.of(n)
+        assert all(0 <= l < n for l in got), (d, n, got)
 
 
 @invariant(fc.sources.Source)

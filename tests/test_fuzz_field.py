@@ -9,6 +9,7 @@ FieldcheckError that names the bad argument. The number of examples per test is 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from hypothesis import given, strategies as st
 
@@ -32,7 +33,7 @@ def _ex(data) -> Exerciser:
 # --- the core: construction, runs, metrics, patching ------------------------------------------------
 
 
-@fuzz(12, "Field", "Field.device", "Field.require_functional", "Field.clear")
+@fuzz(24, "Field", "Field.device", "Field.require_functional", "Field.clear")
 @given(data=st.data())
 def test_field_constructor(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -41,7 +42,7 @@ def test_field_constructor(fuzz_pool, data):
                                 bad(st.sampled_from(["no-such-model-xyz", "/nonexistent/folder"]), "model",
                                     "does not exist", "not available")))
     budget = data.draw(st.one_of(ok(st.sampled_from([2 ** 20, 2 ** 31, 10 ** 12])),
-                                 bad(st.sampled_from([0, -5, "lots", float("nan"), None]), "memory_budget")))
+                                 bad(st.sampled_from([0, -5, "lots", float("nan")]), "memory_budget", "memory budget")))
     engine = data.draw(choices(("auto", "hooks"), "engine"))
     field = call(fc.Field, model, memory_budget=budget, engine=engine, ex=_ex(data))
     if isinstance(field, fc.Field):
@@ -52,7 +53,7 @@ def test_field_constructor(fuzz_pool, data):
         field.clear()
 
 
-@fuzz(25, "Field.run", "Field.phi", "Field.metric_values", "Field.baselines")
+@fuzz(50, "Field.run", "Field.phi", "Field.metric_values", "Field.baselines")
 @given(data=st.data())
 def test_runs_and_metrics(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -76,7 +77,7 @@ def test_runs_and_metrics(fuzz_pool, data):
         assert len(base) == 2 and all(b.shape == (ds.value.n,) for b in base)
 
 
-@fuzz(40, "Field.patch")
+@fuzz(60, "Field.patch")
 @given(data=st.data())
 def test_patch(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -91,7 +92,7 @@ def test_patch(fuzz_pool, data):
          allow=UNSUPPORTED)
 
 
-@fuzz(10, "Field.metric_on", "Field.site_values", "Field.injections")
+@fuzz(20, "Field.metric_on", "Field.site_values", "Field.injections")
 @given(data=st.data())
 def test_engine_helpers(fuzz_pool, data):
     """The helpers experiments use (metric of final residuals, activation at a site, the source a
@@ -125,7 +126,7 @@ def test_engine_helpers(fuzz_pool, data):
 # --- sensitivities, predictions, sweeps, selection -----------------------------------------------------
 
 
-@fuzz(12, "Field.sensitivity")
+@fuzz(24, "Field.sensitivity")
 @given(data=st.data())
 def test_sensitivity(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -134,7 +135,7 @@ def test_sensitivity(fuzz_pool, data):
          run=data.draw(choices(WHICH, "run")), ex=_ex(data))
 
 
-@fuzz(20, "Field.predict")
+@fuzz(40, "Field.predict")
 @given(data=st.data())
 def test_predict(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -147,7 +148,7 @@ def test_predict(fuzz_pool, data):
          metric=data.draw(metrics(ctx, ds.value)), ex=_ex(data))
 
 
-@fuzz(10, "Field.scale_sweep")
+@fuzz(20, "Field.scale_sweep")
 @given(data=st.data())
 def test_scale_sweep(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -160,7 +161,7 @@ def test_scale_sweep(fuzz_pool, data):
          source=data.draw(sources(ctx, ds.value)), metric=data.draw(metrics(ctx, ds.value)), ex=_ex(data))
 
 
-@fuzz(8, "Field.select_sites")
+@fuzz(16, "Field.select_sites")
 @given(data=st.data())
 def test_select_sites(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -183,7 +184,7 @@ def _green_direction(ctx, ds):
                          "direction"))
 
 
-@fuzz(10, "Field.green")
+@fuzz(20, "Field.green")
 @given(data=st.data())
 def test_green(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -194,7 +195,7 @@ def test_green(fuzz_pool, data):
          batch_size=data.draw(ints(1, 64, "batch_size")), ex=_ex(data))
 
 
-@fuzz(10, "Field.propagate")
+@fuzz(20, "Field.propagate")
 @given(data=st.data())
 def test_propagate(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -204,7 +205,7 @@ def test_propagate(fuzz_pool, data):
          batch_size=data.draw(ints(1, 64, "batch_size")), ex=_ex(data))
 
 
-@fuzz(8, "Field.green_slice")
+@fuzz(16, "Field.green_slice")
 @given(data=st.data())
 def test_green_slice(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -223,7 +224,7 @@ def test_green_slice(fuzz_pool, data):
 # --- transfer and path patching -----------------------------------------------------------------------
 
 
-@fuzz(20, "Field.transfer")
+@fuzz(40, "Field.transfer")
 @given(data=st.data())
 def test_transfer(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -256,7 +257,7 @@ def _receivers(ctx):
     )
 
 
-@fuzz(15, "Field.path_patch")
+@fuzz(30, "Field.path_patch")
 @given(data=st.data())
 def test_path_patch(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -294,7 +295,7 @@ def _query_key(ctx, ds):
                          lambda p: Arg(p, (p,))))
 
 
-@fuzz(30, "Field.attention")
+@fuzz(60, "Field.attention")
 @given(data=st.data())
 def test_attention(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -311,7 +312,7 @@ def test_attention(fuzz_pool, data):
          ex=_ex(data), allow=allow + UNSUPPORTED)
 
 
-@fuzz(12, "Field.head_scores")
+@fuzz(24, "Field.head_scores")
 @given(data=st.data())
 def test_head_scores(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -336,7 +337,7 @@ def _components(ctx):
     )
 
 
-@fuzz(25, "Field.dla")
+@fuzz(50, "Field.dla")
 @given(data=st.data())
 def test_dla(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -347,7 +348,7 @@ def test_dla(fuzz_pool, data):
          ex=_ex(data), allow=UNSUPPORTED)
 
 
-@fuzz(30, "Field.logit_lens")
+@fuzz(60, "Field.logit_lens")
 @given(data=st.data())
 def test_logit_lens(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -362,16 +363,18 @@ def test_logit_lens(fuzz_pool, data):
 def _circuit_arg(ctx):
     L, H = ctx.n_layers, ctx.n_heads
     node = st.one_of(st.tuples(st.integers(0, L - 1), st.integers(0, H - 1)).map(lambda t: f"L{t[0]}.H{t[1]}"),
-                     st.integers(0, L - 1).map(lambda l: f"MLP{l}"))
-    edge = st.one_of(st.integers(0, L - 1).map(lambda l: f"input->MLP{l}"),
+                     st.integers(0, L - 1).map(lambda l: f"L{l}.mlp"))
+    edge = st.one_of(st.integers(0, L - 1).map(lambda l: f"embed->L{l}.mlp"),
                      st.tuples(st.integers(0, L - 1), st.integers(0, H - 1)).map(lambda t: f"L{t[0]}.H{t[1]}->logits"))
     return st.one_of(
         ok(st.lists(node, min_size=1, max_size=3).map(lambda ns: fc.Circuit(nodes=ns))),
+        ok(st.tuples(st.integers(0, L - 1), st.integers(0, H - 1), st.just("END")).map(
+            lambda t: fc.Circuit(nodes=[f"L{t[0]}.H{t[1]}@{t[2]}"]))),
         ok(st.lists(edge, min_size=1, max_size=3).map(lambda es: fc.Circuit(edges=es))),
         ok(st.lists(node, min_size=1, max_size=2)),
-        ok(st.just(fc.Circuit(nodes=[]))),
+        bad(st.just([]), "circuit is empty", "at least one"),
         st.integers(L, L + 30).map(lambda l: Arg(fc.Circuit(nodes=[f"L{l}.H0"]), (f"L{l}.H0", "layer"))),
-        st.integers(L, L + 30).map(lambda l: Arg([f"MLP{l}->logits"], (f"MLP{l}", "layer"))),
+        st.integers(L, L + 30).map(lambda l: Arg([f"L{l}.mlp->logits"], (f"L{l}.mlp", "layer"))),
         bad(st.sampled_from([["nonsense"], ["L0.H0->nowhere"], "L0.H0", 3, None]), "circuit", "node", "edge",
             "sender", "receiver"),
     )
@@ -380,12 +383,27 @@ def _circuit_arg(ctx):
 ABLATIONS = ("corrupt", "mean", "zero", "resample")
 
 
-@fuzz(15, "Field.evaluate_circuit", "Field.minimality")
+@fuzz(30, "Field.evaluate_circuit", "Field.minimality", "Circuit.position_mask", "Circuit.mask", "Circuit.all_edges")
 @given(data=st.data())
 def test_evaluate_circuit_and_minimality(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
     ds = data.draw(datasets(ctx))
     circuit = data.draw(_circuit_arg(ctx))
+    if isinstance(circuit.value, fc.Circuit) and not circuit.bad and isinstance(ds.value, fc.ContrastiveSet) \
+            and not ds.bad and ctx.field.fm is not None:
+        from fieldcheck.experiments.edges import edge_graph
+
+        try:
+            g = edge_graph(ctx.field)
+        except UnsupportedArchitecture:
+            g = None
+        if g is not None:
+            pm = call(circuit.value.position_mask, g, ds)
+            assert pm is None or (isinstance(pm, torch.Tensor) and pm.shape[0] == ds.value.n)
+            mask = call(circuit.value.mask, g)
+            everything = call(fc.Circuit.all_edges, g)
+            if isinstance(mask, np.ndarray) and isinstance(everything, fc.Circuit):
+                assert mask.shape == g.adjacency.shape and not (mask & ~everything.mask(g)).any()
     kw = dict(ablation=data.draw(choices(ABLATIONS, "ablation")), metric=data.draw(metrics(ctx, ds.value)),
               seed=data.draw(seeds()))
     allow = UNSUPPORTED + ((fc.DatasetError, InsufficientData) if kw["ablation"].value == "resample" else ())
@@ -393,7 +411,7 @@ def test_evaluate_circuit_and_minimality(fuzz_pool, data):
     call(ctx.field.minimality, ds, circuit, **kw, ex=_ex(data), allow=allow)
 
 
-@fuzz(10, "Field.edge_scores", "Field.discover_circuit")
+@fuzz(20, "Field.edge_scores", "Field.discover_circuit")
 @given(data=st.data())
 def test_edge_scores_and_discovery(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
@@ -408,7 +426,7 @@ def test_edge_scores_and_discovery(fuzz_pool, data):
          allow=allow)
 
 
-@fuzz(6, "Field.faithfulness_curve")
+@fuzz(12, "Field.faithfulness_curve")
 @given(data=st.data())
 def test_faithfulness_curve(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool, ("gpt2-2L", "llama-3L", "neox-2L")))

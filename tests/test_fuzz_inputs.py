@@ -61,7 +61,7 @@ def test_site_constructors_and_resolution(data):
     else:
         x = data.draw(st.one_of(ok(st.just(S.Site(kind, 0, 0, 0 if kind == "attn_head" else None))),
                                 ok(st.just([S.Site("resid_pre", 1, "END")])),
-                                bad(st.sampled_from(["L0@END", 3, None, [("resid_pre", 0, 0)], [S.Site("x", 0, 0), 1]]),
+                                bad(st.sampled_from(["L0.nothing@END", 3, None, [("resid_pre", 0, 0)], [S.Site("x", 0, 0), 1]]),
                                     "site")))
         got = call(S.as_site_set, x)
     if not isinstance(got, S.SiteSet):
@@ -84,7 +84,84 @@ def test_site_constructors_and_resolution(data):
         assert any(w in msg for w in ("layer", "head", "position", "empty", "kind")), msg
 
 
-@fuzz(40, "fc.sources.as_source", "fc.sources.check_alpha", "fc.sources.gaussian", "fc.sources.steer",
+@fuzz(60, "fc.sites.depth", "fc.sites.first", "fc.sites.last", "fc.sites.from_label", "fc.sites.layer_index")
+@given(data=st.data())
+def test_relative_layers_and_labels(data):
+    """Layers relative to the depth resolve inside any model (models of other depths: 1..40 layers);
+    a label gives its site set or a SiteError naming it; a lookup by layer names the layers that exist."""
+    n_layers = data.draw(st.integers(1, 40))
+    frac = st.floats(0, 1)
+    how = data.draw(st.sampled_from(["depth1", "depth2", "last", "first"]))
+    if how == "depth1":
+        rel = call(S.depth, data.draw(st.one_of(ok(frac), bad(st.sampled_from([-0.1, 1.5, float("nan"), "half", None,
+                                                                             True]), "depth", "lo"))))
+    elif how == "depth2":
+        lo, hi = data.draw(st.tuples(frac, frac))
+        rel = call(S.depth, lo, Arg(hi, () if hi > lo else ("hi", "above")))
+    else:
+        rel = call(getattr(S, how), data.draw(st.one_of(ok(st.integers(1, 50)),
+                                                        bad(st.sampled_from([0, -2, 1.5, "3", None, True]), how))))
+    if isinstance(rel, S.Depth):
+        got = rel.of(n_layers)
+        assert all(0 <= l < n_layers for l in got) and got == sorted(set(got)), (rel, n_layers, got)
+        assert got or (how == "depth2"), (rel, n_layers)
+        kind = data.draw(st.sampled_from(KINDS))
+        sites = (S.attn_head(rel, 0, "END") if kind == "attn_head" else getattr(S, kind)(rel, "END"))
+        resolved = call(sites.resolve, n_layers, 2, 5, ("END",), allow=(fc.SiteError,))
+        if isinstance(resolved, list):
+            assert sorted({x.layer for x in resolved}) == got
+        call(rel.of, data.draw(bad(st.sampled_from([0, -1, "x", None]), "layers")))
+    L = data.draw(st.integers(0, 30))
+    label = data.draw(st.one_of(
+        ok(st.sampled_from([f"L{L}.resid_pre@END", f"L{L}.H1@3", f"L{L}.mlp", f"L{L}.attn@END", f"L{L}.resid_mid",
+                            f"L{L}.resid_post@0", f"L{L}"])),
+        bad(st.sampled_from(["embed", "logits", f"L{L}.H1.q", "L-1.mlp", "Lx", "", "L3.H", 3, None]), "label",
+            "site", "component", "position", "L")))
+    got = call(S.from_label, label)
+    if isinstance(got, S.SiteSet):
+        resolved = call(got.resolve, max(L + 1, 2), 4, 8, ("END",), allow=(fc.SiteError,))
+        if isinstance(resolved, list):
+            assert all(x.layer == L for x in resolved)
+    n_rows = data.draw(st.integers(1, 30))
+    i = call(S.layer_index, data.draw(st.one_of(
+        ok(st.integers(-n_rows, n_rows - 1)),
+        st.integers(n_rows, n_rows + 40).map(lambda l: Arg(l, ("layer", str(l), f"0..{n_rows - 1}"))),
+        bad(st.sampled_from([1.5, "3", None, True]), "layer"))), n_rows, "this result")
+    if isinstance(i, int):
+        assert 0 <= i < n_rows
+
+
+@fuzz(40, "fc.sources.example_groups", "fc.sources.group_mean")
+@given(data=st.data())
+def test_grouped_means(data):
+    """Groups by a key of ``example_meta`` (a DatasetError naming the key and the examples without it);
+    a grouped mean equals numpy's mean per group."""
+    n = data.draw(st.integers(1, 6))
+    keys = data.draw(st.lists(st.sampled_from(["a", "b", 0, None]), min_size=n, max_size=n))
+    metas = [{"template": k} for k in keys]
+    missing = data.draw(st.booleans()) and n > 1
+    if missing:
+        metas[-1] = {}
+    ds = type("Set", (), {"n": n, "example_meta": metas, "name": "drawn"})()
+    by = data.draw(st.one_of(ok(st.just("template")), bad(st.sampled_from(["nope"]), "nope", "example_meta")))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a one-example group: warned, as documented
+        groups = call(fc.sources.example_groups, ds, Arg(by.value, by.bad + (("template",) if missing else ())))
+    if isinstance(groups, torch.Tensor):
+        assert groups.shape == (n,) and int(groups.min()) == 0
+        x = torch.randn(n, 3, dtype=torch.float64)
+        m = call(fc.sources.group_mean, x, groups)
+        for g in groups.unique():
+            sel = groups == g
+            torch.testing.assert_close(m[sel], x[sel].mean(0, keepdim=True).expand(int(sel.sum()), 3))
+        call(fc.sources.group_mean, x, None)
+        call(fc.sources.group_mean, x, Arg(groups[:-1] if n > 1 else torch.tensor([0, 0]), ("groups", "batch",
+                                                                                              "shape")))
+
+
+@fuzz(60, "fc.sources.as_source", "fc.sources.check_alpha", "fc.sources.gaussian", "fc.sources.steer",
       "fc.sources.noise_for", "fc.sources.other", "fc.sources.zero", "fc.sources.mean", "fc.metrics.as_metric")
 @given(data=st.data())
 def test_sources_and_metrics(data):
@@ -124,7 +201,7 @@ def test_sources_and_metrics(data):
 # --- data sets -------------------------------------------------------------------------------------------
 
 
-@fuzz(30, "fc.datasets.ioi", "fc.datasets.factual_recall", "fc.datasets.induction", "fc.datasets.load",
+@fuzz(60, "fc.datasets.ioi", "fc.datasets.factual_recall", "fc.datasets.induction", "fc.datasets.load",
       "fc.datasets.available", "fc.datasets.vocab", "fc.datasets.register")
 @given(data=st.data())
 def test_builtin_data_sets(fuzz_pool, data):
@@ -169,7 +246,7 @@ def _prompts(words, k):
         lambda ws: [" ".join(ws) + " and"] * k)
 
 
-@fuzz(40, "ContrastiveSet.from_pairs", "ContrastiveSet.from_records", "ContrastiveSet.from_jsonl",
+@fuzz(60, "ContrastiveSet.from_pairs", "ContrastiveSet.from_records", "ContrastiveSet.from_jsonl",
       "ContrastiveSet.split_by_length", "ContrastiveSet.concat", "fc.ContrastiveSet")
 @given(data=st.data())
 def test_contrastive_set_constructors(fuzz_pool, data, tmp_path_factory):
@@ -259,25 +336,28 @@ def test_contrastive_set_constructors(fuzz_pool, data, tmp_path_factory):
 # --- circuits, receivers, result constructors -------------------------------------------------------------
 
 
-@fuzz(40, "fc.Circuit", "fc.receiver_heads", "fc.receiver_mlps", "fc.downstream")
+@fuzz(60, "fc.Circuit", "fc.receiver_heads", "fc.receiver_mlps", "fc.downstream")
 @given(data=st.data())
 def test_circuits_and_receivers(data):
-    parts = st.lists(st.sampled_from(["L0.H1", "MLP0", "L1.H0@END", "input->MLP0", "L0.H0->logits",
+    parts = st.lists(st.sampled_from(["L0.H1", "L0.mlp", "L1.H0@END", "embed->L0.mlp", "L0.H0->logits",
                                       "L0.H0->L1.H2.q", ("L0.H0", "logits")]), max_size=4, unique=True)
-    edges = data.draw(st.one_of(ok(st.just(None)), ok(parts), bad(st.sampled_from([3, "L0.H0->logits"]),
-                                                                 "edge", "circuit")))
-    nodes = data.draw(st.one_of(ok(st.just(None)), ok(st.lists(st.sampled_from(["L0.H1", "MLP0", "L1.H0@END"]),
+    edges = data.draw(st.one_of(ok(st.just(None)), ok(parts), ok(st.just("L0.H0->logits")),
+                                bad(st.sampled_from([3, ["L0.H0->nowhere"]]), "edge", "receiver")))
+    nodes = data.draw(st.one_of(ok(st.just(None)), ok(st.lists(st.sampled_from(["L0.H1", "L0.mlp", "L1.H0@END"]),
                                                                max_size=3, unique=True)),
                                 bad(st.sampled_from([["L0.H0->logits"], ["L0.H0.q"]]), "node")))
     if (edges.value is None) == (nodes.value is None):
         edges = Arg(edges.value, edges.bad + ("exactly one", "edges"))
-    if isinstance(nodes.value, list) and any(not isinstance(x, str) for x in nodes.value):
-        nodes = Arg(nodes.value, nodes.bad + ("node",))
+    # a Circuit is never empty (the empty circuit is what evaluate_circuit reports as `empty`)
+    if edges.value == []:
+        edges = Arg([], edges.bad + ("at least one part",))
+    if nodes.value == []:
+        nodes = Arg([], nodes.bad + ("at least one part",))
     if isinstance(edges.value, list) and nodes.value is None and any("->" not in str(x) and not isinstance(x, tuple)
                                                                       for x in edges.value):
         edges = Arg(edges.value, edges.bad + ("edge", "->"))
-    n_parts = len(edges.value) if isinstance(edges.value, list) else len(nodes.value) if isinstance(nodes.value,
-                                                                                                    list) else 0
+    n_parts = (len(edges.value) if isinstance(edges.value, list) else 1 if isinstance(edges.value, str)
+               else len(nodes.value) if isinstance(nodes.value, list) else 0)
     scores = data.draw(st.one_of(ok(st.just(None)), ok(st.just([1.0] * n_parts)),
                                  bad(st.sampled_from([[1.0] * (n_parts + 1), ["x"] * max(1, n_parts)]), "score")))
     call(fc.Circuit, edges=edges, nodes=nodes, scores=scores, name=data.draw(st.sampled_from(["", "c"])),
@@ -296,7 +376,7 @@ def test_circuits_and_receivers(data):
         call(lambda a, b: a + b, rh, got)
 
 
-@fuzz(30, "fc.PatchResult", "fc.ClaimResult")
+@fuzz(60, "fc.PatchResult", "fc.ClaimResult")
 @given(data=st.data())
 def test_result_constructors(data):
     """Results built by hand (a user's own experiment, a report loaded back): the constructor or the
@@ -324,7 +404,7 @@ def test_result_constructors(data):
 # --- models, the command line, the plugin's options --------------------------------------------------------
 
 
-@fuzz(12, "fc.load_model")
+@fuzz(24, "fc.load_model")
 @given(data=st.data())
 def test_load_model(data, fieldcheck_home):
     spec = data.draw(st.one_of(
@@ -354,17 +434,21 @@ def _cli(argv):
 
 #: the command line's words: every subcommand and flag of fieldcheck.cli, names and junk
 CLI_WORDS = ["models", "pull", "list", "path", "--json", "--verify", "--version", "--help", "smollm2-135m",
-             "gemma3-270m", "no-such-model", "x.gguf", "/nonexistent/dir", "", "-x", "models"]
+             "gemma3-270m", "no-such-model", "x.gguf", "/nonexistent/dir", "", "-x", "models",
+             "report", "merge", "show", "compare", "--out", "--output", "--html", "--check", "--failed", "--quiet",
+             "--fail", "--alpha", "--correction", "--compare", "/nonexistent/r.json", "0.05", "holm",
+             "sae", "train", "info", "--example", "--hook", "blocks.1.hook_resid_pre", "--d-sae", "--k", "--tokens",
+             "--context", "--corpus", "--epochs", "--seed", "0", "-3", "x"]
 
 
-@fuzz(25, "cli.main")
+@fuzz(50, "cli.main")
 @given(argv=st.lists(st.sampled_from(CLI_WORDS), max_size=4))
 def test_command_line(argv, fieldcheck_home):
     """``fieldcheck ...`` with drawn words: exit 0, 1 with ``fieldcheck: error: <message>``, or argparse's
     2 with a usage line; never a traceback. (``pull`` of the real aliases is left out: it would
     convert a model into the temporary FIELDCHECK_HOME.)"""
-    if "pull" in argv and any(a in ("smollm2-135m", "gemma3-270m") for a in argv):
-        argv = [a for a in argv if a not in ("smollm2-135m", "gemma3-270m")]
+    if ("pull" in argv or "train" in argv) and any(a in ("smollm2-135m", "gemma3-270m") for a in argv):
+        argv = [a for a in argv if a not in ("smollm2-135m", "gemma3-270m")]   # no real conversion or training
     try:
         rc, out, err = _cli(argv)
     except Exception as e:  # noqa: BLE001
@@ -389,10 +473,16 @@ OPTION_VALUES = {
     "--fc-baseline-model": ["tiny-llama", "tiny-gpt2"], "--fc-models": ["tiny-gpt2,tiny-llama", "tiny-gpt2",
                                                                         "a,a"],
     "--fc-no-cache": [None],
+    "--fc-memory-budget": ["2GiB", "512MiB", "1e9", "0", "lots", "-5", "nan"],
+    "--fc-shard": ["1/2", "2/2", "0/2", "3/2", "x", "1/0"],
+    "--fc-shard-durations": ["r.json", "/nonexistent/r.json"],
+    "--fc-ray": [None, "auto", "local", "127.0.0.1:6379", "ray://h:1", "not an address"],
+    "--fc-ray-shards": ["1", "4", "0", "-1", "x"], "--fc-ray-cpus": ["1", "0.5", "0", "x", "nan"],
+    "--fc-ray-gpus": ["0", "1", "-1", "x"], "--fc-ray-retries": ["3", "0", "-1", "x"],
 }
 
 
-@fuzz(25, "plugin options")
+@fuzz(50, "plugin options")
 @given(opts=st.dictionaries(st.sampled_from(sorted(OPTION_VALUES)), st.integers(0, 6), max_size=4))
 def test_plugin_options(opts, tmp_path):
     """The plugin reads its options (command line, then ini, then default) into Options or raises

@@ -93,8 +93,8 @@ class ClaimResult:
         for name in ("p_value", "p_adjusted"):
             v = getattr(self, name)
             real(name, v, none_ok=True)
-            if v is not None and not 0.0 < v <= 1.0:
-                raise UsageError(f"ClaimResult: {name} must be in (0, 1] or None, got {v!r}")
+            if v is not None and not 0.0 <= v <= 1.0:  # 0: the data are impossible under the null (a rate > 0
+                raise UsageError(f"ClaimResult: {name} must be in [0, 1] or None, got {v!r}")  # with a success)
         real("level", self.level)
         if not 0.0 < self.level < 1.0:
             raise UsageError(f"ClaimResult: level must be in (0, 1), got {self.level!r}")

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from fieldcheck.data.contrastive import ContrastiveSet, NotEnoughExamples, tok_info, weak_cached
-from fieldcheck.errors import DatasetError
+from fieldcheck.errors import DatasetError, check_int
 
 __all__ = ["ioi", "factual_recall", "induction", "load", "available", "register", "words",
            "vocab", "IOI_CORRUPTIONS"]
@@ -257,9 +257,12 @@ def _verify_ioi(ds: ContrastiveSet, v: Vocab, corruption: str) -> None:
                            "expected token positions for this tokenizer")
 
 
-def _check_n(n: Any, what: str) -> int:
+def _check_n(n: Any, what: str, seed: Any = 0) -> int:
+    """``n`` if it is a positive int; DatasetError for it, or for a ``seed`` that is not an int >= 0 (a
+    seed of None or 1.5 would build a set of its own, silently not the one of any integer seed)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise DatasetError(f"{what}: n={n!r} must be a positive integer number of examples")
+    check_int("seed", seed, low=0, error=DatasetError, hint=f"{what}'s examples are drawn with this seed")
     return n
 
 
@@ -297,7 +300,7 @@ def ioi(model: Any, n: int = 16, seed: int = 0, corruption: str = "abc",
     not mixed: the most common length among the chosen ones is used (``meta["dropped_templates"]``
     says which were left out and why).
     """
-    n = _check_n(n, "ioi")
+    n = _check_n(n, "ioi", seed)
     if corruption not in IOI_CORRUPTIONS:
         raise DatasetError(f"unknown IOI corruption {corruption!r}: use one of {IOI_CORRUPTIONS} "
                            "('abc' replaces the second S by a third name, 'flip' by the IO name)")
@@ -351,7 +354,7 @@ def factual_recall(model: Any, n: int = 16, seed: int = 0, relation: str | None 
     prompt length with the most (clean, corrupt) pairs is used. Pairs are distinct unless
     ``replace=True`` (then drawn with replacement, so any n works).
     """
-    n = _check_n(n, "factual_recall")
+    n = _check_n(n, "factual_recall", seed)
     v = vocab(model)
     pairs, info = v.fact_pairs(relation)
     rng = random.Random(f"factual/{seed}/{relation}")
@@ -381,7 +384,7 @@ def induction(model: Any, n: int = 16, seed: int = 0, length: int = 6) -> Contra
     not in either prompt. Positions: "END", "PREV" (the first occurrence of the token at END,
     i.e. the token after which wk came first).
     """
-    n = _check_n(n, "induction")
+    n = _check_n(n, "induction", seed)
     v = vocab(model)
     W = len(v.induction_words)
     if isinstance(length, bool) or not isinstance(length, int) or length < 2:

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from fieldcheck.data.positions import is_text_spec, marker_position, strip_all_markers, text_position
-from fieldcheck.errors import DatasetError, InsufficientData
+from fieldcheck.errors import DatasetError, InsufficientData, check_int
 
 __all__ = ["ContrastiveSet", "DatasetError", "NotEnoughExamples"]
 
@@ -352,8 +352,9 @@ class ContrastiveSet:
         return self.subset(range(k))
 
     def sample(self, k: int, seed: int = 0) -> "ContrastiveSet":
-        """``k`` examples drawn without replacement (deterministic for a seed)."""
+        """``k`` examples drawn without replacement (deterministic for a seed: an int >= 0)."""
         self._check_k(k, "sample")
+        check_int("seed", seed, low=0, error=DatasetError, hint="sample(k, seed) draws its examples with it")
         return self.subset(sorted(random.Random(f"sample/{seed}").sample(range(self.n), k)))
 
     def _check_k(self, k: int, what: str) -> None:
@@ -407,7 +408,14 @@ class ContrastiveSet:
             example_meta=sum((s.example_meta for s in sets), []))
 
     def to(self, device: Any) -> "ContrastiveSet":
-        """A copy whose tensors live on ``device`` (the set itself stays on the CPU)."""
+        """A copy whose tensors live on ``device`` (the set itself stays on the CPU); DeviceError for a
+        device that is not a torch device or does not exist here."""
+        from fieldcheck.errors import DeviceError
+
+        try:
+            torch.empty(0).to(device)
+        except (RuntimeError, TypeError, AssertionError, ValueError) as e:
+            raise DeviceError(f"device {device!r} cannot hold the data set here: {e}") from None
         out = self._replace()
         for attr in ("clean_tokens", "corrupt_tokens", "answers", "wrong", "first_diff"):
             setattr(out, attr, getattr(out, attr).to(device))
@@ -750,6 +758,9 @@ def _prepare(model, clean, corrupt, answers, wrong, positions, example_meta, mar
                            "wrong are empty lists); give at least one example")
     # positions given by the user: ints, token texts (str or (text, occurrence)), one or one per example
     pos_spec: dict[str, list] = {}
+    if positions is not None and not isinstance(positions, dict):
+        raise DatasetError(f"positions must be a dict {{name: index, token text or one of them per example}}, "
+                           f"got {type(positions).__name__} {positions!r}")
     for k, v in (positions or {}).items():
         if not isinstance(k, str):
             raise DatasetError(f"position names must be strings, got {k!r}")

@@ -128,11 +128,14 @@ class Circuit:
 
     def without(self, part: str) -> "Circuit":
         """This circuit without ``part`` (one of its labels; SiteError listing the nearest parts otherwise),
-        same level and name."""
+        same level and name; UsageError when ``part`` is the only one (a circuit is never empty)."""
         key = _part_text(part, self.level)
         if key not in self.parts:
             raise unknown(part, self.parts, self.level, "this circuit")
         keep = [p for p in self.parts if p != key]
+        if not keep:
+            raise UsageError(f"without({part!r}) would leave no part: {part!r} is this circuit's only {self.level}; "
+                             "the empty circuit (every edge ablated) is what evaluate_circuit reports as `empty`")
         return Circuit(**{("edges" if self.level == "edge" else "nodes"): keep}, name=self.name)
 
     def __len__(self) -> int:

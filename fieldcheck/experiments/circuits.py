@@ -409,10 +409,12 @@ def minimality(field, ds, circuit, ablation: str = "corrupt", metric="logit_diff
     c = as_circuit(circuit)
     g = edge_graph(field)
     t0 = time.perf_counter()
-    cs = [c] + [c.without(p) for p in c.parts]
-    masks = [x.mask(g) for x in cs] + [np.zeros(g.adjacency.shape, bool)]
+    # a one-part circuit without its part is the empty circuit (no Circuit object: a Circuit is never empty)
+    cs = [c] + ([c.without(p) for p in c.parts] if len(c) > 1 else [None])
+    empty = np.zeros(g.adjacency.shape, bool)
+    masks = [empty if x is None else x.mask(g) for x in cs] + [empty]
     vals = _masks_metric(field, ds, masks, ablation, metric, seed,
-                         pos_masks=[x.position_mask(g, ds) for x in cs] + [None])
+                         pos_masks=[None if x is None else x.position_mask(g, ds) for x in cs] + [None])
     return Minimality(spec=c, parts=list(c.parts), without=vals[1:-1], circuit=vals[0],
                       full=to_numpy(field.metric_values(ds, metric, "clean")), empty=vals[-1], ablation=ablation,
                       metric=as_metric(metric).name,

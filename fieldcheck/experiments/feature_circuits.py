@@ -80,9 +80,11 @@ class NodeScores:
 def _check(ablation: str, dictionaries) -> list[Dictionary]:
     if ablation not in ABLATIONS:
         raise UsageError(f"ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
-    ds_ = [dictionaries] if isinstance(dictionaries, Dictionary) else list(dictionaries)
+    ds_ = ([dictionaries] if isinstance(dictionaries, Dictionary)
+           else list(dictionaries) if isinstance(dictionaries, (list, tuple)) else None)
     if not ds_ or not all(isinstance(d, Dictionary) for d in ds_):
-        raise UsageError("give one dictionary or a list of them (fieldcheck.sae.load / train)")
+        raise UsageError(f"saes={dictionaries!r}: give one dictionary or a non-empty list of them "
+                         "(fieldcheck.sae.load / train)")
     return sorted(ds_, key=lambda d: (d.layer, site_of_hook(d.out_hook)[0] != "resid_pre"))
 
 

@@ -20,8 +20,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from fieldcheck.errors import SiteError, UsageError
-from fieldcheck.experiments.features import feature_run, sae_report
+from fieldcheck.errors import DatasetError, SiteError, UsageError, check_int, check_number
+from fieldcheck.experiments.features import feature_run, latent_list, sae_report
 from fieldcheck.experiments.lens import final_norm_affine
 from fieldcheck.field.results import dataset_hash_of
 from fieldcheck.field.sites import site_of_hook
@@ -32,12 +32,18 @@ from fieldcheck.sae.splice import check_fits, collect
 __all__ = ["Selectivity", "selectivity", "TopExamples", "top_examples", "FeatureDLA", "feature_dla"]
 
 
-def _latents(d: Dictionary, latents) -> list[int]:
-    lat = list(range(d.d_sae)) if latents == "all" else [int(i) for i in np.atleast_1d(latents)]
-    bad = [i for i in lat if not 0 <= i < d.d_sae]
+_latents = latent_list
+
+
+def _texts(texts, what: str) -> list[str]:
+    """``texts`` as a list of non-empty strings; DatasetError naming ``what`` otherwise (a single string
+    would be read as its characters, an empty text has no token after BOS to read)."""
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts:
+        raise DatasetError(f"{what}={texts!r}: give a non-empty list of texts (or a ContrastiveSet)")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
     if bad:
-        raise SiteError(f"latent {bad[0]} out of range: {d.name} has latents 0..{d.d_sae - 1}")
-    return lat
+        raise DatasetError(f"{what}: text {bad[0]} is {texts[bad[0]]!r}; every text must be a non-empty string")
+    return list(texts)
 
 
 def _encode_texts(field, d: Dictionary, texts: Sequence[str], batch: int = 16):
@@ -129,8 +135,11 @@ class Selectivity:
                          "on_hash": self.on_hash, "off_hash": self.off_hash})
 
 
-def _per_prompt(field, d, latent, prompts, position):
+def _per_prompt(field, d, latent, prompts, position, what: str):
     if hasattr(prompts, "clean_tokens"):  # a ContrastiveSet: its clean prompts
+        if position != "max" and not isinstance(position, str):
+            check_int("position", position, low=-prompts.seq_len, high=prompts.seq_len - 1, error=SiteError,
+                      hint=f"{what}'s prompts have {prompts.seq_len} tokens; or a position name, or 'max'")
         f = feature_run(field, prompts, d).f["clean"][..., latent]
         if position == "max":
             return f[:, 1:].max(1).values.double().cpu().numpy()
@@ -140,7 +149,7 @@ def _per_prompt(field, d, latent, prompts, position):
     if position != "max":
         raise UsageError("a named position needs a data set (ContrastiveSet); for lists of texts use position='max'")
     return np.array([float(f[1:, latent].max()) if f.shape[0] > 1 else 0.0
-                     for _, f in _encode_texts(field, d, list(prompts))])
+                     for _, f in _encode_texts(field, d, _texts(prompts, what))])
 
 
 def selectivity(field, dictionary: Dictionary, latent: int, on, off, position="max",
@@ -150,8 +159,9 @@ def selectivity(field, dictionary: Dictionary, latent: int, on, off, position="m
     largest over the prompt's tokens after BOS (``"max"``)."""
     check_fits(dictionary, field.fm)
     (lat,) = _latents(dictionary, [latent])
-    a_on = _per_prompt(field, dictionary, lat, on, position)
-    a_off = _per_prompt(field, dictionary, lat, off, position)
+    threshold = check_number("threshold", threshold, hint="the activation above which the latent fires")
+    a_on = _per_prompt(field, dictionary, lat, on, position, "on")
+    a_off = _per_prompt(field, dictionary, lat, off, position, "off")
     runs = [feature_run(field, x, dictionary) for x in (on, off) if hasattr(x, "clean_tokens")]
     return Selectivity(dictionary.name, lat, a_on, a_off, float(threshold), str(position),
                        {"sae": sae_report(field, runs)} if runs else {}, _prompts_hash(on), _prompts_hash(off))
@@ -221,9 +231,9 @@ def top_examples(field, dictionary: Dictionary, latents, texts: Sequence[str], k
     tokens of context before the token and 2 after."""
     check_fits(dictionary, field.fm)
     lat = _latents(dictionary, latents)
-    if not isinstance(k, int) or k < 1:
-        raise UsageError(f"k must be a positive int, got {k!r}")
-    enc = _encode_texts(field, dictionary, list(texts))
+    k = check_int("k", k, low=1, hint="the number of examples per latent")
+    window = check_int("window", window, low=0, hint="tokens of context before the token")
+    enc = _encode_texts(field, dictionary, _texts(texts, "texts"))
     best: dict = {i: [] for i in lat}
     for ti, (strs, f) in enumerate(enc):
         sub = f[1:, lat]
@@ -301,6 +311,7 @@ def feature_dla(field, ds, dictionary: Dictionary, latents="all", which: str = "
     """Direct logit attribution of each latent's decoder row at the metric position (see the module doc)."""
     if which not in ("clean", "corrupt"):
         raise UsageError(f"which must be 'clean' or 'corrupt', got {which!r}")
+    check_fits(dictionary, field.fm)
     kind, _ = site_of_hook(dictionary.out_hook)
     if kind == "attn_head":
         raise UsageError(f"{dictionary.name} writes attention z, not the residual stream: its decoder rows have no "
@@ -309,6 +320,7 @@ def feature_dla(field, ds, dictionary: Dictionary, latents="all", which: str = "
     if not getattr(fm, "linear_unembed", False):
         raise UsageError("feature DLA needs a linear unembedding (no logit soft-capping, not the generic path)")
     lat = _latents(dictionary, latents)
+    n_tokens = check_int("n_tokens", n_tokens, low=1, hint="promoted and suppressed tokens listed per latent")
     run = feature_run(field, ds, dictionary)
     r = field.run(ds)
     cache = r.clean if which == "clean" else r.corrupt

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from fieldcheck.errors import SiteError, SourceError, UsageError
+from fieldcheck.field.core import check_dataset
 from fieldcheck.field.engine import Injection, LightConeEngine, Row
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.results import PatchResult, dataset_hash_of
@@ -94,6 +95,7 @@ def _model_name(field) -> str:
 @torch.no_grad()
 def feature_run(field, ds, d: Dictionary) -> FeatureRun:
     """The dictionary's activations on both runs of ``ds`` (cached per field, data set and dictionary)."""
+    check_dataset(ds, field.model)
     check_fits(d, field.fm, _model_name(field))
     per_field = _RUNS.setdefault(field, {})
     key = (ds.content_hash(), id(d))
@@ -136,7 +138,9 @@ def sae_report(field, runs: Sequence[FeatureRun]) -> list[dict]:
 
 # --- resolving feature sites --------------------------------------------------------------------
 def resolve_features(field, ds, sites) -> list[FeatureSite]:
-    """The FeatureSites of ``sites`` (a FeatureSiteSet, a FeatureSite or a list of them) for ``ds``."""
+    """The FeatureSites of ``sites`` (a FeatureSiteSet, a FeatureSite or a list of them) for ``ds``
+    (DatasetError when ``ds`` is not a ContrastiveSet that fits the model)."""
+    check_dataset(ds, field.model)
     if isinstance(sites, FeatureSite):
         sites = [sites]
     if isinstance(sites, (list, tuple)) and sites and all(isinstance(s, FeatureSite) for s in sites):
@@ -476,15 +480,38 @@ class FeatureActivations:
                          "dataset_hash": self.dataset_hash})
 
 
+def latent_list(d: Dictionary, latents) -> list[int]:
+    """The latent indices ``latents`` names: "all", an int or a non-empty list/array of ints in 0..d_sae-1
+    (negative counts from the end). SiteError naming the bad latent otherwise (a float is not truncated
+    to a latent, a bool is not latent 1)."""
+    import numbers
+
+    if isinstance(latents, str) and latents == "all":
+        return list(range(d.d_sae))
+    if isinstance(latents, numbers.Integral) and not isinstance(latents, bool):
+        items = [latents]
+    elif isinstance(latents, (list, tuple, range, np.ndarray, torch.Tensor)):
+        items = list(np.asarray(latents).ravel()) if isinstance(latents, (np.ndarray, torch.Tensor)) else list(latents)
+    else:
+        raise SiteError(f"latents={latents!r}: give 'all', a latent index or a list of them (0..{d.d_sae - 1})")
+    if not items:
+        raise SiteError(f"latents=[] names no latent; give 'all' or indices in 0..{d.d_sae - 1}")
+    out = []
+    for i in items:
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, numbers.Integral):
+            raise SiteError(f"latent {i!r} is not an int: {d.name} has latents 0..{d.d_sae - 1}")
+        if not -d.d_sae <= i < d.d_sae:
+            raise SiteError(f"latent {int(i)} out of range: {d.name} has latents 0..{d.d_sae - 1}")
+        out.append(int(i) % d.d_sae)
+    return out
+
+
 def feature_activations(field, ds, dictionary: Dictionary, latents="all", which: str = "clean") -> FeatureActivations:
     """The activations of ``latents`` of ``dictionary`` on every prompt and token of one run of ``ds``."""
     if which not in ("clean", "corrupt"):
         raise UsageError(f"which must be 'clean' or 'corrupt', got {which!r}")
     run = feature_run(field, ds, dictionary)
-    lat = list(range(dictionary.d_sae)) if latents == "all" else [int(i) for i in np.atleast_1d(latents)]
-    bad = [i for i in lat if not 0 <= i < dictionary.d_sae]
-    if bad:
-        raise SiteError(f"latent {bad[0]} out of range: {dictionary.name} has latents 0..{dictionary.d_sae - 1}")
+    lat = latent_list(dictionary, latents)
     toks = ds.clean_tokens if which == "clean" else ds.corrupt_tokens
     tok = getattr(field.model, "tokenizer", None)
     strs = [[tok.decode([int(t)]) if tok is not None else str(int(t)) for t in row] for row in toks.tolist()]

@@ -42,9 +42,13 @@ class FieldRun:
     metric_pos: torch.Tensor
 
     def target(self, direction: str) -> RunCache:
+        """The run patched into: the corrupted run for "denoise", the clean run for "noise"."""
+        check_choice("direction", direction, DIRECTIONS)
         return self.corrupt if direction == "denoise" else self.clean
 
     def source(self, direction: str) -> RunCache:
+        """The run patched from: the clean run for "denoise", the corrupted run for "noise"."""
+        check_choice("direction", direction, DIRECTIONS)
         return self.clean if direction == "denoise" else self.corrupt
 
 

@@ -134,7 +134,8 @@ def depth(lo: float, hi: Optional[float] = None) -> Depth:
     """Layers at a fraction of the model's depth: ``depth(0.85, 1)`` the last 15% of the layers,
     ``depth(0.5)`` the middle layer (see :class:`Depth`)."""
     for name, v in (("lo", lo), ("hi", hi)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
+        if (v is not None or name == "lo") and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                                or not 0 <= v <= 1):
             raise SiteError(f"depth({lo!r}, {hi!r}): {name} must be a fraction of the depth in [0, 1]")
     if hi is not None and hi <= lo:
         raise SiteError(f"depth({lo!r}, {hi!r}): hi must be above lo")

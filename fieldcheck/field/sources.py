@@ -103,6 +103,11 @@ def group_mean(x: torch.Tensor, groups: Optional[torch.Tensor]) -> torch.Tensor:
     example when ``groups`` is None."""
     if groups is None:
         return x.mean(0, keepdim=True).expand_as(x)
+    if not isinstance(groups, torch.Tensor) or groups.shape != x.shape[:1] or groups.is_floating_point() \
+            or bool((groups < 0).any()):
+        raise SourceError(f"group_mean: groups must be one group index >= 0 per example ([batch] = "
+                          f"[{x.shape[0]}] ints, from example_groups(ds, by)), got "
+                          f"{tuple(groups.shape) if isinstance(groups, torch.Tensor) else groups!r}")
     g = groups.to(x.device)
     G = int(g.max()) + 1
     sums = torch.zeros((G,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device).index_add_(0, g, x)
@@ -159,6 +164,8 @@ def as_source(x) -> Source:
 
 def check_alpha(alpha) -> float:
     """``alpha`` as a finite float (the scale in phi + alpha * delta); SourceError naming the value otherwise."""
+    if isinstance(alpha, (str, bytes, bool)):  # float("1") would accept a text; True is not a scale
+        raise SourceError(f"alpha must be a number, got {alpha!r}")
     try:
         a = float(alpha)
     except (TypeError, ValueError):

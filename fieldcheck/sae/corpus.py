@@ -16,6 +16,7 @@ name the same training data on every machine that has the package.
 """
 from __future__ import annotations
 
+import os
 import random
 import re
 from pathlib import Path
@@ -62,6 +63,8 @@ def texts(corpus: str = "pydoc", seed: int = 0) -> list[str]:
     elif corpus == "pydoc":
         docs = _pydoc()
     else:
+        if not isinstance(corpus, (str, os.PathLike)):
+            raise DictionaryError(f"corpus {corpus!r} is neither 'fortunes', 'pydoc' nor a path to a .txt file or folder")
         p = Path(corpus)
         files = sorted(p.rglob("*.txt")) if p.is_dir() else [p] if p.is_file() else []
         if not files:

@@ -17,9 +17,10 @@ from typing import Optional
 
 import torch
 
+from fieldcheck.errors import DatasetError
 from fieldcheck.jsonable import jsonable
 from fieldcheck.sae.dictionary import Dictionary
-from fieldcheck.sae.splice import collect, forward_with
+from fieldcheck.sae.splice import check_fits, collect, forward_with
 
 
 @dataclass
@@ -114,7 +115,17 @@ def spliced_ce(fm, d: Dictionary, tokens: torch.Tensor, batch: int = 8) -> tuple
 
 
 def measure(d: Dictionary, fm, tokens: torch.Tensor, model: str = "", ce: bool = True) -> Quality:
-    """The quality of ``d`` in the model ``fm`` on token sequences ``tokens [n, T]`` (BOS first)."""
+    """The quality of ``d`` in the model ``fm`` on token sequences ``tokens [n, T]`` (BOS first).
+    DictionaryError when ``d`` does not fit ``fm``; DatasetError for ``tokens`` that are not integer ids
+    ``[n >= 1, T >= 3]`` of the model's vocabulary."""
+    check_fits(d, fm, model)
+    V = getattr(fm, "d_vocab", None)
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.is_floating_point() or \
+            tokens.dtype == torch.bool or tokens.shape[0] < 1 or tokens.shape[1] < 3 or \
+            (V is not None and bool(((tokens < 0) | (tokens >= V)).any())):
+        got = f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else repr(tokens)
+        raise DatasetError(f"measure(sae, fm, tokens): tokens must be integer ids [n >= 1, T >= 3] (BOS first) "
+                           f"in 0..{'d_vocab-1' if V is None else V - 1}, got {got}")
     acts = collect(fm, tokens, list(dict.fromkeys([d.hook_name, d.out_hook])))
     x = acts[d.hook_name][:, 1:].reshape(-1, acts[d.hook_name].shape[-1])
     y = acts[d.out_hook][:, 1:].reshape(-1, d.d_out) if d.is_transcoder else None

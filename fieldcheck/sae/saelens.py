@@ -144,6 +144,8 @@ def save(d: Dictionary, path: Union[str, os.PathLike], extra_metadata: Optional[
     The files are written to temporary names and renamed, so a reader never sees half a folder."""
     from safetensors.torch import save_file
 
+    if not isinstance(d, Dictionary):
+        raise DictionaryError(f"save(sae, path): sae={d!r} is not a dictionary (fieldcheck.sae.load / train)")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {key: getattr(d, key).detach().cpu().contiguous() for key in ("W_enc", "b_enc", "W_dec", "b_dec")}

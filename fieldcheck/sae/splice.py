@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
+from fieldcheck.errors import SiteError
 from fieldcheck.field.sites import site_of_hook
 from fieldcheck.sae.dictionary import Dictionary, DictionaryError
 
@@ -24,13 +25,19 @@ Edit = Callable[..., torch.Tensor]
 
 
 def site_width(fm, hook: str) -> int:
-    """Size of the activation at ``hook`` in a model (n_heads * d_head for hook_z)."""
-    kind, _ = site_of_hook(hook)
+    """Size of the activation at ``hook`` in a model (n_heads * d_head for hook_z); SiteError for a hook
+    the model does not have (a layer beyond its last)."""
+    kind, layer = site_of_hook(hook)
+    if layer >= fm.n_layers:
+        raise SiteError(f"hook {hook!r} is at layer {layer}, but the model has layers 0..{fm.n_layers - 1}")
     return fm.n_heads * fm.d_head if kind == "attn_head" else fm.d_model
 
 
 def check_fits(d: Dictionary, fm, model_name: str = "") -> None:
-    """DictionaryError unless ``d``'s hooks exist in the model and have its sizes."""
+    """DictionaryError unless ``d`` is a Dictionary whose hooks exist in the model and have its sizes."""
+    if not isinstance(d, Dictionary):
+        raise DictionaryError(f"sae={d!r} is not a dictionary: load one with fieldcheck.sae.load(path), train one "
+                              "with fieldcheck.sae.train(model, hook) or take fieldcheck.sae.example(model)")
     for hook, size, what in ((d.hook_name, d.d_in, "d_in"), (d.out_hook, d.d_out, "d_out")):
         kind, layer = site_of_hook(hook)
         if layer >= fm.n_layers:

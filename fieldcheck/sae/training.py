@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from fieldcheck.errors import UsageError
+from fieldcheck.errors import UsageError, check_int
 from fieldcheck.models.loading import fieldcheck_home
 from fieldcheck.sae.corpus import describe, texts
 from fieldcheck.sae.dictionary import Dictionary, DictionaryError
@@ -179,6 +179,8 @@ def train(model, hook: str, d_sae: Optional[int] = None, k: int = 32, n_tokens: 
 
     fm = _functional(model, field)
     d_in = site_width(fm, hook)
+    if d_sae is not None:  # 0 is refused, not read as "the default"
+        d_sae = check_int("d_sae", d_sae, low=1, hint="the number of latents (default 4 * d_in)")
     cfg = TrainConfig(hook=hook, d_sae=int(d_sae or 4 * d_in), k=k, n_tokens=n_tokens, context=context,
                       corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     cfg.check()
