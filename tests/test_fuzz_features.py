@@ -15,22 +15,10 @@ from hypothesis import given, strategies as st
 
 import fieldcheck as fc
 import _fuzz
-from _fuzz import Arg, Exerciser, bad, call, choices, datasets, fuzz, metrics, ok
+from _fuzz import Arg, Exerciser, bad, call, choices, datasets, fuzz, metrics, ok, random_sae
 from fieldcheck.errors import InsufficientData
 
 CTX = "llama-3L"   # the feature tests' model: 3 layers, d_model 32
-
-
-def random_sae(hook: str, d_in: int = 32, d_sae: int = 16, seed: int = 0, architecture: str = "standard", name=""):
-    """A random SAE on ``hook`` (no training): enough for the calls to run on real shapes."""
-    from fieldcheck.sae.dictionary import Dictionary
-
-    g = torch.Generator().manual_seed(seed)
-    W_enc = torch.randn(d_in, d_sae, generator=g) / d_in ** 0.5
-    W_dec = torch.randn(d_sae, d_in, generator=g) / d_sae ** 0.5
-    return Dictionary(W_enc=W_enc, b_enc=torch.zeros(d_sae), W_dec=W_dec, b_dec=torch.zeros(d_in),
-                      architecture=architecture, hook_name=hook, k=4 if architecture == "topk" else None,
-                      model_name="tiny-llama", name=name)
 
 
 @pytest.fixture(scope="module")

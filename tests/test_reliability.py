@@ -45,7 +45,7 @@ DOC = ROOT / "docs" / "troubleshooting.md"
 
 def _catalogue_rows() -> list[list[str]]:
     rows = []
-    for line in DOC.read_text().split("## Catalogue", 1)[1].splitlines():
+    for line in DOC.read_text().split("## More cases", 1)[1].splitlines():
         if not line.startswith("| ") or line.startswith("| case") or set(line) <= set("|- "):
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

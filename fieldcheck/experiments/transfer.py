@@ -20,7 +20,7 @@ import torch
 
 from fieldcheck.display import pyplot
 from fieldcheck.errors import DatasetError, SiteError, check_choice, check_number
-from fieldcheck.field.core import DIRECTIONS, check_dataset
+from fieldcheck.field.core import check_dataset
 from fieldcheck.jsonable import jsonable, to_numpy
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.sites import Site, as_site_set

@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from fieldcheck.errors import DatasetError, SourceError, check_int, check_number
+from fieldcheck.errors import DatasetError, SourceError, check_int
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,8 @@ def group_mean(x: torch.Tensor, groups: Optional[torch.Tensor]) -> torch.Tensor:
 def gaussian(scale: float, seed: int = 0) -> Source:
     """Additive Gaussian noise delta ~ N(0, scale^2 I), seeded per site by ``seed`` (the same site and seed give
     the same draw); SourceError for a negative or non-finite ``scale``."""
-    check_number("gaussian scale", scale, low=0, error=SourceError)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise SourceError(f"gaussian: scale must be a finite number >= 0, got {scale!r}")
     seed = check_int("seed", seed, low=0, error=SourceError)
     return Source("gaussian", scale=float(scale), seed=seed)
 
