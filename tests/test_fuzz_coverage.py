@@ -15,6 +15,7 @@ import re
 
 import _fuzz
 import test_fuzz_claims  # noqa: F401 - each module registers what it covers in _fuzz.BUDGET
+import test_fuzz_features  # noqa: F401
 import test_fuzz_field  # noqa: F401
 import test_fuzz_inputs
 import test_fuzz_pretrained  # noqa: F401
