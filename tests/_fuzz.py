@@ -156,8 +156,11 @@ def _api_name(fn: Callable) -> str:
         for name, obj in API.items():
             obj = obj.fget if isinstance(obj, property) else obj
             _API_NAMES.setdefault(id(obj), name if not name.startswith("fc.Field") else "Field")
-    target = getattr(fn, "__func__", fn)
-    return _API_NAMES.get(id(target)) or _name(fn)
+    for target in (fn, getattr(fn, "__wrapped__", None)):  # a test's wrapper counts as what it wraps
+        target = getattr(target, "__func__", target)
+        if target is not None and id(target) in _API_NAMES:
+            return _API_NAMES[id(target)]
+    return _name(fn)
 
 
 def _write_calls() -> None:

@@ -19,7 +19,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import fieldcheck as fc
-from _fuzz import Arg, Exerciser, bad, call, fuzz, ok
+from _fuzz import Arg, Exerciser, bad, call, fuzz, ok, random_sae
 from fieldcheck.claim import criteria as C
 from fieldcheck.errors import CriterionError, FieldcheckError, InsufficientData
 
@@ -49,6 +49,14 @@ def results(fuzz_pool):
     out["circuit"] = f.evaluate_circuit(ds, circuit)
     out["curve"] = f.faithfulness_curve(ds, scores=circuit.edge_scores, sizes=[2, 8, 30])
     out["minimality"] = f.minimality(ds, circuit)
+    # dictionary features: a random SAE on the tiny Llama (3 layers)
+    lctx = fuzz_pool.get("llama-3L")
+    lds = fc.datasets.ioi(lctx.model, n=N, seed=3)
+    sae = random_sae("blocks.1.hook_resid_pre", seed=1)
+    out["feature_patch"] = lctx.field.patch(lds, S.features(sae, [0, 1, 2], "END"))
+    nodes = S.features(sae, [0, 1, 2, 3], "all", error=True).resolve(3, 4, lds.seq_len, lds.position_names)
+    out["feature_circuit"] = lctx.field.evaluate_feature_circuit(lds, nodes, [sae])
+    out["selectivity"] = lctx.field.selectivity(sae, 0, lds, ["the cat sat on the mat", "a b c", "x y z w"] * 3)
     return out
 
 
@@ -70,6 +78,9 @@ ARRAYS = {
     "scores": [("weights", 1)],
     "dla": [("values", 1), ("total", 0)],
     "lens": [("logit_diff", 1), ("rank", 1), ("wrong_rank", 1), ("prob", 1)],
+    "feature_patch": [("values", 1), ("baseline_clean", 0), ("baseline_corrupt", 0)],
+    "feature_circuit": [("circuit", 0), ("complement", 0), ("full", 0), ("empty", 0)],
+    "selectivity": [("on", 0), ("off", 0)],
 }
 MUTATIONS = ("as is", "nan", "inf", "constant", "one example", "two examples", "zero gap", "no site", "wrong object")
 
@@ -117,7 +128,7 @@ def mutate(kind: str, r, how: str) -> Arg:
         elif how == "no site" and axis == 1 and name == arrays[0][0]:
             a = a[:0]
         kw[name] = a
-    if kind in ("patch", "predict", "path", "joint"):
+    if kind in ("patch", "predict", "path", "joint", "feature_patch"):
         kw["skipped"] = None
         if how == "no site":
             kw["sites"] = []
@@ -128,8 +139,8 @@ def mutate(kind: str, r, how: str) -> Arg:
         return Arg(None, ("expects", "got NoneType", "must be"))
     except Exception as e:  # noqa: BLE001
         raise AssertionError(f"cannot build the {how!r} version of {kind}: {e}") from e
-    if how == "no site" and kind in ("patch", "predict", "path", "joint", "attention", "scores", "dla", "curve",
-                                     "minimality", "lens"):
+    if how == "no site" and kind in ("patch", "predict", "path", "joint", "feature_patch", "attention", "scores",
+                                     "dla", "curve", "minimality", "lens"):
         return Arg(out, ("no site", "no row", "empty", "no head", "no component", "no part", "no size", "no layer",
                          "shape"))
     return Arg(out, allow=(InsufficientData,))
@@ -146,6 +157,9 @@ STATS = {
     "cpr": (C.cpr, (-1, 2)), "cmd": (C.cmd, (0, 2)), "explained": (C.explained, (0, 1)), "share": (C.share, (-2, 2)),
     "rank": (C.rank(layer=-1), (0, 50)), "first_layer": (C.first_layer, (0, 3)), "area": (C.area, (-1, 2)),
     "min_cost": (C.min_cost, (-1, 1)),
+    "faithfulness": (C.faithfulness, (-1, 2)), "completeness": (C.completeness, (-1, 2)),
+    "rate_on": (C.rate_on, (0, 1)), "rate_off": (C.rate_off, (0, 1)), "mean_diff": (C.mean_diff, (-2, 2)),
+    "auroc": (C.auroc, (0, 1)),
 }
 
 
@@ -202,6 +216,7 @@ def _without_marker(assertion):
     def run(*args, _no_criteria=None, **kw):
         return assertion(*args, **kw)
     run.__qualname__ = assertion.__name__
+    run.__wrapped__ = assertion  # counted as the assertion's calls (tests/_fuzz.py)
     return run
 
 
@@ -342,6 +357,16 @@ def test_assert_curve_and_minimal(results, data):
 
 
 # --- the criteria language -------------------------------------------------------------------------------
+
+
+@fuzz(40, "fc.assert_feature_effect", "fc.assert_feature_circuit", "fc.assert_selective")
+@given(data=st.data())
+def test_feature_assertions(results, data):
+    kind = data.draw(st.sampled_from(["feature_patch", "feature_circuit", "selectivity"]))
+    assertion, valid = {"feature_patch": (fc.assert_feature_effect, ("recovered", "effect")),
+                        "feature_circuit": (fc.assert_feature_circuit, ("faithfulness", "completeness")),
+                        "selectivity": (fc.assert_selective, ("rate_on", "rate_off", "mean_diff", "auroc"))}[kind]
+    _call(data, results, kind, assertion, valid)
 
 
 @fuzz(60, "fc.Statistic", "fc.stat", "fc.Criterion")
