@@ -499,7 +499,8 @@ def _dla(r, ex: Exerciser) -> None:
     text(r, "repr")
     if ex.deep:
         k = ex.draw(ks(), Arg(3))
-        top = ex.call(r.top, k, by=ex.draw(st.sampled_from(["abs", "signed"]), "abs"))
+        top = ex.call(r.top, k, by=ex.draw(st.one_of(ok(st.sampled_from(["abs", "value"])),
+                                                       bad(st.sampled_from(["signed", None]), "by")), Arg("abs")))
         if isinstance(top, list):
             assert len(top) == min(k.value, C)
         ex.call(r.select, ex.draw(st.one_of(

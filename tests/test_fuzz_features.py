@@ -58,7 +58,7 @@ def _ex(data) -> Exerciser:
 
 
 @fuzz(60, "fc.sites.features", "fc.sites.feature", "fc.sites.sae_error", "fc.sites.is_feature_sites",
-      "fc.sites.site_of_hook", "fc.assert_feature_effect")
+      "fc.sites.site_of_hook")
 @given(data=st.data())
 def test_feature_sites_and_patches(feats, data):
     ctx, d = feats
@@ -133,8 +133,7 @@ def _sae_list(d: dict) -> st.SearchStrategy[Arg]:
                      bad(st.sampled_from([[], None, "l1", [3]]), "dictionar", "sae"))
 
 
-@fuzz(24, "Field.node_attribution", "Field.feature_circuit", "Field.evaluate_feature_circuit",
-      "fc.assert_feature_circuit")
+@fuzz(24, "Field.node_attribution", "Field.feature_circuit", "Field.evaluate_feature_circuit")
 @given(data=st.data())
 def test_feature_circuits(feats, data):
     ctx, d = feats
@@ -162,7 +161,7 @@ def test_feature_circuits(feats, data):
              n_boot=100, claims=True, allow=(InsufficientData,))
 
 
-@fuzz(30, "Field.selectivity", "Field.top_examples", "fc.assert_selective")
+@fuzz(30, "Field.selectivity", "Field.top_examples")
 @given(data=st.data())
 def test_selectivity_and_top_examples(feats, data):
     ctx, d = feats

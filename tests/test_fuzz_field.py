@@ -141,11 +141,13 @@ def test_predict(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
     ds = data.draw(datasets(ctx))
     sites = data.draw(site_sets(ctx, ds.value))
+    method = data.draw(choices(("gradient", "integrated"), "method"))
+    source = data.draw(sources(ctx, ds.value))
+    if method.value == "integrated" and source.value not in (None, "other") and not source.bad:
+        source = Arg(source.value, ("source", "integrated"))  # it integrates between the two runs
     call(ctx.field.predict, ds, sites, order=data.draw(choices((1, 2), "order", extra_bad=(0, 3, 1.5))),
-         method=data.draw(choices(("gradient", "integrated"), "method")),
-         steps=data.draw(ints(1, 4, "steps")), direction=data.draw(choices(DIRECTIONS, "direction")),
-         source=data.draw(sources(ctx, ds.value)), alpha=data.draw(alphas()),
-         metric=data.draw(metrics(ctx, ds.value)), ex=_ex(data))
+         method=method, steps=data.draw(ints(1, 4, "steps")), direction=data.draw(choices(DIRECTIONS, "direction")),
+         source=source, alpha=data.draw(alphas()), metric=data.draw(metrics(ctx, ds.value)), ex=_ex(data))
 
 
 @fuzz(20, "Field.scale_sweep")
@@ -230,6 +232,8 @@ def test_transfer(fuzz_pool, data):
     ctx = data.draw(contexts(fuzz_pool))
     ds = data.draw(datasets(ctx))
     targets = data.draw(st.one_of(ok(st.just(None)), datasets(ctx)))
+    if targets.value is None:  # None is the default: the targets are ds itself
+        targets = Arg(None)
     pair = data.draw(choices(("mean", "matched"), "pair"))
     allow = ()
     if not targets.bad and targets.value is not None and not ds.bad:
@@ -253,7 +257,8 @@ def _receivers(ctx):
         ok(st.just(["final", fc.receiver_mlps("all")])),
         st.integers(L, L + 20).map(lambda l: Arg(fc.receiver_heads(l), ("layer", str(l)))),
         st.integers(H, H + 9).map(lambda h: Arg(fc.receiver_heads(0, h), ("head", str(h)))),
-        bad(st.sampled_from(["logits", "L0.H0", 3, None, []]), "receiver"),
+        ok(st.sampled_from(["logits", "L0.H0", "L0.mlp"])),
+        bad(st.sampled_from(["L0.H0.x", 3, None, []]), "receiver"),
     )
 
 
@@ -283,7 +288,8 @@ def _heads_arg(ctx, ds):
         ok(st.integers(0, L - 1).map(lambda l: S.attn_head(l, "all", "END"))),
         st.integers(L, L + 20).map(lambda l: Arg([(l, 0)], ("layer", str(l)))),
         st.integers(H, H + 9).map(lambda h: Arg([(0, h)], ("head", str(h)))),
-        bad(st.sampled_from([[], "L0.H0", 3.5, None, [(0,)]]), "head"),
+        ok(st.just("L0.H0")),
+        bad(st.sampled_from([[], "L0.H0x", 3.5, None, [(0,)]]), "head"),
     )
 
 
@@ -333,7 +339,8 @@ def _components(ctx):
         ok(st.tuples(st.integers(0, L - 1), st.integers(0, H - 1)).map(lambda t: [f"L{t[0]}.H{t[1]}", "embed"])),
         ok(st.integers(0, L - 1).map(lambda l: S.mlp_out(l, "END"))),
         st.integers(L, L + 30).map(lambda l: Arg([f"L{l}.H0"], (f"L{l}.H0", "layer"))),
-        bad(st.sampled_from(["mlps", [], ["L0.X1"], 3, None]), "component"),
+        ok(st.just(None)),
+        bad(st.sampled_from(["mlps", [], ["L0.X1"], 3]), "component"),
     )
 
 

@@ -58,10 +58,15 @@ CASES = [
     Case("data sets", "a grouped mean whose groups do not match the examples",
          "fc.sources.group_mean(torch.zeros(4, 3), torch.tensor([0, 1]))", "SourceError", ("groups",)),
     # --- sites, layers, sources ---------------------------------------------------------------------------
+    Case("sites", "an injection scaled by NaN (it used to return no injection at all)",
+         'field.injections(field.run(ds), S.Site("resid_pre", 0, "END"), "denoise", fc.sources.other(), '
+         'float("nan"))', "SourceError", ("alpha",)),
     Case("sites", "relative layers without a fraction", "S.depth(None)", "SiteError", ("lo", "[0, 1]")),
     Case("sites", "a scale given as text", 'fc.sources.check_alpha("1")', "SourceError", ("alpha",)),
     Case("sites", "a direction that is not one, reaching the runs", 'field.run(ds).target("")', "UsageError",
          ("direction",)),
+    Case("circuits", "a circuit evaluated on something that is not a data set",
+         'field.evaluate_circuit(None, ["L0.H1"])', "DatasetError", ("ContrastiveSet",)),
     Case("circuits", "an empty circuit", "fc.Circuit(nodes=[])", "UsageError", ("at least one part",)),
     Case("circuits", "the only part of a circuit removed",
          'fc.Circuit(nodes=["L0.H1"]).without("L0.H1")', "UsageError", ("no part",)),
@@ -74,6 +79,12 @@ CASES = [
          "field.feature_activations(ds, sae, latents=[1.5])", "SiteError", ("latent 1.5",)),
     Case("features", "a latent beyond the dictionary", "field.feature_activations(ds, sae, latents=[40])",
          "SiteError", ("latent 40", "0..15")),
+    Case("features", "feature activations read at a position past the prompt",
+         "field.feature_activations(ds, sae).at(40)", "SiteError", ("position=40", "tokens")),
+    Case("features", "feature activations read at a position that is not an int (1.5 used to read as 1)",
+         "field.feature_activations(ds, sae).at(1.5)", "SiteError", ("position",)),
+    Case("features", "the top latents of a feature DLA with k given as text",
+         'field.feature_dla(ds, sae).top("3")', "UsageError", ("k",)),
     Case("features", "a feature circuit without dictionaries", "field.node_attribution(ds, None)", "UsageError",
          ("saes",)),
     Case("features", "selectivity with a threshold that is not a number",
@@ -200,3 +211,23 @@ def test_bool_heads_are_not_head_1():
     ns = namespace()
     with pytest.raises(fc.SiteError, match="names no head"):
         ns["field"].attention(ns["ds"], [(True, 0)])
+
+
+def test_predict_at_the_final_residual():
+    """A prediction at ``resid_post`` of the last block starts the sensitivity at the final residual:
+    no block runs after it (IndexError before; found by the long fuzz run)."""
+    ns = namespace()
+    field, ds = ns["field"], ns["ds"]
+    pred = field.predict(ds, fc.sites.resid_post(2, "END"))
+    eps = 1e-3  # the first-order prediction against a finite difference of the real patch
+    real = field.patch(ds, fc.sites.resid_post(2, "END"), alpha=eps)
+    np.testing.assert_allclose(pred.effect, real.effect / eps, rtol=2e-2, atol=2e-2)
+
+
+def test_second_order_prediction_with_a_metric_callable():
+    """``order=2`` differentiates through the metric with torch.func; a metric callable reads a subset of
+    the data set there, whose hash could not be computed inside the transform (RuntimeError before)."""
+    ns = namespace()
+    own = lambda logits, d: logits[:, 0] - logits[:, 1]  # noqa: E731
+    r = ns["field"].predict(ns["ds"], fc.sites.resid_pre(0, "END"), order=2, metric=own)
+    assert r.values.shape == (1, ns["ds"].n) and np.isfinite(r.values).all()

@@ -424,7 +424,14 @@ class ContrastiveSet:
 
     # -- identity ---------------------------------------------------------------------------
     def content_hash(self) -> str:
-        """sha256 over the tokens, answers, wrong answers and positions (not names or meta)."""
+        """sha256 over the tokens, answers, wrong answers and positions (not names or meta). Kept once
+        computed (for the same tensor objects): a metric callable reads a subset of the set inside
+        torch.func transforms (order-2 predictions), where tensors cannot be read as bytes."""
+        key = (id(self.clean_tokens), id(self.corrupt_tokens), id(self.answers), id(self.wrong),
+               tuple((k, id(v)) for k, v in sorted(self.positions.items())))
+        cached = self.__dict__.get("_content_hash")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         h = hashlib.sha256()
         h.update(f"contrastive-set/v1 n={self.n} T={self.seq_len}".encode())
         for t in (self.clean_tokens, self.corrupt_tokens, self.answers, self.wrong):
@@ -433,6 +440,7 @@ class ContrastiveSet:
             h.update(b"\0pos:" + k.encode() + b"\0")
             h.update(self.positions[k].detach().cpu().to(torch.int64).contiguous()
                      .numpy().tobytes())
+        self.__dict__["_content_hash"] = (key, h.hexdigest())
         return h.hexdigest()
 
     def __eq__(self, other: object) -> bool:

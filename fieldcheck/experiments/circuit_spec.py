@@ -285,17 +285,16 @@ def as_circuit(x) -> Circuit:
                      "Circuit(nodes=[...]), or field.discover_circuit(ds, k=...)")
 
 
-def check_ablation(field, ablation, ds=None, seed: int = 0) -> str:
+def check_ablation(field, ablation, ds, seed: int = 0) -> str:
     """The ablation's name ("corrupt", "mean", "zero", "resample", or "mean(by=KEY)" for
     ``fieldcheck.sources.mean(by=KEY)``, grouped mean ablation). UnsupportedArchitecture when ``field``
     (a FieldCore) has no functional model, UsageError for any other ablation or a ``seed`` that is not an
-    int >= 0, DatasetError when ``ds`` (if given) is not a ContrastiveSet that fits the model."""
+    int >= 0, DatasetError when ``ds`` (the set the call runs on) is not a ContrastiveSet that fits the model."""
     from fieldcheck.field.core import check_dataset
 
     field.require_functional()
     check_int("seed", seed, low=0, hint="it picks the other example of ablation='resample'")
-    if ds is not None:
-        check_dataset(ds, field.model)
+    check_dataset(ds, field.model)
     if isinstance(ablation, Source) and ablation.kind in ("mean", "zero"):
         return ablation.describe()
     if isinstance(ablation, str) and (ablation in ABLATIONS or MEAN_BY.fullmatch(ablation)):

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from fieldcheck.errors import UsageError
+from fieldcheck.errors import UsageError, check_int
 from fieldcheck.experiments.features import feature_run, hook_gradients, sae_report
 from fieldcheck.field.metrics import as_metric
 from fieldcheck.field.results import dataset_hash_of
@@ -59,7 +59,8 @@ class NodeScores:
         return self.scores.mean(1)
 
     def top(self, k: int) -> list:
-        """The k nodes with the largest mean |score|."""
+        """The k nodes with the largest mean |score| (fewer when there are fewer nodes)."""
+        k = check_int("k", k, low=0)
         order = np.argsort(-np.abs(self.mean), kind="stable")[:k]
         return [self.nodes[i] for i in order]
 

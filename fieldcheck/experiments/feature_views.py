@@ -270,6 +270,7 @@ class FeatureDLA:
 
     def top(self, k: int = 10) -> list[tuple[int, float]]:
         """The ``k`` latents with the largest mean |direct effect|, as ``(latent, mean)`` pairs."""
+        k = check_int("k", k, low=0)
         order = np.argsort(-np.abs(self.mean))[:k]
         return [(self.latents[i], float(self.mean[i])) for i in order]
 

@@ -426,13 +426,18 @@ class FeatureActivations:
     dataset_hash: str = ""
 
     def at(self, pos) -> np.ndarray:
-        """``[batch, n_latents]`` at one position: an int, or a position name of the data set."""
+        """``[batch, n_latents]`` at one position: an int (negative from the end), or a position name of
+        the data set; SiteError naming the positions there are otherwise."""
+        T = self.values.shape[1]
         if isinstance(pos, str):
             if pos not in self.positions:
                 raise SiteError(f"position name {pos!r} is not in the data set ({sorted(self.positions)})")
             p = np.asarray(self.positions[pos])
         else:
-            p = np.full(self.values.shape[0], int(pos))
+            from fieldcheck.errors import check_int
+
+            p = np.full(self.values.shape[0], check_int("position", pos, low=-T, high=T - 1, error=SiteError,
+                                                        hint=f"the prompts have {T} tokens") % T)
         return self.values[np.arange(self.values.shape[0]), p]
 
     def max(self) -> np.ndarray:

@@ -173,7 +173,11 @@ def _sens_one_pass(field, r, m, x0: torch.Tensor, ex: Optional[torch.Tensor] = N
     g = [(torch.zeros_like(t) if gr is None else gr).to(home) for t, gr in zip(inputs, grads)]
     parts = {"resid": g[:n + 1], "mid": g[n + 1:2 * n + 1], "mlp_out": g[2 * n + 1:3 * n + 1],
              "attn_out": g[3 * n + 1:4 * n + 1], "z": g[4 * n + 1:]}
-    out = {k: torch.stack([torch.zeros_like(v[0])] * l0 + v) for k, v in parts.items()}
+    B, T, D = x0.shape
+    # a start at the final residual (l0 = n_layers: a resid_post site of the last block) runs no block:
+    # every per-block entry is zeros of its shape
+    like = {"z": x0.new_zeros(B, T, field.fm.n_heads, field.fm.d_head, device=home)}
+    out = {k: torch.stack([torch.zeros_like(v[0] if v else like.get(k, g[0]))] * l0 + v) for k, v in parts.items()}
     return out, val.detach().to(home)
 
 

@@ -239,6 +239,7 @@ class FieldCore:
         direction: "denoise" (into the corrupted run) or "noise" (into the clean run). Returns
         (injections, delta): one engine Injection per example (None where the source is exactly
         zero, e.g. before the prompts differ) and the source ``delta [batch, dim]``."""
+        alpha = check_alpha(alpha)
         ds = r.ds
         pos = ds.position(site.pos).to(self.device) if isinstance(site.pos, str) else \
             torch.full((ds.n,), int(site.pos), device=self.device)
