@@ -46,6 +46,13 @@ CASES = [
          "field.logit_lens(ds).at(24)", "SiteError", ("layer 24", "0..3"), "issue"),
     Case("results", "a Green function looked up at a layer that does not exist",
          'field.green(ds, S.resid_pre(0, "S2")).at(9)', "SiteError", ("layer 9",), "issue"),
+    Case("results", "direct logit attribution with no component reaching an assertion (argmin of an empty "
+         "sequence before, as in the issue)",
+         "fc.assert_direct_effect(dataclasses.replace(field.dla(ds), values=np.zeros((0, 4)), labels=[]), "
+         "fc.mean > 0.5)", "AssertionInputError", ("no component",)),
+    Case("results", "a minimality without parts reaching an assertion (a reduction of an empty array before)",
+         'fc.assert_minimal(dataclasses.replace(field.minimality(ds, ["L0.H1", "L1.mlp"]), without=np.zeros((0, 4)), '
+         "parts=[]), fc.min_cost > 0.01)", "AssertionInputError", ("no part",)),
     # --- data sets ------------------------------------------------------------------------------------------
     Case("data sets", "a built-in data set with a seed that is not an int",
          "fc.datasets.ioi(model, n=4, seed=None)", "DatasetError", ("seed",)),
@@ -116,7 +123,7 @@ _NS: Optional[dict] = None
 
 
 def namespace() -> dict:
-    """What the CASES' code sees: fc, S (fieldcheck.sites), torch, np, a tiny Llama ``model`` (3 layers,
+    """What the CASES' code sees: fc, S (fieldcheck.sites), torch, np, dataclasses, a tiny Llama ``model`` (3 layers,
     d_model 32, 4 heads), its ``field``, ``ds`` = fc.datasets.ioi(model, n=4), a random SAE ``sae`` on
     blocks.1.hook_resid_pre (16 latents) and ``deep_sae`` on blocks.7 (a layer the model lacks)."""
     global _NS
@@ -125,7 +132,7 @@ def namespace() -> dict:
         from fieldcheck.testing import tiny_model
 
         model = tiny_model("llama", n_layers=3, d_model=32, n_heads=4)
-        _NS = {"fc": fc, "S": fc.sites, "torch": torch, "np": np, "model": model, "field": fc.Field(model),
+        _NS = {"fc": fc, "S": fc.sites, "torch": torch, "np": np, "dataclasses": dataclasses, "model": model, "field": fc.Field(model),
                "ds": fc.datasets.ioi(model, n=4, seed=0), "sae": random_sae("blocks.1.hook_resid_pre", seed=1),
                "deep_sae": random_sae("blocks.7.hook_resid_pre", seed=5, name="deep")}
     return _NS
@@ -141,10 +148,11 @@ def run_case(case: Case) -> BaseException:
 
 
 def _error_class(name: str) -> type:
+    import fieldcheck.claim.deciding as D
     import fieldcheck.errors as E
     from fieldcheck.sae import dictionary
 
-    return getattr(E, name, None) or getattr(dictionary, name)
+    return getattr(E, name, None) or getattr(dictionary, name, None) or getattr(D, name)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.what for c in CASES])

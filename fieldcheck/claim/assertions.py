@@ -187,7 +187,7 @@ def assert_predicted_effect(predicted: Any, actual: Any, *criteria: Criterion,
 # --- patch effects ---------------------------------------------------------------------------
 def _patch_arrays(result: Any, assertion: str):
     what = "a PatchResult"
-    values = as_table(need_attr(result, "values", assertion, what), "values", assertion)
+    values = as_table(need_attr(result, "values", assertion, what), "values", assertion, "site")
     S, n = values.shape
     if S == 0 or n == 0:
         raise AssertionInputError(f"{assertion}: the result has {'no site' if S == 0 else 'no example'} (values of "

@@ -147,7 +147,7 @@ def assert_direct_effect(dla: Any, *criteria: Criterion, require: str = "all", a
     _check_require(name, require)
 
     def prepare():
-        V = as_table(need_attr(dla, "values", name, "a DirectAttribution (field.dla)"), "values", name)
+        V = as_table(need_attr(dla, "values", name, "a DirectAttribution (field.dla)"), "values", name, "component")
         tot = as_table(need_attr(dla, "total", name, "a DirectAttribution (field.dla)"), "total", name)[0]
         labels = list(getattr(dla, "labels", None) or [f"component {i}" for i in range(V.shape[0])])
         if tot.size != V.shape[1]:

@@ -120,7 +120,7 @@ def assert_minimal(minimality: Any, *criteria: Criterion, alpha: Optional[float]
 
     def prepare():
         wo = check_finite(as_table(need_attr(minimality, "without", name, "a Minimality (field.minimality)"),
-                                   "without", name), "the metric without a part")
+                                   "without", name, "part"), "the metric without a part")
         n = wo.shape[1]
         got = {"without": wo}
         for attr in ("circuit", "full", "empty"):

@@ -85,14 +85,19 @@ def _numbers(x: Any, name: str, assertion: str) -> np.ndarray:
                                   f"{type(x).__name__}") from None
 
 
-def as_table(x: Any, name: str, assertion: str) -> np.ndarray:
-    """[n_sites, batch] from an array [n_sites, batch] or [batch]."""
+def as_table(x: Any, name: str, assertion: str, rows: str = "row") -> np.ndarray:
+    """[n_sites, batch] from an array [n_sites, batch] or [batch]; AssertionInputError for another shape
+    or an empty one (no ``rows``: a selection that kept nothing reaches an assertion as this)."""
     arr = _numbers(x, name, assertion)
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2:
         raise AssertionInputError(f"{assertion}: {name} must be [n_sites, batch] or [batch], "
                                   f"got shape {tuple(arr.shape)}")
+    if 0 in arr.shape:
+        raise AssertionInputError(f"{assertion}: {name} is empty (shape {tuple(arr.shape)}): "
+                                  f"{f'no {rows}' if arr.shape[0] == 0 else 'no example'}; a selection that kept "
+                                  "nothing, or layers this model does not have?")
     return arr
 
 
