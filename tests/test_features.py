@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fieldcheck as fc
-from fieldcheck.sae.train import train
+from fieldcheck.sae.training import train
 
 
 @pytest.fixture(scope="module")

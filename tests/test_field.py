@@ -152,7 +152,7 @@ def test_layers_relative_to_the_depth_resolve_per_model():
     assert S.depth(0.0).of(7) == [0] and S.depth(1.0).of(7) == [6] and S.depth(0, 1).of(3) == [0, 1, 2]
     assert S.last(3).of(30) == [27, 28, 29] and S.last(40).of(2) == [0, 1] and S.first(2).of(5) == [0, 1]
     sites = S.resid_pre(late, "END").resolve(18, 4, 5, ["END"])
-    assert [s.label for s in sites] == ["L16@END", "L17@END"]
+    assert [s.label for s in sites] == ["L16.resid_pre@END", "L17.resid_pre@END"]
     assert [s.label for s in S.attn_head(S.last(1), 0, 0).resolve(2, 4, 5)] == ["L1.H0@P0"]
     assert "depth(0.85, 1)" in repr(S.resid_pre(late, "END"))
     cfg = type("Cfg", (), {"n_layers": 10})()
@@ -222,7 +222,7 @@ def test_select_keeps_the_run_and_slices_the_sites(setup):
     m, ds, f = setup
     r = f.patch(ds, S.resid_pre("all", ["S2", "END"]))
     sub = r.select(lambda s: s.pos == "END" and s.layer >= 1)
-    assert [s.label for s in sub.sites] == [f"L{l}@END" for l in range(1, m.cfg.n_layers)]
+    assert [s.label for s in sub.sites] == [f"L{l}.resid_pre@END" for l in range(1, m.cfg.n_layers)]
     idx = [i for i, s in enumerate(r.sites) if s.pos == "END" and s.layer >= 1]
     np.testing.assert_array_equal(sub.values, r.values[idx])
     np.testing.assert_array_equal(sub.skipped, r.skipped[idx])

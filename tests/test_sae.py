@@ -149,7 +149,7 @@ def test_dictionary_of_another_model_is_refused(tiny_llama):
 
 
 def test_training_caches_activations_and_resumes(tiny_llama, tmp_path, monkeypatch):
-    from fieldcheck.sae import train as tr
+    from fieldcheck.sae import training as tr
 
     monkeypatch.setenv("FIELDCHECK_HOME", str(tmp_path))
     kw = dict(d_sae=96, k=6, n_tokens=3000, context=24, corpus="pydoc", epochs=2, batch_size=256, progress=False)
@@ -164,7 +164,7 @@ def test_training_caches_activations_and_resumes(tiny_llama, tmp_path, monkeypat
     cfg = tr.TrainConfig(hook="blocks.1.hook_resid_pre", d_sae=96, k=6, n_tokens=3000, context=24, corpus="pydoc",
                          epochs=2, batch_size=256)
     toks = tr.token_sequences(tiny_llama, cfg)[cfg.eval_seqs:]
-    from fieldcheck.sae.train import _functional
+    from fieldcheck.sae.training import _functional
     assert cache.fill(_functional(tiny_llama, None), toks, [cfg.hook], progress=False) == 1
     again = tr.train(tiny_llama, "blocks.1.hook_resid_pre", out=tmp_path / "a", **kw)  # loaded, not retrained
     torch.testing.assert_close(again.W_enc, d.W_enc)

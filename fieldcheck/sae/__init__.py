@@ -16,7 +16,7 @@ import importlib
 
 _LAZY = {"Dictionary": "fieldcheck.sae.dictionary", "DictionaryError": "fieldcheck.sae.dictionary",
          "load": "fieldcheck.sae.saelens", "save": "fieldcheck.sae.saelens",
-         "train": "fieldcheck.sae.train", "TrainConfig": "fieldcheck.sae.train",
+         "train": "fieldcheck.sae.training", "TrainConfig": "fieldcheck.sae.training",
          "measure": "fieldcheck.sae.quality", "Quality": "fieldcheck.sae.quality",
          "example": "fieldcheck.sae.examples", "EXAMPLES": "fieldcheck.sae.examples",
          "texts": "fieldcheck.sae.corpus"}

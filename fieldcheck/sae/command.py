@@ -41,7 +41,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fieldcheck.errors import UsageError
     from fieldcheck.models.loading import load_model
     from fieldcheck.sae.examples import EXAMPLES
-    from fieldcheck.sae.train import TrainConfig, default_out, train
+    from fieldcheck.sae.training import TrainConfig, default_out, train
 
     if args.example == bool(args.hook):
         raise UsageError("give --hook HOOK (e.g. --hook blocks.15.hook_resid_pre) or --example, not both")

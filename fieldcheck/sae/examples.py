@@ -25,7 +25,7 @@ def example(model, progress: bool = True, field=None):
     (``--fc-baseline-model``: one SAE, applied to both models). progress: progress bars while
     training. field: a Field of the model, whose functional forward training then reuses."""
     from fieldcheck.sae.saelens import CFG, load
-    from fieldcheck.sae.train import TrainConfig, cached_out, train
+    from fieldcheck.sae.training import TrainConfig, cached_out, train
 
     spec = model if isinstance(model, str) else str((getattr(model, "fieldcheck_info", {}) or {}).get("spec", ""))
     if spec not in EXAMPLES:
