@@ -110,14 +110,14 @@ def test_attention_errors(setup):
         f.attention(ds, "all", query="IO", key="END")
     with pytest.raises(SiteError, match="attention heads"):
         f.attention(ds, resid_pre(0, "END"))
-    with pytest.raises(SiteError, match="unknown head 'L0.H99'"):
+    with pytest.raises(SiteError, match="unknown head 'L0.H99'.*nearest valid"):
         f.attention(ds, [(0, 99)])
     with pytest.raises(DatasetError, match="unknown position name"):
         f.attention(ds, "all", key="NOPE")
     with pytest.raises(UsageError, match="which"):
         f.attention(ds, which="both")
     att = f.attention(ds, [(0, 1)])
-    with pytest.raises(SiteError, match="in this result"):
+    with pytest.raises(SiteError, match="unknown head 'L1.H1' in this result; nearest valid: L0.H1"):
         att.select([(1, 1)])
 
 

@@ -74,7 +74,7 @@ def test_a_float16_overflow_of_one_patch_names_the_site_and_the_hook():
     with pytest.raises(NumericalError) as e:
         f.patch(ds, resid_pre(1, "END"), source=fc.sources.steer(big), alpha=3.0, progress=False)
     msg = str(e.value)
-    assert "after patching L1@END" in msg and "float16 overflowed" in msg, msg
+    assert "after patching L1.resid_pre@END" in msg and "float16 overflowed" in msg, msg
     assert re.search(r"from blocks\.1\.hook_\w+ on", msg), msg
 
 

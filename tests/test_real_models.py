@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import fieldcheck as fc
-from fieldcheck.field.core import Field
+from fieldcheck.lab import Field
 from fieldcheck.sites import attn_head, attn_out, depth, mlp_out, resid_mid, resid_pre
 from _reference import tl_logit_diff, vals
 

@@ -199,7 +199,7 @@ def edge_graph(field) -> EdgeGraph:
 def _o_bias(fm, l: int, like: torch.Tensor) -> torch.Tensor:
     """The output projection's bias ``[d_model]`` (zeros where there is none)."""
     b = fm.o_bias(l)
-    return torch.zeros(fm.d_model, dtype=like.dtype, device=like.device) if b is None else b.to(like.dtype)
+    return torch.zeros(fm.d_model, dtype=like.dtype, device=like.device) if b is None else b.to(like.device, like.dtype)
 
 
 def sender_values(fm, cache, idx: torch.Tensor) -> torch.Tensor:

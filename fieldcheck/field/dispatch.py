@@ -140,6 +140,13 @@ def enable(fm, hf):
         with d.weights(l):
             return w_o(l, h)
     fm.W_O_head = W_O_head
+    o_bias = fm.o_bias
+
+    def o_bias_of(l):   # a copy: the offloaded original is gone once the block's weights are released
+        with d.weights(l):
+            b = o_bias(l)
+            return None if b is None else b.detach().clone()
+    fm.o_bias = o_bias_of
     fm.embed = on(lambda: d.embed_device, fm.embed)
     for name in ("final_norm", "unembed", "logit_of"):
         setattr(fm, name, on(lambda: d.final_device, getattr(fm, name)))
