@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import fieldcheck as fc
-from fieldcheck.errors import FieldcheckError
+from fieldcheck.errors import FieldcheckError, NumericalError
 from fieldcheck.sites import attn_head, mlp_out, resid_pre
 
 
@@ -108,13 +108,20 @@ def error(half, ref, gap=None) -> float:
 
 
 def errors(spec: str, dtypes=("bfloat16", "float16"), n: int = 4, only=None) -> dict:
-    """``{dtype: {experiment: error}}`` for one model, plus ``seconds`` per dtype."""
+    """``{dtype: {experiment: error}}`` for one model, plus ``seconds`` per dtype; a dtype in which
+    the data set's own clean/corrupted runs overflow gives ``{dtype: {"overflow": the
+    NumericalError's message}}`` (Gemma 3 in float16)."""
     ref = run_all(fc.load_model(spec, dtype="float32"), n, only)
     gc.collect()
     kinds = {k: v[2] for k, v in experiments(4, 4).items()}
     out = {"seconds": {"float32": ref["seconds"]}, "gap_rms": float(np.sqrt(np.mean(np.square(ref["gap"]))))}
     for dt in dtypes:
-        got = run_all(fc.load_model(spec, dtype=dt), n, only)
+        try:
+            got = run_all(fc.load_model(spec, dtype=dt), n, only)
+        except NumericalError as e:   # the data set's own runs overflow: no experiment can run
+            out[dt], out["seconds"][dt] = {"overflow": str(e)}, {}
+            gc.collect()
+            continue
         gc.collect()
         out[dt] = {k: error(got["values"].get(k, "missing"), v, ref["gap"] if kinds[k] == "metric" else None)
                    for k, v in ref["values"].items()}
