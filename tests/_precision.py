@@ -8,8 +8,9 @@ array, its main output. The error of a half-precision run is, for outputs in the
 fraction of the RMS clean-corrupt gap of the metric in float32 (0.01: one percent of the effect
 the data set measures); for other outputs (gradients, Green functions, attention, scores:
 ``"tensor"``) ``||x_half - x_float32|| / ||x_float32||``; for ``discover_circuit`` ``1 - Jaccard``
-of the parts. An experiment that refuses the model by name (a ``FieldcheckError``: DLA and
-edge-level circuits on Gemma 3) must refuse it in every dtype, and is reported as refused.
+of the parts. An experiment that refuses the model by name (a ``FieldcheckError``) must refuse it
+in every dtype, and is reported as refused (none does on the three real models, Gemma 3's
+post-norm DLA and edge circuits included).
 """
 from __future__ import annotations
 
