@@ -46,12 +46,15 @@ def test_{n}(fc_config):
 
 
 def _pytest(cwd: Path, *args: str) -> tuple[float, dict, str]:
+    report = Path(tempfile.mkdtemp(prefix="fc-bench-report-")) / "r.json"   # never in the checkout
     t = time.perf_counter()
     out = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                          f"--rootdir={cwd}", "--fc-report-json", "r.json", *args], cwd=cwd,
+                          f"--rootdir={cwd}", "--fc-report-json", str(report), *args], cwd=cwd,
                          capture_output=True, text=True)
     wall = time.perf_counter() - t
-    return wall, json.loads((cwd / "r.json").read_text()), out.stdout[-3000:]
+    rep = json.loads(report.read_text())
+    shutil.rmtree(report.parent, ignore_errors=True)
+    return wall, rep, out.stdout[-3000:]
 
 
 def _same(a: dict, b: dict) -> bool:
