@@ -46,16 +46,38 @@ def test_{n}(fc_config):
 
 
 def _pytest(cwd: Path, *args: str) -> tuple[float, dict, str]:
+    report = Path(tempfile.mkdtemp(prefix="fc-bench-report-")) / "r.json"   # never in the checkout
     t = time.perf_counter()
     out = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                          f"--rootdir={cwd}", "--fc-report-json", "r.json", *args], cwd=cwd,
+                          f"--rootdir={cwd}", "--fc-report-json", str(report), *args], cwd=cwd,
                          capture_output=True, text=True)
     wall = time.perf_counter() - t
-    return wall, json.loads((cwd / "r.json").read_text()), out.stdout[-3000:]
+    rep = json.loads(report.read_text())
+    shutil.rmtree(report.parent, ignore_errors=True)
+    return wall, rep, out.stdout[-3000:]
 
 
 def _same(a: dict, b: dict) -> bool:
-    return {k: v for k, v in a.items() if k != "timing"} == {k: v for k, v in b.items() if k != "timing"}
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _gate_helpers import same_report
+
+    return same_report(a, b) == []
+
+
+def _differences(a, b, path: str = "", out=None) -> list:
+    """``(path, a value, b value)`` where two reports differ (``timing`` and ``shard`` aside)."""
+    out = [] if out is None else out
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if not path and k in ("timing", "shard"):
+                continue
+            _differences(a.get(k), b.get(k), f"{path}.{k}", out)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            _differences(x, y, f"{path}[{i}]", out)
+    elif a != b:
+        out.append((path, a, b))
+    return out
 
 
 def overhead(n_tasks: int) -> dict:
@@ -129,7 +151,11 @@ def smollm2_gate(files: list[str]) -> dict:
     serial_s, serial, _ = _pytest(ROOT, *gate)
     ray_s, dist, _ = _pytest(ROOT, *gate, "--fc-ray")
     shutil.rmtree(tmp, ignore_errors=True)
-    return {"files": files, "claims": serial["summary"]["claims"], "equal_reports": _same(serial, dist),
+    diff = _differences(serial, dist)
+    nums = [abs(x - y) for _, x, y in diff if isinstance(x, float) and isinstance(y, float)]
+    return {"files": files, "claims": serial["summary"]["claims"], "equal_reports": not diff,
+            "differences": len(diff), "first_differences": [list(d) for d in diff[:10]],
+            "max_abs_numeric_difference": max(nums, default=0.0),
             "serial_s": round(serial_s, 1), "ray_s": round(ray_s, 1), "ray": dist["timing"]["ray"],
             "regressions": len((serial.get("comparison") or {}).get("regressions") or [])}
 
