@@ -55,6 +55,9 @@ def _heads(field, layers):
     return [f"L{l}.H{h}" for l in layers.of(field) for h in range(field.n_heads)]
 
 
+@pytest.mark.fc_xfail_on("gemma3-270m", reason="measured (seed 0): L12.H3, one of the four heads that attend "
+                         "most END -> IO on ioi, puts 0.195 [0.187, 0.204] of its END attention on IO over 64 "
+                         "other prompts")
 def test_name_movers_attend_from_end_to_the_indirect_object(end_to_io, name_movers):
     """Each of the four heads that attend END -> IO most on the 16-prompt set puts more than a
     quarter of its attention from END on IO, on average over 64 other prompts."""
@@ -78,6 +81,8 @@ def test_late_heads_write_the_answer_directly_early_heads_do_not(field, direct):
     fc.assert_direct_effect(direct.select(_heads(field, depth(0.0, 0.33))), share < 0.1)
 
 
+@pytest.mark.fc_xfail_on("gemma3-270m", reason="measured (seed 0): L9.H3, second by patching, has induction "
+                         "score 0.073 [0.067, 0.079] on repeated random tokens")
 def test_heads_found_by_patching_are_induction_heads(head_scores, induction_heads):
     """The two heads whose outputs at END recover most of the induction answer (patching, on the
     induction prompts) attend from each token of a repeated random sequence to the token after its
@@ -95,12 +100,18 @@ def test_every_head_found_by_patching_is_an_induction_head(head_scores, inductio
     fc.assert_attends(head_scores.of("induction", top), mean > 0.25)
 
 
+@pytest.mark.fc_xfail_on("qwen2.5-coder-0.5b", reason="measured (seed 0): lens logit diff at END, layer 19 of "
+                         "24, 1.20 [0.57, 1.84]: above 1 on average but not shown")
 def test_answer_readable_at_end_after_the_crossover(field, lens):
     """Decoded with the logit lens, END's residual prefers IO to S by more than one logit at 80% of
     the depth (after the S2 -> END crossover band of test_ioi_localization)."""
     fc.assert_prefers(lens.logit_diff[depth(0.8).of(field)[0]], mean > 1.0)
 
 
+@pytest.mark.fc_xfail_on("gemma3-270m", reason="measured (seed 0): the answer leads from layer 14.2 [13.8, 14.7] "
+                         "on average (median 13) of 18: Gemma 3's lens reads it four blocks before the output")
+@pytest.mark.fc_xfail_on("qwen2.5-coder-0.5b", reason="measured (seed 0): first layer 22.95 [22.79, 23.12] against "
+                         "a bar of 23 (median 23 of 24): on a few prompts the answer leads from layer 22")
 def test_answer_becomes_the_top_token_only_at_the_output(field, lens):
     """The answer is the top token of the final residual (median rank 0), but the first layer from
     which it stays the top token is the output itself or the last block: the last block lifts it

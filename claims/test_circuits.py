@@ -37,6 +37,10 @@ def mib(field, ioi_scores, ioi_heldout):
     return mib_scores(field, ioi_heldout, ioi_scores)
 
 
+@pytest.mark.fc_xfail_on("gemma3-270m", reason="measured (seed 0): the top 2% of Gemma 3's 10,342 edges (206) "
+                         "keep 0.309 [0.241, 0.390] of the logit difference on held-out prompts")
+@pytest.mark.fc_xfail_on("qwen2.5-coder-0.5b", reason="measured (seed 0): the top 2% of Qwen2.5's 179,749 edges "
+                         "(3,594) keep 0.426 [0.353, 0.503] of the logit difference on held-out prompts")
 def test_two_percent_of_the_edges_carry_the_ioi_answer(mib):
     """The top 2% of edges by |EAP-IG score| keep more than 70% of the model's logit difference on
     held-out prompts."""

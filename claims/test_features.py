@@ -1,10 +1,15 @@
-"""Claims about dictionary features of SmolLM2-135M: the example TopK SAE on the residual stream
-entering layer 15 (``fc.sae.example("smollm2-135m")``: 2304 latents, k=32, trained by fieldcheck on
+"""Claims about dictionary features: each model's example TopK SAE on the residual stream at a
+middle layer (``fc.sae.example(<alias>)``: SmolLM2-135M at layer 15 with 2304 latents, Gemma-3-270m
+at layer 9 with 2560, Qwen2.5-Coder-0.5B at layer 12 with 3584; k=32, trained by fieldcheck on
 Python's help topics -- the ``pydoc`` corpus, always installed -- the first time it is needed,
-about 220 CPU-seconds, then cached in ``$FIELDCHECK_HOME/sae``). The SAE is named by the model it
-was trained on, so a gating run (``--fc-baseline-model``) applies the same SAE to both models and
-the report says how well it reconstructs the candidate. Bars were set on ``--fc-seed 0`` and
-confirmed on ``--fc-seed 1`` (other IOI draws); claims/README.md has both values."""
+a few CPU-minutes, then cached in ``$FIELDCHECK_HOME/sae``). A model that is not a built-in alias
+(e.g. the candidate of a gating run, ``--fc-baseline-model``) gets the SmolLM2 SAE, so a gate
+applies one SAE to both models and the report says how well it reconstructs the candidate. Bars
+were set on ``--fc-seed 0``. On SmolLM2, ``--fc-seed 1`` (other IOI draws, 2304-latent SAE)
+confirms the attribution (R^2 0.955) and faithfulness (0.654 [0.444, 0.836]) claims and both xfails
+(recovered 0.23, completeness 0.56), but not the comma latent: rate_on 0.875 [0.736, 0.956] and AUROC
+0.938 [0.889, 0.986], below their bars (0.8, 0.9) at the interval's bound (claims/README.md). Where a finding is false on one model it is a strict xfail
+there only, with the measured value."""
 import numpy as np
 import pytest
 
@@ -13,7 +18,11 @@ from fieldcheck import auroc, completeness, faithfulness, r2, rate_off, rate_on,
 
 
 @pytest.fixture(scope="module")
-def sae():
+def sae(fc_model, field):
+    """The example SAE of the model the claims run on (the SmolLM2 one for a model without one)."""
+    spec = str((getattr(fc_model, "fieldcheck_info", None) or {}).get("spec", ""))
+    if spec in fc.sae.EXAMPLES:
+        return fc.sae.example(fc_model, field=field)
     return fc.sae.example("smollm2-135m")
 
 

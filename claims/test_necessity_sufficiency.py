@@ -24,6 +24,8 @@ def induction_48(field, fc_session_seed):
     return fc.datasets.induction(field.model, n=48, seed=fc_session_seed + 1, length=6)
 
 
+@pytest.mark.fc_xfail_on("smollm2-135m", reason="measured (seed 0, 48 sequences): noising L18.H6, L23.H7 and "
+                         "L29.H1 leaves the clean run 0.587 [0.487, 0.655]: more than half on average, not shown")
 @pytest.mark.fc_xfail_on("gemma3-270m", reason="measured: noising Gemma 3's top 3 induction heads leaves "
                          "the clean run 0.03 of its logit difference: they are necessary, not redundant")
 def test_top_induction_heads_sufficient_not_necessary(field, induction_heads, induction_48):
