@@ -93,8 +93,10 @@ class ClaimResult:
         for name in ("p_value", "p_adjusted"):
             v = getattr(self, name)
             real(name, v, none_ok=True)
-            if v is not None and not 0.0 <= v <= 1.0:  # 0: the data are impossible under the null (a rate > 0
-                raise UsageError(f"ClaimResult: {name} must be in [0, 1] or None, got {v!r}")  # with a success)
+            # 0: the data are impossible under the null (a rate > 0 with a success); NaN: not computable
+            # (a NaN estimate), which the reports print as "nan" and the correction leaves out
+            if v is not None and not math.isnan(v) and not 0.0 <= v <= 1.0:
+                raise UsageError(f"ClaimResult: {name} must be in [0, 1], NaN or None, got {v!r}")
         real("level", self.level)
         if not 0.0 < self.level < 1.0:
             raise UsageError(f"ClaimResult: level must be in (0, 1), got {self.level!r}")
