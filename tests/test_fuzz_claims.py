@@ -23,6 +23,9 @@ from _fuzz import Arg, Exerciser, bad, call, fuzz, ok, random_sae
 from fieldcheck.claim import criteria as C
 from fieldcheck.errors import CriterionError, FieldcheckError, InsufficientData
 
+# the hypothesis suites are CI's (make test), not the edit-test loop's (make test-quick)
+pytestmark = pytest.mark.slow
+
 N = 8  # examples: the smallest set a bootstrap bound accepts
 
 

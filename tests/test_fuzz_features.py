@@ -18,6 +18,9 @@ import _fuzz
 from _fuzz import Arg, Exerciser, bad, call, choices, datasets, fuzz, metrics, ok, random_sae
 from fieldcheck.errors import InsufficientData
 
+# the hypothesis suites are CI's (make test), not the edit-test loop's (make test-quick)
+pytestmark = pytest.mark.slow
+
 CTX = "llama-3L"   # the feature tests' model: 3 layers, d_model 32
 
 

@@ -10,6 +10,7 @@ FieldcheckError that names the bad argument. The number of examples per test is 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, strategies as st
 
@@ -18,6 +19,9 @@ from _fuzz import (Arg, Exerciser, alphas, bad, call, choices, contexts, dataset
                    seeds, shape_of, site_sets, sources)
 from fieldcheck.errors import InsufficientData, NumericalError, UsageError
 from fieldcheck.field.arch import UnsupportedArchitecture
+
+# the hypothesis suites are CI's (make test), not the edit-test loop's (make test-quick)
+pytestmark = pytest.mark.slow
 
 DIRECTIONS = ("denoise", "noise")
 WHICH = ("clean", "corrupt")

@@ -24,6 +24,9 @@ from _fuzz import Arg, Escaped, Exerciser, bad, call, choices, fuzz, ints, ok, s
 from fieldcheck import sites as S
 from fieldcheck.errors import FieldcheckError, InsufficientData
 
+# the hypothesis suites are CI's (make test), not the edit-test loop's (make test-quick)
+pytestmark = pytest.mark.slow
+
 KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_head", "attn_out", "mlp_out")
 
 
