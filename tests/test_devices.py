@@ -35,6 +35,7 @@ def saved(request, tmp_path_factory):
     return request.param, folder
 
 
+@pytest.mark.slow   # 5-18 s: make test and CI, not make test-quick
 def test_dispatched_model_gives_every_experiment_exactly(saved):
     arch, folder = saved
     plain = fc.load_model(folder)

@@ -39,6 +39,7 @@ def setup(request):
     return f, datasets.ioi(m, n=8)
 
 
+@pytest.mark.slow   # 5-18 s: make test and CI, not make test-quick
 @pytest.mark.parametrize("ablation", ["corrupt", "mean"])
 def test_eap_is_the_derivative_of_the_edge_ablated_metric(setup, ablation):
     """Scaling one edge's keep weight to 1 - eps moves its receiver's input by -eps (out - ablated):

@@ -267,6 +267,7 @@ def unknown(tmp_path_factory):
     return m, fc.datasets.ioi(m, n=4, seed=1), Field(m)
 
 
+@pytest.mark.slow   # 5-18 s: make test and CI, not make test-quick
 def test_unknown_family_runs_every_experiment(unknown):
     m, ds, f = unknown
     info = model_info(m)

@@ -163,6 +163,7 @@ def test_bad_input_gives_a_clear_error(case):
         assert w in str(e), f"{case.code}: the message does not say {w!r}: {e}"
 
 
+@pytest.mark.slow   # 5-18 s: make test and CI, not make test-quick
 def test_troubleshooting_is_up_to_date():
     """docs/troubleshooting.md's catalogue is what tools/troubleshooting.py writes from CASES."""
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "troubleshooting.py"), "--check"], capture_output=True,

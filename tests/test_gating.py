@@ -234,6 +234,7 @@ def _run(pytester, monkeypatch, *args, subprocess=False):
     return res, rep, lines
 
 
+@pytest.mark.slow   # 5-18 s: make test and CI, not make test-quick
 def test_baseline_model_finds_the_regression_that_moved(pytester, monkeypatch, folders):
     # a subprocess: an in-process run's hook recorder keeps every failure's frames alive
     res, rep, log = _run(pytester, monkeypatch, "--fc-model", folders["pert"],
@@ -261,6 +262,7 @@ def test_baseline_model_finds_the_regression_that_moved(pytester, monkeypatch, f
     assert grid["labels"] == ["baseline", "candidate"] and grid["roles"] == ["baseline", "candidate"]
 
 
+@pytest.mark.slow   # 5-18 s: make test and CI, not make test-quick
 def test_identical_candidate_has_no_regression(pytester, monkeypatch, folders):
     res, rep, _ = _run(pytester, monkeypatch, "--fc-model", folders["same"],
                        "--fc-baseline-model", folders["base"])
@@ -274,6 +276,7 @@ def test_identical_candidate_has_no_regression(pytester, monkeypatch, folders):
         assert r["interval"] == twin["interval"] and r["p_value"] == twin["p_value"]
 
 
+@pytest.mark.slow   # 5-18 s: make test and CI, not make test-quick
 def test_sweep_with_xdist_renders_the_grid(pytester, monkeypatch, folders):
     specs = ",".join(folders[k] for k in ("base", "same", "pert"))
     res, rep, log = _run(pytester, monkeypatch, "-n", "2", "--fc-models", specs, subprocess=True)
@@ -342,6 +345,7 @@ def tiny_sae(folders, tmp_path_factory):
     return str(out), latents
 
 
+@pytest.mark.slow   # subprocesses or plugin runs: make test and CI, not make test-quick
 def test_baseline_model_pairs_feature_effects_and_activations(pytester, monkeypatch, folders, tiny_sae):
     """A gating run applies one SAE to both models: the feature effect and the selectivity
     statistics are compared paired over the same examples (mean_diff and auroc over both prompt
@@ -411,6 +415,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed: "
                     "apt-get update && apt-get install -y chromium")
+@pytest.mark.slow   # subprocesses or plugin runs: make test and CI, not make test-quick
 def test_html_grid_in_headless_chromium(tmp_path):
     """The grid and its trend plots render in a real browser: the DOM holds the grid and the
     decoded pictures have their size, and the page is not blank."""

@@ -28,6 +28,7 @@ def test_public_short_names_import_without_warning(short):
     assert getattr(fieldcheck, short) is mod
 
 
+@pytest.mark.slow   # subprocesses or plugin runs: make test and CI, not make test-quick
 @pytest.mark.parametrize("old", sorted(fieldcheck._MOVED))
 def test_moved_paths_still_import_with_a_deprecation_warning(old):
     code = (f"import warnings; warnings.simplefilter('always')\n"

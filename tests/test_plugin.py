@@ -277,6 +277,7 @@ def test_report_is_deterministic_across_runs(pytester):
     assert a["timing"] and strip_volatile(a) == strip_volatile(b)
 
 
+@pytest.mark.slow   # subprocesses or plugin runs: make test and CI, not make test-quick
 def test_xdist_two_workers_same_report_as_one(pytester):
     pytest.importorskip("xdist")
     pytester.makepyfile(test_claims=CLAIMS, test_more=ALL_PASS.format(a=0.93))
@@ -289,6 +290,7 @@ def test_xdist_two_workers_same_report_as_one(pytester):
     r2.stdout.fnmatch_lines(["*fieldcheck claims*", "*FAIL after the bonferroni correction over 6 claim(s) in 2 families*"])
 
 
+@pytest.mark.slow   # 5-18 s: make test and CI, not make test-quick
 def test_model_fixtures_load_once_and_pinned_models(pytester):
     # a subprocess: the model stack (torch, transformers, scipy) must not be imported inside an
     # in-process run, which drops it afterwards (C extensions cannot be imported twice)

@@ -121,6 +121,7 @@ def test_shards_balance_by_a_previous_report(pytester):
     assert rep["shard"]["files"] == ["test_a.py", "test_c.py"]   # 2 claims each: a, c | b
 
 
+@pytest.mark.slow   # subprocesses or plugin runs: make test and CI, not make test-quick
 def test_a_sharded_gate_on_two_models_merges_into_the_serial_gate(pytester, tmp_path_factory):
     """The baseline-model gate (paired tests, regressions, grid) from two shards of its files."""
     m = tiny_folders(tmp_path_factory.mktemp("models"))

@@ -64,6 +64,7 @@ def test_c(shared):
 '''
 
 
+@pytest.mark.slow   # subprocesses or plugin runs: make test and CI, not make test-quick
 @pytest.mark.parametrize("xdist", [False, True])
 def test_fixture_time_is_counted_per_claim_file(pytester, xdist):
     pytester.makeconftest(CONFTEST)
