@@ -26,6 +26,7 @@ def sae(fc_model, field):
     return fc.sae.example("smollm2-135m")
 
 
+@pytest.mark.fc_xfail_on("gemma3-270m", reason="measured (grid, seed 0): r2 0.713 [0.616, 0.792] with Gemma 3's example SAE (16% dead latents)", strict=True)
 def test_attribution_predicts_feature_patches(field, ioi, sae):
     """One backward pass predicts denoising each of the 40 most attributed latents (all positions)."""
     pred_all = field.predict(ioi, fc.sites.features(sae, "all", "all"))
@@ -33,6 +34,7 @@ def test_attribution_predicts_feature_patches(field, ioi, sae):
     fc.assert_predicted_effect(field.predict(ioi, top), field.patch(ioi, top), r2 > 0.9)
 
 
+@pytest.mark.fc_xfail_on("gemma3-270m", reason="measured (grid, seed 0): faithfulness 0.505 [0.152, 0.707]", strict=True)
 def test_top_features_form_a_faithful_circuit(field, ioi, sae):
     """The 30 nodes (latents and the error term) with the largest attribution keep over 40% of the
     logit difference when every other node is mean-ablated (Marks et al.'s faithfulness)."""
@@ -40,8 +42,8 @@ def test_top_features_form_a_faithful_circuit(field, ioi, sae):
     fc.assert_feature_circuit(circuit, faithfulness > 0.4)
 
 
-@pytest.mark.xfail(strict=True, reason="measured: completeness 0.42 (the complement of the 30-node circuit "
-                                       "keeps 58% of the effect)")
+@pytest.mark.fc_xfail_on("smollm2-135m", reason="measured: completeness 0.62 [0.45, 0.86] (seed 0)", strict=True)
+@pytest.mark.fc_xfail_on("qwen2.5-coder-0.5b", reason="measured (grid, seed 0): completeness 0.27", strict=True)
 def test_top_feature_circuit_is_complete(field, ioi, sae):
     circuit = field.feature_circuit(ioi, [sae], k=30, ablation="mean")
     fc.assert_feature_circuit(circuit, completeness > 0.8)

@@ -97,6 +97,7 @@ def test_first_order_predicts_every_site(sweep_real, sweep_first_order):
     fc.assert_predicted_effect(sweep_first_order, sweep_real, r2 > 0.9)
 
 
+@pytest.mark.fc_xfail_on("qwen2.5-coder-0.5b", reason="measured (grid, seed 0): r2 0.825 [0.763, 0.869]", strict=True)
 def test_integrated_prediction_predicts_every_site(sweep_integrated, sweep_real):
     """Averaging the gradient along the path between the runs (8 steps, EAP-IG) predicts the real
     effects of every resid_pre site."""
@@ -117,6 +118,8 @@ def test_sources_stay_inside_their_light_cone(green_s2):
     fc.assert_light_cone(green_s2)
 
 
+@pytest.mark.fc_xfail_on("gemma3-270m", reason="measured (grid, seed 0): depth_share 0.423 [0.413, 0.434]", strict=True)
+@pytest.mark.fc_xfail_on("qwen2.5-coder-0.5b", reason="measured (grid, seed 0): depth_share 0.481 [0.468, 0.492]", strict=True)
 def test_response_is_concentrated_along_depth(green_s2):
     """More of the response norm stays at the source's own token (across later layers) than
     spreads to later tokens."""
@@ -150,6 +153,8 @@ def _same_names_other_sentence(model, ds, template):
     return fc.ContrastiveSet.from_records(model, recs, name="ioi-transfer-targets")
 
 
+@pytest.mark.fc_xfail_on("gemma3-270m", reason="measured (grid, seed 0): rate 0.208 [0.118, 0.328]", strict=True)
+@pytest.mark.fc_xfail_on("qwen2.5-coder-0.5b", reason="measured (grid, seed 0): rate 0.0625 [0.017, 0.154]", strict=True)
 def test_displacements_transfer_the_answer_to_other_sentences(field, ioi_48):
     """The displacement phi_clean - phi_corrupt at (40% of the depth, S2) of one sentence, added to
     another sentence with the same names (another template, place and object), flips that

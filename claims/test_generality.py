@@ -42,8 +42,10 @@ def test_end_late_recovers_each_prompt(data, field):
     assert frac > 0.5, f"END at 87% of the depth recovers only {frac:.3f} (clean {clean:.3f}, corrupt {corrupt:.3f}, patched {patched:.3f})"
 
 
-@pytest.mark.xfail(strict=True, reason="measured: the clean logit difference is below 2 on 10 of "
-                   "64 built-in prompts (16%; mean 3.9); hypothesis finds such a prompt")
+@pytest.mark.fc_xfail_on("smollm2-135m", reason="measured: the clean logit difference is below 2 on 10 of "
+                         "64 built-in prompts (16%; mean 3.9); hypothesis finds such a prompt", strict=True)
+@pytest.mark.fc_xfail_on("qwen2.5-coder-0.5b", reason="measured (grid, seed 0): hypothesis finds a prompt with a "
+                         "clean logit difference below 2", strict=True)
 @FIRST_COUNTEREXAMPLE
 @given(data=st.data())
 def test_prefers_io_by_two_logits_on_every_prompt(data, field):
