@@ -167,17 +167,12 @@ def collect(state, report) -> None:
     claim's results, outcome, error text and falsifying example (controller only)."""
     payload = _payload(report)
     nid = report.nodeid
-    # every phase of every test, claim or not: a passing claim's setup (where its module fixtures run)
-    # comes before anything marks it as a claim
-    phases = state.phase_times.setdefault(nid, {})
-    phases[report.when] = phases.get(report.when, 0.0) + float(getattr(report, "duration", 0.0) or 0.0)
     entry = state.claims.get(nid)
     # every phase counts (a passed setup, where the claim's fixtures run, carries no payload);
     # the report keeps the durations of the items that turn out to be claims
     state.durations[nid] = state.durations.get(nid, 0.0) + float(getattr(report, "duration", 0.0) or 0.0)
     if payload is None and entry is None:
         return
-    state.durations[nid] = sum(phases.values())
     if entry is None:
         entry = state.claims[nid] = {"id": nid, "outcome": "passed", "results": [], "error": None,
                                      "falsifying_example": None, "marker": {}}

@@ -43,7 +43,6 @@ class FieldcheckPlugin:
         self.load_times: dict[str, dict] = {}
         self.claims: dict[str, dict] = {}      # nodeid -> claim entry (controller)
         self.durations: dict[str, float] = {}            # claim nodeid -> seconds, setup and teardown included
-        self.phase_times: dict[str, dict[str, float]] = {}   # nodeid -> {setup/call/teardown: seconds}
         self.extra_timing: dict = {}           # more volatile members of the report's timing (ray, shards)
         self.shard_info: Optional[dict] = None  # an xdist run's shard (from its workers)
         self.started = time.time()
