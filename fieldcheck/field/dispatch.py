@@ -5,7 +5,8 @@ entries of the device map) for the time the block runs, through accelerate's own
 (``accelerate.utils.align_module_device``).
 
 :func:`enable` patches one functional model instance: ``qkv``, ``o_proj``, ``mlp`` and
-``W_O_head`` of block ``l`` run on its execution device with its weights present; ``embed`` on
+``W_O_head`` of block ``l`` run on its execution device with its weights present (``o_bias`` returns
+a copy read while they are); ``embed`` on
 the embedding's device; ``final_norm``, ``unembed`` and ``logit_of`` on the unembedding's.
 Inputs move to the block's device; outputs come back on the input's device, so that a caller
 that keeps its tensors on one (home) device works unchanged, and a caller that moves its
