@@ -67,14 +67,21 @@ def test_all_edges_is_the_full_model_and_none_is_the_corrupted_model(setup):
     np.testing.assert_allclose(res.empty, _metric(f, ds, "corrupt"), atol=1e-10)
     assert res.cpr == pytest.approx(1.0, abs=1e-9) and res.cmd < 1e-9
     assert np.abs(res.full - res.empty).max() > 1e-3  # not vacuous
+    assert res.cost["edge_forwards"] == 0  # both ends are read off the cached runs...
+    # ...which is right because the edge forward itself gives them
+    full, empty = _masks_metric(f, ds, [g.adjacency, np.zeros_like(g.adjacency)], "corrupt", "logit_diff")
+    np.testing.assert_allclose(full, _metric(f, ds, "clean"), atol=1e-10)
+    np.testing.assert_allclose(empty, _metric(f, ds, "corrupt"), atol=1e-10)
 
 
+@pytest.mark.parametrize("kept", [["L0.H1", "L0.H3", "L0.mlp", "L1.H0", "L1.H2"],
+                                  ["L1.H0"],       # layer 0 and L1's MLP send nothing: not computed
+                                  ["L0.mlp"]])     # no head at all
 @pytest.mark.parametrize("ablation", ["corrupt", "mean", "zero"])
-def test_node_circuit_equals_joint_patching_of_the_other_nodes(setup, ablation):
+def test_node_circuit_equals_joint_patching_of_the_other_nodes(setup, ablation, kept):
     """Ablating every edge out of the nodes outside a node circuit replaces their outputs: the
     light-cone engine's joint noising patch of those heads and MLPs at every position."""
     f, ds = setup
-    kept = ["L0.H1", "L0.H3", "L0.mlp", "L1.H0", "L1.H2"]
     res = f.evaluate_circuit(ds, Circuit(nodes=kept), ablation=ablation)
     out = [attn_head(l, h, "all") for l in range(2) for h in range(f.n_heads) if f"L{l}.H{h}" not in kept]
     out += [mlp_out(l, "all") for l in range(2) if f"L{l}.mlp" not in kept]
@@ -370,3 +377,46 @@ def test_notebook_displays(setup):
         html = obj._repr_html_()
         assert type(obj).__name__ in html and "no picture" not in html
     assert "<img" in res._repr_html_() and "<img" in curve._repr_html_()
+
+
+def test_top_mask_is_the_mask_of_the_top_circuit(setup):
+    f, ds = setup
+    sc = f.edge_scores(ds, method="eap")
+    g = sc.graph
+    for level in ("edge", "node"):
+        n = len(sc.ranking(level))
+        for by in ("abs", "signed"):
+            for k in sorted({1, 2, n // 3, n}):
+                c = sc.top(k, level, by)
+                assert len(c) == k
+                np.testing.assert_array_equal(sc.top_mask(k, level, by), c.mask(g))
+                # the circuit's parts are what the public constructor makes of the same labels
+                again = Circuit(**{"edges" if level == "edge" else "nodes": list(c.parts)})
+                assert again.parts == c.parts
+    with pytest.raises(UsageError):
+        sc.top_mask(0)
+
+
+def test_mib_scores_are_trapezoid_areas_of_both_rankings(setup):
+    """CPR and CMD (fieldcheck.experiments.mib) recomputed by hand from independent evaluations of
+    each top-k circuit; the two ends cost no edge forward."""
+    from fieldcheck.experiments.mib import MIB_PERCENTAGES, mib_scores
+
+    f, ds = setup
+    sc = f.edge_scores(ds, method="eap")
+    res = mib_scores(f, ds, sc)
+    n = sc.graph.n_edges
+    full = _metric(f, ds, "clean").mean()
+    empty = _metric(f, ds, "corrupt").mean()
+    fr, faith = {}, {}
+    for by in ("signed", "abs"):
+        ks = sorted({max(1, int(p * n)) for p in MIB_PERCENTAGES})
+        vals = [evaluate_circuit(f, ds, sc.top(k, "edge", by)).circuit.mean() for k in ks]
+        faith[by] = (np.array(vals) - empty) / (full - empty)
+        fr[by] = np.array(ks) / n if len(ks) != len(MIB_PERCENTAGES) else np.array(MIB_PERCENTAGES)
+    cpr = np.trapezoid(faith["signed"], fr["signed"])
+    cmd = np.trapezoid(np.abs(1 - faith["abs"]), fr["abs"])
+    assert res.cpr == pytest.approx(cpr, abs=1e-9) and res.cmd == pytest.approx(cmd, abs=1e-9)
+    np.testing.assert_allclose(res.signed.faithfulness, faith["signed"], atol=1e-9)
+    assert res.cost["edge_forwards"] == 2 * (len(res.signed.sizes) - 1)   # neither end runs one
+    json.dumps(res.to_dict())

@@ -364,6 +364,15 @@ def test_edge_circuits_run_or_refuse_by_name(fam):
     patched = vals(f.patch(ds, attn_head(1, 2, "all"), direction="noise", jointly=True, progress=False))[0]
     assert np.abs(full - clean).max() <= TOL and np.abs(empty - corrupt).max() <= TOL
     assert np.abs(node - patched).max() <= TOL and np.abs(node - clean).max() > 1e-4
+    # layer 0 sends nothing (the edge forward then skips computing it): joint patching of its nodes
+    silent = keep.copy()
+    silent[[g.sender_index(f"L0.H{h}") for h in range(f.n_heads)] + [g.sender_index("L0.mlp")]] = False
+    (first,) = _masks_metric(f, ds, [silent], "corrupt", "logit_diff")
+    sites = mlp_out(0, "all")
+    for h in range(f.n_heads):
+        sites = sites + attn_head(0, h, "all")
+    joint = vals(f.patch(ds, sites, direction="noise", jointly=True, progress=False))[0]
+    assert np.abs(first - joint).max() <= TOL and np.abs(first - clean).max() > 1e-4
 
 
 def test_models_list_shows_family_and_engine(fam, capsys, tmp_path):

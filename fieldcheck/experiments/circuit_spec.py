@@ -60,6 +60,20 @@ class Circuit:
         self.name = name
 
     @classmethod
+    def from_graph_labels(cls, level: str, parts: Sequence[str], scores: Optional[Sequence[float]] = None,
+                          name: str = "") -> "Circuit":
+        """A circuit of labels exactly as an :class:`EdgeGraph` writes them (``graph.edge_label``,
+        ``graph.senders``), distinct and in canonical spelling, so they are not parsed again (a
+        ranking of 10^5 edges). Anything else goes through ``Circuit(edges=..., nodes=...)``."""
+        if level not in ("edge", "node") or not parts:
+            raise UsageError(f"from_graph_labels takes level 'edge' or 'node' and at least one part, got "
+                             f"{level!r} with {len(parts)} parts")
+        c = cls.__new__(cls)
+        c.level, c.parts, c.name = level, tuple(parts), name
+        c.scores = None if scores is None else tuple(float(x) for x in scores)
+        return c
+
+    @classmethod
     def placeholder(cls, level: str, name: str = "") -> "Circuit":
         """A circuit whose parts are not known (a FaithfulnessCurve read back without its circuits): no parts,
         ``level`` "edge" or "node"; it cannot be evaluated."""

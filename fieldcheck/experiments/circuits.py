@@ -135,23 +135,42 @@ def _chunk_size(field, ds) -> int:
 
 
 def _masks_metric(field, ds, masks: list, ablation: str, metric, seed: int = 0,
-                  pos_masks: Optional[list] = None) -> np.ndarray:
+                  pos_masks: Optional[list] = None, ends: bool = False, cost: Optional[dict] = None) -> np.ndarray:
     """The metric ``[len(masks), batch]`` with each keep mask ``[n_senders, n_receivers]`` (None: all)
-    and, optionally, each sender position mask ``[n_senders, batch, pos]`` (None: every position)."""
+    and, optionally, each sender position mask ``[n_senders, batch, pos]`` (None: every position).
+
+    ends: read the two ends off the cached runs instead of running the edge forward (every edge
+    kept: the clean run; no edge kept under "corrupt" ablation: the corrupted run). cost: a dict
+    that gets the number of edge forwards run under "edge_forwards"."""
     fm = field.require_functional()
     m = as_metric(metric)
     g = edge_graph(field)
     r = field.run(ds)
     dev = field.device
     out = torch.empty(len(masks), ds.n, dtype=torch.float64)
+    # The two ends need no edge forward: every edge kept is the model itself, and with "corrupt"
+    # ablation no edge kept is the corrupted run (edge_forward gives both exactly; tests/test_circuits.py)
+    todo = []
+    for i, k in enumerate(masks):
+        positional = pos_masks is not None and pos_masks[i] is not None
+        if ends and not positional and (k is None or bool(np.all(np.asarray(k)[g.adjacency]))):
+            out[i] = field.metric_values(ds, m, "clean").double().cpu()
+        elif ends and not positional and ablation == "corrupt" and not np.asarray(k).any():
+            out[i] = field.metric_values(ds, m, "corrupt").double().cpu()
+        else:
+            todo.append(i)
+    if cost is not None:
+        cost["edge_forwards"] = len(todo)
+    if not todo:
+        return out.numpy()
     with torch.no_grad():
-        keeps = [None if k is None else torch.as_tensor(k, device=dev) for k in masks]
+        keeps = {i: None if masks[i] is None else torch.as_tensor(masks[i], device=dev) for i in todo}
         for idx in example_chunks(ds.n, _chunk_size(field, ds)):
             idx = idx.to(dev)
             abl = ablation_values(field, r, ablation, idx, seed)
             x0 = r.clean.resid[0][idx]
             pos = r.metric_pos[idx]
-            for i, k in enumerate(keeps):
+            for i, k in keeps.items():
                 P = None if pos_masks is None or pos_masks[i] is None else pos_masks[i][:, idx.cpu()].to(dev)
                 xf = edge_forward(fm, g, x0, abl, k, pos_keep=P)
                 out[i, idx.cpu()] = field.metric_on(m, r, xf[torch.arange(len(idx), device=dev), pos], idx).double().cpu()
@@ -171,13 +190,14 @@ def evaluate_circuit(field, ds, circuit: Union[Circuit, Sequence[str]], ablation
     g = edge_graph(field)
     t0 = time.perf_counter()
     mask = c.mask(g)
+    cost: dict = {}
     vals = _masks_metric(field, ds, [mask, np.zeros_like(mask)], ablation, metric, seed,
-                         pos_masks=[c.position_mask(g, ds), None])
+                         pos_masks=[c.position_mask(g, ds), None], ends=True, cost=cost)
     full = to_numpy(field.metric_values(ds, metric, "clean"))
     return CircuitResult(spec=c, circuit=vals[0], full=full, empty=vals[1], ablation=ablation,
                          metric=as_metric(metric).name, n_edges=int(mask.sum()), n_edges_total=g.n_edges,
                          dataset=getattr(ds, "name", ""),
-                         cost={"edge_forwards": 2, "seconds": time.perf_counter() - t0})
+                         cost={**cost, "seconds": time.perf_counter() - t0})
 
 
 # --- faithfulness over circuit sizes -----------------------------------------------------------------
@@ -340,13 +360,14 @@ def faithfulness_curve(field, ds, scores=None, sizes=None, level: str = "edge", 
         ks.append(k)
     ks = sorted(set(ks))
     circuits = [scores.top(k, level, by) for k in ks]
-    masks = [c.mask(scores.graph) for c in circuits]
-    vals = _masks_metric(field, ev, masks + [np.zeros_like(masks[0])], ablation, metric, seed)
+    masks = [scores.top_mask(k, level, by) for k in ks]
+    cost: dict = {}
+    vals = _masks_metric(field, ev, masks + [np.zeros_like(masks[0])], ablation, metric, seed, ends=True, cost=cost)
     return FaithfulnessCurve(sizes=np.array(ks), fractions=np.array(ks, dtype=float) / total, circuit=vals[:-1],
                              full=to_numpy(field.metric_values(ev, metric, "clean")), empty=vals[-1], level=level,
                              ablation=ablation, metric=as_metric(metric).name, method=scores.method,
                              dataset=getattr(ev, "name", ""), circuits=circuits,
-                             cost={"edge_forwards": len(ks) + 1, "seconds": time.perf_counter() - t0,
+                             cost={**cost, "seconds": time.perf_counter() - t0,
                                    "edges": {str(k): int(m.sum()) for k, m in zip(ks, masks)},
                                    "n_edges_total": scores.graph.n_edges})
 
@@ -413,9 +434,11 @@ def minimality(field, ds, circuit, ablation: str = "corrupt", metric="logit_diff
     cs = [c] + ([c.without(p) for p in c.parts] if len(c) > 1 else [None])
     empty = np.zeros(g.adjacency.shape, bool)
     masks = [empty if x is None else x.mask(g) for x in cs] + [empty]
+    cost: dict = {}
     vals = _masks_metric(field, ds, masks, ablation, metric, seed,
-                         pos_masks=[None if x is None else x.position_mask(g, ds) for x in cs] + [None])
+                         pos_masks=[None if x is None else x.position_mask(g, ds) for x in cs] + [None], ends=True,
+                         cost=cost)
     return Minimality(spec=c, parts=list(c.parts), without=vals[1:-1], circuit=vals[0],
                       full=to_numpy(field.metric_values(ds, metric, "clean")), empty=vals[-1], ablation=ablation,
                       metric=as_metric(metric).name,
-                      cost_info={"edge_forwards": len(masks), "seconds": time.perf_counter() - t0})
+                      cost_info={**cost, "seconds": time.perf_counter() - t0})

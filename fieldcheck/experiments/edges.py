@@ -133,6 +133,10 @@ class EdgeGraph:
     def edge_index(self, label) -> tuple[int, int]:
         """(sender, receiver) indices of ``"sender->receiver"`` or a (sender, receiver) pair."""
         if isinstance(label, str):
+            snd, _, rcv = label.partition("->")     # the graph's own spelling: no parsing
+            s, r = self._s_index.get(snd), self._r_index.get(rcv)
+            if s is not None and r is not None and self.adjacency[s, r]:
+                return s, r
             if "->" not in label:
                 raise SiteError(f"edge {label!r}: write 'sender->receiver', e.g. 'L0.H1->L2.H3.q' or 'L1.mlp->logits'")
             snd, rcv = (p.strip() for p in label.split("->", 1))
@@ -397,22 +401,26 @@ def edge_forward(fm, graph: EdgeGraph, x0: torch.Tensor, abl: torch.Tensor, keep
     xa = abl[0]
     if D is not None:
         D[0] = x0 - abl[0]
+    # A sender none of whose edges is kept may as well output its ablated value (its delta is then
+    # zero): the heads of a layer, or an MLP, that no kept edge leaves are not computed at all.
+    live = (keep != 0).any(1).tolist() if not grad_mode and pos_keep is None else [True] * S
     for l in range(L):
         n = graph.heads_before(l)
         hr = graph.head_receivers(l)
+        hs = graph.head_senders(l)
+        ms = graph.mlp_sender(l)
+        heads_live = any(live[hs])
         if grad_mode:
             inp = x[None].expand(3 * H, B, T, d)
             hooks("heads", l, inp)
             idx = torch.arange(3 * H, device=x.device)
             z = _heads_attend(fm, l, inp, inp, inp, idx[0::3], idx[1::3], idx[2::3])
-        else:
+        elif heads_live:
             Ku, inv = torch.unique(keep[:n, hr].T, dim=0, return_inverse=True)  # distinct receivers [U, n]
             inp = _mix(x, xa, D[:n], Ku.T, post)                      # [U, B, T, d]
             z = _heads_attend(fm, l, inp, inp, inp, inv[0::3], inv[1::3], inv[2::3])
-        hs = graph.head_senders(l)
-        ms = graph.mlp_sender(l)
         if post_norm:
-            res = fm.head_results(l, z)                              # [H, B, T, d], before the norm
+            res = fm.head_results(l, z) if heads_live else abl[hs]   # [H, B, T, d], before the norm
             if pos_keep is not None:  # a head's result outside its positions is its ablated result
                 P = pos_keep[hs, :, :, None].to(x.dtype)
                 res = abl[hs] + P * (res - abl[hs])
@@ -423,23 +431,29 @@ def edge_forward(fm, graph: EdgeGraph, x0: torch.Tensor, abl: torch.Tensor, keep
             if not grad_mode:
                 D[hs] = 0
                 post.append((hs, y, res - abl[hs], lambda v, l=l: fm.attn_post(l, v)))
-        else:
+        elif heads_live:
             x_mid = x + fm.o_proj(l, z)
+        else:
+            x_mid = x + abl[hs].sum(0) + _o_bias(fm, l, x)
         if grad_mode:
             m_in = x_mid.clone()
             hooks("mlp", l, m_in)
             x = x_mid + fm.mlp(l, m_in)
             continue
         if not post_norm:
-            D[hs] = fm.head_results(l, z) - abl[hs]
+            D[hs] = fm.head_results(l, z) - abl[hs] if heads_live else 0
             if pos_keep is not None:  # ablated at the positions outside the node's: for every receiver
                 P = pos_keep[hs, :, :, None].to(x.dtype)
                 x_mid = x_mid - ((1 - P) * D[hs]).sum(0)
                 D[hs] = D[hs] * P
         xa_mid = xa + abl[hs].sum(0) + _o_bias(fm, l, x)
-        m_in = _mix(x_mid, xa_mid, D[:ms], keep[:ms, graph.mlp_receiver(l)][:, None], post)[0]
-        m = fm.mlp(l, m_in)
-        D[ms] = m - abl[ms]
+        if live[ms]:
+            m_in = _mix(x_mid, xa_mid, D[:ms], keep[:ms, graph.mlp_receiver(l)][:, None], post)[0]
+            m = fm.mlp(l, m_in)
+            D[ms] = m - abl[ms]
+        else:
+            m = abl[ms]
+            D[ms] = 0
         x = x_mid + m
         if pos_keep is not None:
             P = pos_keep[ms, :, :, None].to(x.dtype)
