@@ -11,7 +11,7 @@ half of the layers, the answer moves from S2 to END in a band around 70-80% of t
 position alone then carries part of it, both together nearly all), and in the last 15% of the
 layers END alone carries ~0.9 or more. On Qwen2.5, S2 still carries a fifth of the answer at the
 start of that last stretch. One sweep (2 x n_layers sites) is computed once per module and each
-claim asserts on a slice of it.
+claim asserts on a slice of it; the claim about S2 in the first half has its own sweep on 64 pairs.
 """
 
 import pytest
@@ -57,10 +57,19 @@ def test_end_sufficient_at_mid_depth(field, sweep):
     fc.assert_effect(rows(field, sweep, "END", depth(0.5)), recovered > 0.5)
 
 
-def test_s2_carries_answer_early(field, sweep):
+@pytest.fixture(scope="module")
+def s2_early(field, ioi_large):
+    """Denoising resid_pre at S2 in the first half of the layers, on the 64 pairs of ``ioi_large``:
+    on Qwen2.5 the last of these layers (L11) recovers 0.92-0.95, close enough to the bar that
+    the 16 pairs of ``ioi`` leave the claim undecided after the file's correction (p_adj 0.154 on
+    seed 0); 64 pairs decide it."""
+    return field.patch(ioi_large, resid_pre(list(EARLY.of(field)), "S2"), direction="denoise")
+
+
+def test_s2_carries_answer_early(s2_early):
     """Through the first half of the layers the S2 token carries the whole answer: denoising it at
-    any one of them recovers more than 90%."""
-    fc.assert_effect(rows(field, sweep, "S2", EARLY), recovered > 0.9)
+    any one of them recovers more than 90% (64 pairs)."""
+    fc.assert_effect(s2_early, recovered > 0.9)
 
 
 @pytest.mark.fc_xfail_on("qwen2.5-coder-0.5b", reason="measured: S2 still recovers 0.19 at layer 21 "
