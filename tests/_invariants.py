@@ -23,7 +23,7 @@ import fieldcheck.data.builtin
 import fieldcheck.experiments.lens
 import fieldcheck.experiments.paths
 import fieldcheck.field.core
-from _fuzz import Arg, Escaped, Exerciser, bad, ok
+from _fuzz import Arg, Escaped, Exerciser, bad, ok, value
 from fieldcheck.experiments.attention import AttentionResult, HeadScores
 from fieldcheck.experiments.circuits import CircuitResult, FaithfulnessCurve, Minimality
 from fieldcheck.experiments.discovery import EdgeScores
@@ -612,6 +612,13 @@ def _edge_scores(r, ex: Exerciser) -> None:
         n = len(ranked) if isinstance(ranked, list) else 1
         ex.call(r.top, ex.draw(st.one_of(ok(st.integers(1, n)), st.integers(n + 1, n + 30).map(lambda k: Arg(k, ("k",))),
                                          bad(st.sampled_from([0, -2, 1.5, None]), "k")), Arg(1)), level)
+        k = ex.draw(st.one_of(ok(st.integers(1, n)), bad(st.sampled_from([0, -2, n + 1, 1.5, None, True]), "k")), Arg(1))
+        by = ex.draw(st.sampled_from(["abs", "signed"]), "abs")
+        mask = ex.call(r.top_mask, k, level, by)
+        if isinstance(mask, np.ndarray):  # the mask of top(k): from indices, the same edges as from labels
+            assert mask.dtype == bool and mask.shape == r.graph.adjacency.shape
+            assert not (mask & ~r.graph.adjacency).any(), "top_mask keeps a pair that is not an edge"
+            assert (mask == r.top(value(k), value(level), by).mask(r.graph)).all(), "top_mask is not top(k).mask"
         everything = fc.Circuit.all_edges(r.graph)
         assert everything.mask(r.graph).sum() == r.graph.adjacency.sum()
         labels = [lab for lab, _ in r.ranking("edge")[:5]]
@@ -632,6 +639,14 @@ def _circuit(c: fc.Circuit, ex: Exerciser) -> None:
     assert c.positional == (c.level == "node" and any("@" in p for p in c.parts))
     blank = fc.Circuit.placeholder(c.level, c.name)
     assert len(blank) == 0 and blank.level == c.level
+    if c.parts:  # the unparsed constructor keeps the parts, scores and name it is given
+        same = fc.Circuit.from_graph_labels(c.level, c.parts, c.scores, name=c.name)
+        assert (same.level, same.parts, same.scores, same.name) == (c.level, c.parts, c.scores, c.name)
+    if ex.deep:
+        ex.call(fc.Circuit.from_graph_labels, ex.draw(st.one_of(ok(st.just(c.level)), bad(st.sampled_from(["head", None, ""]), "level")),
+                                                      Arg(c.level)),
+                ex.draw(st.one_of(ok(st.just(list(c.parts))), bad(st.just([]), "part")) if c.parts else bad(st.just([]), "part"),
+                        Arg(list(c.parts), () if c.parts else ("part",))))
     text(c, "repr")
     if ex.deep and c.parts:
         only = ("no part",) if len(c.parts) == 1 else ()   # a circuit is never empty

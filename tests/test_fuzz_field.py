@@ -17,7 +17,7 @@ from hypothesis import given, strategies as st
 import fieldcheck as fc
 from _fuzz import (Arg, Exerciser, alphas, bad, call, choices, contexts, datasets, fuzz, ints, metrics, ok, one_site,
                    seeds, shape_of, site_sets, sources)
-from fieldcheck.errors import InsufficientData, NumericalError, UsageError
+from fieldcheck.errors import InsufficientData
 from fieldcheck.field.arch import UnsupportedArchitecture
 
 # the hypothesis suites are CI's (make test), not the edit-test loop's (make test-quick)
@@ -102,6 +102,7 @@ def test_engine_helpers(fuzz_pool, data):
     """The helpers experiments use (metric of final residuals, activation at a site, the source a
     patch inserts), with drawn sites and scales."""
     from fieldcheck.field.metrics import as_metric
+    from fieldcheck.field.sites import as_site_set
     from fieldcheck.field.sources import as_source
 
     ctx = data.draw(contexts(fuzz_pool, ("gpt2-2L", "llama-3L")))
@@ -116,7 +117,7 @@ def test_engine_helpers(fuzz_pool, data):
         assert vals.shape == (n,) and torch.isfinite(vals).all()
     sites = data.draw(site_sets(ctx, ds, max_terms=1))
     if not sites.bad:
-        site = sites.value.resolve(ctx.n_layers, ctx.n_heads, ds.seq_len, ds.position_names)[0]
+        site = as_site_set(sites.value).resolve(ctx.n_layers, ctx.n_heads, ds.seq_len, ds.position_names)[0]
         pos = torch.full((n,), int(site.pos)) if isinstance(site.pos, int) else ds.position(site.pos)
         v = call(ctx.field.site_values, r, r.clean, site, pos)
         assert isinstance(v, torch.Tensor) and v.shape[0] == n and torch.isfinite(v).all()
@@ -410,7 +411,11 @@ def test_evaluate_circuit_and_minimality(fuzz_pool, data):
             g = None
         if g is not None:
             pm = call(circuit.value.position_mask, g, ds)
-            assert pm is None or (isinstance(pm, torch.Tensor) and pm.shape[0] == ds.value.n)
+            # [n_senders, batch, pos]: ones and zeros, None exactly when no node is kept at a position only
+            assert (pm is None) == (not circuit.value.positional)
+            if isinstance(pm, torch.Tensor):
+                assert pm.shape == (g.n_senders, ds.value.n, ds.value.seq_len)
+                assert bool(((pm == 0) | (pm == 1)).all())
             mask = call(circuit.value.mask, g)
             everything = call(fc.Circuit.all_edges, g)
             if isinstance(mask, np.ndarray) and isinstance(everything, fc.Circuit):
