@@ -42,6 +42,9 @@ CASES = [
     Case("results", "a selection that keeps no site (a claim written for a deeper model)",
          'field.patch(ds, S.resid_pre([0, 1], "END")).select(lambda s: s.layer > 90)', "SiteError",
          ("kept no site", "layers"), "issue"),
+    Case("results", "a claim about something that is not a result, with direction= (the direction used to be "
+         "blamed)", 'fc.assert_effect("not a result", fc.recovered > 0.5, direction="denoise")',
+         "AssertionInputError", ("expects a PatchResult", "got str")),
     Case("results", "a logit-lens result indexed by a layer the model does not have",
          "field.logit_lens(ds).at(24)", "SiteError", ("layer 24", "0..3"), "issue"),
     Case("results", "a Green function looked up at a layer that does not exist",
@@ -75,6 +78,9 @@ CASES = [
     Case("circuits", "a circuit evaluated on something that is not a data set",
          'field.evaluate_circuit(None, ["L0.H1"])', "DatasetError", ("ContrastiveSet",)),
     Case("circuits", "an empty circuit", "fc.Circuit(nodes=[])", "UsageError", ("at least one part",)),
+    Case("circuits", "a resample ablation of one example (there is no other example to take values from)",
+         'field.evaluate_circuit(ds.sample(1, seed=0), ["L0.H1"], ablation="resample")', "InsufficientData",
+         ("resample", "at least 2 examples")),
     Case("circuits", "the only part of a circuit removed",
          'fc.Circuit(nodes=["L0.H1"]).without("L0.H1")', "UsageError", ("no part",)),
     # --- dictionary features ----------------------------------------------------------------------------------
@@ -94,6 +100,8 @@ CASES = [
          'field.feature_dla(ds, sae).top("3")', "UsageError", ("k",)),
     Case("features", "a feature circuit without dictionaries", "field.node_attribution(ds, None)", "UsageError",
          ("saes",)),
+    Case("features", "gradient node attribution with steps=0 (accepted because the gradient method ignores steps)",
+         "field.node_attribution(ds, sae, steps=0)", "UsageError", ("steps", "positive int")),
     Case("features", "selectivity with a threshold that is not a number",
          'field.selectivity(sae, 0, ["the cat sat"], ["a b c"], threshold=float("nan"))', "UsageError",
          ("threshold",)),
@@ -240,3 +248,78 @@ def test_second_order_prediction_with_a_metric_callable():
     own = lambda logits, d: logits[:, 0] - logits[:, 1]  # noqa: E731
     r = ns["field"].predict(ns["ds"], fc.sites.resid_pre(0, "END"), order=2, metric=own)
     assert r.values.shape == (1, ns["ds"].n) and np.isfinite(r.values).all()
+
+
+def test_sites_built_directly_count_negative_layers_and_positions_from_the_end():
+    """``Site("resid_pre", -1, -1)`` is ``resid_pre(-1, -1)``: the constructors count negative layers,
+    positions and heads from the end, Sites built directly were refused (found by the long fuzz run)."""
+    ns = namespace()
+    field, ds = ns["field"], ns["ds"]
+    direct = field.patch(ds, [fc.sites.Site("resid_pre", -1, -1), fc.sites.Site("attn_head", -3, -2, -3)])
+    built = field.patch(ds, fc.sites.resid_pre(-1, -1) + fc.sites.attn_head(-3, 1, -2))
+    assert [s.label for s in direct.sites] == [s.label for s in built.sites] == [
+        f"L2.resid_pre@{ds.seq_len - 1}", f"L0.H1@{ds.seq_len - 2}"]
+    np.testing.assert_array_equal(direct.values, built.values)
+    with pytest.raises(fc.SiteError, match=r"layer -4 out of range .*\(or -3\.\.-1\)"):
+        field.patch(ds, [fc.sites.Site("resid_pre", -4, 0)])
+    with pytest.raises(fc.SiteError, match=r"position -99 out of range"):
+        field.patch(ds, [fc.sites.Site("resid_pre", 0, -99)])
+
+
+def test_a_selectivity_without_spread_has_the_exact_rank_tests_p_value():
+    """Activations equal within each group: Welch's t is infinite and scipy's p-value 0.0, which the
+    ClaimResult reported (found by the long fuzz run). Now the exact rank test's p for complete
+    separation, 1 / C(n_on + n_off, n_on), and with too few examples for it no bound either."""
+    from types import SimpleNamespace
+
+    from scipy.special import comb
+
+    def sel(n):
+        return SimpleNamespace(on=np.ones(n), off=np.zeros(n), threshold=0.5, latent=0, dictionary="d")
+
+    big = fc.assert_selective(sel(8), fc.mean_diff > 0.5)[0]
+    assert big.passed and big.p_value == pytest.approx(1 / comb(16, 8)) and big.interval == (1.0, 1.0)
+    with pytest.raises(fc.ClaimFailed) as small:
+        fc.assert_selective(sel(2), fc.mean_diff > 0.5)
+    small = small.value.results[0]
+    assert not small.passed and small.p_value == pytest.approx(1 / 6) and small.interval[0] == -np.inf
+    with pytest.raises(fc.ClaimFailed) as wrong:
+        fc.assert_selective(sel(8), fc.mean_diff > 2.0)
+    wrong = wrong.value.results[0]
+    assert not wrong.passed and wrong.p_value == 1.0 and wrong.interval == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("statistic", ["area", "cmd", "min_cost"])
+def test_curve_and_minimality_refuse_a_gap_that_is_not_clearly_away_from_zero(statistic):
+    """A full - empty gap whose mean is small against its spread (a random model's IOI set): the
+    bootstrap of the ratio swung so far that the interval [5.3, 766] did not contain the estimate
+    1.77 (found by the long fuzz run). The curve and minimality now refuse it as the per-site
+    assertions do (InsufficientData naming the gap)."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(1)
+    empty = rng.normal(0, 1, 8)
+    full = empty + rng.normal(0.05, 1, 8)
+    with pytest.raises(fc.InsufficientData, match="full - empty gap .* not clearly away from 0"):
+        if statistic == "min_cost":
+            m = SimpleNamespace(without=np.stack([full, empty]), circuit=full, full=full, empty=empty, parts=["a", "b"])
+            fc.assert_minimal(m, fc.min_cost > 0.01)
+        else:
+            curve = SimpleNamespace(fractions=np.array([0.1, 1.0]), circuit=np.stack([empty, full]), full=full,
+                                    empty=empty, level="edge", method="eap")
+            fc.assert_faithfulness_curve(curve, getattr(fc, statistic) > 0.5)
+
+
+@pytest.mark.parametrize("engine", ["lightcone", "hooks"])
+def test_a_metric_of_the_wrong_shape_is_named_on_both_engines(engine):
+    """A metric function returning one number too many: the light-cone engine named it, the hooked
+    path raised torch's "expanded size of the tensor (4) must match the existing size (5)" (found by
+    the long fuzz run)."""
+    ns = namespace()
+    field = fc.Field(ns["model"], engine=engine)
+
+    def too_long(logits, ds):
+        return torch.zeros(logits.shape[0] + 1)
+
+    with pytest.raises(fc.MetricError, match=r"returned shape \(5,\).*one number per example, shape \(4,\)"):
+        field.patch(ns["ds"], fc.sites.resid_pre(1, "END"), metric=too_long)

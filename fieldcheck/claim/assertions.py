@@ -24,7 +24,7 @@ import numpy as np
 from fieldcheck import config
 from fieldcheck.claim.comparison import examples_of as _examples
 from fieldcheck.claim.criteria import Criterion
-from fieldcheck.claim.deciding import (MAX_PLOT, MAX_SITES, AssertionInputError, NonFiniteInput, as_table,
+from fieldcheck.claim.deciding import (MAX_PLOT, MAX_SITES, AssertionInputError, NonFiniteInput, as_table, check_gap,
                                        as_vector, check_finite, check_n, finish, fmt_num, make_result, need_attr,
                                        ratio_stat, resolve_settings, run_criteria, site_labels, sites_text)
 from fieldcheck.claim.result import ClaimResult
@@ -204,29 +204,6 @@ def _patch_arrays(result: Any, assertion: str):
     return values, eff_raw, clean, corrupt, labels
 
 
-#: a ratio's denominator (the clean-corrupt gap) must be at least this many standard deviations
-#: of its per-example values away from 0 on average (besides its interval excluding 0)
-GAP_MIN_SPREAD = 0.25
-
-
-def _check_gap(assertion: str, crit: Criterion, den: np.ndarray, s: config.Settings,
-               what: str, fix: str) -> None:
-    """Refuse a ratio statistic whose denominator is not clearly away from zero: the mean
-    per-example gap's t interval at ``1 - 2 alpha`` includes 0, or the mean is smaller than
-    GAP_MIN_SPREAD of the gaps' standard deviation. A ratio of sums over such a gap is
-    undefined or swings between large positive and negative values (Fieller)."""
-    from scipy.stats import t as tdist
-
-    n = den.size
-    mean = float(den.mean())
-    sd = float(den.std(ddof=1)) if n > 1 else 0.0
-    half = float(tdist.ppf(1 - s.alpha, n - 1)) * sd / math.sqrt(n) if n > 1 else math.inf
-    lo, hi = mean - half, mean + half
-    if (lo <= 0.0 <= hi) or abs(mean) < GAP_MIN_SPREAD * sd or mean == 0.0:
-        raise InsufficientData(
-            f"{assertion}: `{crit}` is not defined here: {what} is {fmt_num(mean)} "
-            f"[{fmt_num(lo)}, {fmt_num(hi)}] ({round((1 - 2 * s.alpha) * 100)}% CI, n={n}, sd "
-            f"{fmt_num(sd)}), not clearly away from 0, and {crit.statistic} divides by it; {fix}")
 
 
 def _per_site_effect(assertion: str, result: Any, criteria: tuple, direction: Optional[str],
@@ -237,17 +214,16 @@ def _per_site_effect(assertion: str, result: Any, criteria: tuple, direction: Op
         raise CriterionError(f"{assertion}: require={require!r}; use 'all' (every site must "
                              "meet the criterion) or 'any' (at least one site, each at "
                              "alpha / n_sites)")
-    if direction is not None:
-        if direction not in ("denoise", "noise"):
-            raise CriterionError(f"{assertion}: direction={direction!r}; use 'denoise' or 'noise'")
+    if direction is not None and direction not in ("denoise", "noise"):
+        raise CriterionError(f"{assertion}: direction={direction!r}; use 'denoise' or 'noise'")
+
+    def prepare():
+        values, eff_raw, clean, corrupt, labels = _patch_arrays(result, assertion)  # a result at all, first
         got = getattr(result, "direction", None)
-        if got != direction:
+        if direction is not None and got != direction:
             raise CriterionError(f"{assertion}(direction={direction!r}) but the result was "
                                  f"measured with direction={got!r}; patch with "
                                  f"direction={direction!r} or drop the direction= keyword")
-
-    def prepare():
-        values, eff_raw, clean, corrupt, labels = _patch_arrays(result, assertion)
         check_finite(values, "the patched metric (values)", labels)
         check_finite(clean, "the clean baseline")
         check_finite(corrupt, "the corrupted baseline")
@@ -268,7 +244,7 @@ def _per_site_effect(assertion: str, result: Any, criteria: tuple, direction: Op
         kind = "signflip" if c.name == "effect" else "bootstrap"
         check_n(kind, n, c, s)
         if c.name == "recovered":
-            _check_gap(assertion, c, clean - corrupt, s, "the clean-corrupt gap (clean - "
+            check_gap(assertion, c, clean - corrupt, s, "the clean-corrupt gap (clean - "
                        "corrupted metric)", "use `effect` (the patch effect in metric units) "
                        "or a corruption that moves the metric more")
         ests = []
@@ -692,7 +668,7 @@ def assert_faithful(circuit_result: Any, *criteria: Criterion, alpha: Optional[f
         n = d["full"].size
         check_n("bootstrap", n, c, s)
         den = d["full"] - d["empty"]
-        _check_gap(name, c, den, s, "the full - empty gap", "compare the circuit's metric "
+        check_gap(name, c, den, s, "the full - empty gap", "compare the circuit's metric "
                    "directly (assert_prefers) or use an empty baseline that scores lower")
         stat = ratio_stat(d["circuit"] - d["empty"], den, n)
         if c.name == "cmd":

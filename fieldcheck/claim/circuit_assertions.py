@@ -12,16 +12,15 @@ is decided with a bootstrap over the examples (the whole curve or every part res
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import numpy as np
 
-from fieldcheck.claim.deciding import (AssertionInputError, as_table, as_vector, check_finite, check_n, make_result,
-                                       need_attr, resolve_settings, run_criteria)
+from fieldcheck.claim.deciding import (AssertionInputError, as_table, as_vector, check_finite, check_gap, check_n,
+                                       make_result, need_attr, resolve_settings, run_criteria)
 from fieldcheck.claim.criteria import Criterion
 from fieldcheck.claim.result import ClaimResult
-from fieldcheck.claim.statistics import Estimate, bootstrap, resample_weights
+from fieldcheck.claim.statistics import bootstrap, resample_weights
 
 __all__ = ["assert_faithfulness_curve", "assert_minimal"]
 
@@ -29,18 +28,6 @@ __all__ = ["assert_faithfulness_curve", "assert_minimal"]
 def _trapezoid(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Area under y [..., k] over x [k] (trapezoids), along the last axis."""
     return ((x[1:] - x[:-1]) * (y[..., 1:] + y[..., :-1]) / 2).sum(-1)
-
-
-def _undefined(name: str, c: Criterion, s, n: int, gap: float) -> ClaimResult:
-    res = make_result(name, c, Estimate(math.nan, math.nan, math.nan, n, "not computed"), s)
-    res.passed = False
-    res.message = (f"{c.statistic} is undefined: the full model and the empty circuit score the same on "
-                   f"average (mean gap {gap:.3g})")
-    return res
-
-
-def _gap_ok(den: np.ndarray, full: np.ndarray, empty: np.ndarray) -> bool:
-    return abs(den.mean()) > 1e-9 * ((np.abs(full).mean() + np.abs(empty).mean()) or 1)
 
 
 def assert_faithfulness_curve(curve: Any, *criteria: Criterion, alpha: Optional[float] = None,
@@ -76,8 +63,8 @@ def assert_faithfulness_curve(curve: Any, *criteria: Criterion, alpha: Optional[
         n = full.size
         check_n("bootstrap", n, c, s)
         den = full - empty
-        if not _gap_ok(den, full, empty):
-            return _undefined(name, c, s, n, float(den.mean()))
+        check_gap(name, c, den, s, "the full - empty gap", "a curve's faithfulness divides by it: use data on which "
+                  "the full model and the empty circuit differ")
         num = (circ - empty[None]).T            # [batch, k]
         x = np.concatenate([[0.0], fr])
 
@@ -133,8 +120,8 @@ def assert_minimal(minimality: Any, *criteria: Criterion, alpha: Optional[float]
         n = d["full"].size
         check_n("bootstrap", n, c, s)
         den = d["full"] - d["empty"]
-        if not _gap_ok(den, d["full"], d["empty"]):
-            return _undefined(name, c, s, n, float(den.mean()))
+        check_gap(name, c, den, s, "the full - empty gap", "minimality divides each part's cost by it: use data on "
+                  "which the full model and the empty circuit differ")
         num = (d["circuit"][None] - d["without"]).T      # [batch, parts]
 
         def stat(idx):

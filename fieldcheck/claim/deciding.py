@@ -17,7 +17,7 @@ from fieldcheck.claim.criteria import Criterion, as_criteria
 from fieldcheck.claim.result import ClaimFailed, ClaimResult, record
 from fieldcheck.claim.statistics import (MIN_BOOTSTRAP_N, Estimate, clears, make_rng, min_n_rate, min_n_signflip,
                                          nonfinite, require_n, resample_weights, to_numpy)
-from fieldcheck.errors import CriterionError, FieldcheckError
+from fieldcheck.errors import CriterionError, FieldcheckError, InsufficientData
 
 
 MAX_PLOT = 512     # most points a plot carries
@@ -200,6 +200,31 @@ def sites_text(rows: list[tuple[str, float, float]], first: str = "pred",
 
 def fmt_num(x: float) -> str:
     return f"{x:.3g}"
+
+
+#: a ratio's denominator (the clean-corrupt gap) must be at least this many standard deviations
+#: of its per-example values away from 0 on average (besides its interval excluding 0)
+GAP_MIN_SPREAD = 0.25
+
+
+def check_gap(assertion: str, crit: Criterion, den: np.ndarray, s: config.Settings,
+              what: str, fix: str) -> None:
+    """Refuse a ratio statistic whose denominator is not clearly away from zero: the mean
+    per-example gap's t interval at ``1 - 2 alpha`` includes 0, or the mean is smaller than
+    GAP_MIN_SPREAD of the gaps' standard deviation. A ratio of sums over such a gap is
+    undefined or swings between large positive and negative values (Fieller)."""
+    from scipy.stats import t as tdist
+
+    n = den.size
+    mean = float(den.mean())
+    sd = float(den.std(ddof=1)) if n > 1 else 0.0
+    half = float(tdist.ppf(1 - s.alpha, n - 1)) * sd / math.sqrt(n) if n > 1 else math.inf
+    lo, hi = mean - half, mean + half
+    if (lo <= 0.0 <= hi) or abs(mean) < GAP_MIN_SPREAD * sd or mean == 0.0:
+        raise InsufficientData(
+            f"{assertion}: `{crit}` is not defined here: {what} is {fmt_num(mean)} "
+            f"[{fmt_num(lo)}, {fmt_num(hi)}] ({round((1 - 2 * s.alpha) * 100)}% CI, n={n}, sd "
+            f"{fmt_num(sd)}), not clearly away from 0, and {crit.statistic} divides by it; {fix}")
 
 
 def ratio_stat(num: np.ndarray, den: np.ndarray, n: int) -> Callable:

@@ -21,6 +21,7 @@ prompt sets (``fieldcheck.claim.comparison``: two groups, resampled together).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -185,10 +186,23 @@ class _Identity:
 
 def _welch(on, off, c, alpha, sst) -> Estimate:
     diff = float(on.mean() - off.mean())
-    t = sst.ttest_ind(on, off + c.bar, equal_var=False, alternative="greater" if c.op in (">", ">=") else "less")
-    ci = sst.ttest_ind(on, off, equal_var=False).confidence_interval(1 - 2 * alpha)
-    p = float(t.pvalue) if np.isfinite(t.pvalue) else (0.0 if clears(diff, c.op, c.bar) else 1.0)
-    lo, hi = (float(ci.low), float(ci.high)) if np.isfinite(ci.low) else (diff, diff)
+    with warnings.catch_warnings():  # groups without spread: scipy warns, the case is handled below
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        t = sst.ttest_ind(on, off + c.bar, equal_var=False, alternative="greater" if c.op in (">", ">=") else "less")
+        ci = sst.ttest_ind(on, off, equal_var=False).confidence_interval(1 - 2 * alpha)
+    degenerate = not (np.isfinite(t.statistic) and np.isfinite(t.pvalue))
+    if not degenerate:
+        p = float(t.pvalue)
+    elif clears(diff, c.op, c.bar):  # no spread in either group: no t; the exact rank test's p for every
+        # 'on' value beyond every shifted 'off' value, 1 / C(n_on + n_off, n_on) (never 0, as for a
+        # degenerate bootstrap: docs/statistics.md)
+        from scipy.special import comb
+        p = max(1.0 / float(comb(on.size + off.size, on.size)), np.finfo(float).tiny)
+    else:
+        p = 1.0
+    lo, hi = (float(ci.low), float(ci.high)) if np.isfinite(ci.low) and not degenerate else (diff, diff)
+    if degenerate and p > alpha and clears(diff, c.op, c.bar):  # too few examples for the exact p: nor a bound
+        lo, hi = (-math.inf, hi) if c.op in (">", ">=") else (lo, math.inf)
     return Estimate(diff, lo, hi, on.size + off.size, "Welch t", p, 1 - 2 * alpha,
                     {"mean_on": float(on.mean()), "mean_off": float(off.mean())})
 

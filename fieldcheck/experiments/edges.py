@@ -32,13 +32,12 @@ saved); every head's queries, keys and values are computed from its own receiver
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from fieldcheck.errors import SiteError, UsageError
+from fieldcheck.errors import InsufficientData, SiteError, UsageError
 from fieldcheck.field.labels import canonical, unknown
 from fieldcheck.field.sources import example_groups
 
@@ -263,7 +262,8 @@ def ablation_values(field, r, ablation: str, idx: torch.Tensor, seed: int = 0) -
 def derangement(n: int, seed: int) -> torch.Tensor:
     """A permutation of 0..n-1 without fixed points (n >= 2), drawn with ``seed``."""
     if n < 2:
-        raise UsageError("resample ablation needs at least 2 examples (each takes another example's values)")
+        raise InsufficientData(f"resample ablation needs at least 2 examples (each takes another example's values), "
+                               f"got {n}")
     g = np.random.default_rng(seed)
     while True:
         p = g.permutation(n)

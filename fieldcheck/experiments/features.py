@@ -333,7 +333,7 @@ def hook_gradients(field, ds, hooks: Sequence[str], direction: str, metric, meth
     run's activation at the hook (``steps`` forward+backward passes per hook)."""
     if method not in ("gradient", "integrated"):
         raise UsageError(f"method must be 'gradient' or 'integrated', got {method!r}")
-    if method == "integrated" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:  # also where method="gradient" ignores it
         raise UsageError(f"steps must be a positive int, got {steps!r}")
     points = [0.0] if method == "gradient" else [(k + 0.5) / steps for k in range(steps)]
     m = as_metric(metric)

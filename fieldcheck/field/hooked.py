@@ -25,7 +25,7 @@ def _logits_metric(field, m, logits_end: torch.Tensor, ds, ref):
     if m.name == "logit_diff":
         return logits_end[ex, ds.answers.to(logits_end.device)] - logits_end[ex, ds.wrong.to(logits_end.device)]
     if m.fn is not None:
-        return torch.as_tensor(m.fn(logits_end, ds), dtype=logits_end.dtype)
+        return m.checked(m.fn(logits_end, ds), logits_end)
     lp = torch.log_softmax(logits_end.float(), -1)
     a = ds.answers.to(lp.device)
     if m.name == "logprob":

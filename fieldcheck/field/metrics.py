@@ -29,6 +29,23 @@ class Metric:
     def needs_full_logits(self) -> bool:
         return self.name != "logit_diff"
 
+    def checked(self, raw, logits: torch.Tensor) -> torch.Tensor:
+        """A metric function's output for logits ``[rows, d_vocab]`` as ``[rows]`` numbers (MetricError
+        for anything else: not numbers, another shape, NaN or inf)."""
+        rows = logits.shape[0]
+        try:
+            out = torch.as_tensor(raw, dtype=logits.dtype, device=logits.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise MetricError(f"metric {self.name!r} returned a {type(raw).__name__}, not numbers; it must "
+                              f"return one number per example, shape ({rows},)") from None
+        if out.shape != (rows,):
+            raise MetricError(f"metric {self.name!r} returned shape {tuple(out.shape)}; it must return one "
+                              f"number per example, shape ({rows},), from logits [rows, d_vocab]")
+        if not torch.isfinite(out).all():
+            raise MetricError(f"metric {self.name!r} returned NaN or inf for "
+                              f"{int((~torch.isfinite(out)).sum())} of {rows} examples")
+        return out
+
     def __call__(self, fm, x_final: torch.Tensor, ex: torch.Tensor, ds, clean_logprobs=None) -> torch.Tensor:
         """x_final: ``[rows, d_model]`` final residual (before the final norm) at the metric position;
         ex: ``[rows]`` example index of each row. Returns ``[rows]``."""
@@ -45,19 +62,7 @@ class Metric:
         logits = fm.unembed(xn)
         if self.fn is not None:
             sub = ds.subset(ex.tolist()) if hasattr(ds, "subset") else ds
-            raw = self.fn(logits, sub)
-            try:
-                out = torch.as_tensor(raw, dtype=logits.dtype, device=logits.device)
-            except (TypeError, ValueError, RuntimeError):
-                raise MetricError(f"metric {self.name!r} returned a {type(raw).__name__}, not numbers; it must "
-                                  f"return one number per example, shape ({len(ex)},)") from None
-            if out.shape != (len(ex),):
-                raise MetricError(f"metric {self.name!r} returned shape {tuple(out.shape)}; it must return one "
-                                  f"number per example, shape ({len(ex)},), from logits [rows, d_vocab]")
-            if not torch.isfinite(out).all():
-                raise MetricError(f"metric {self.name!r} returned NaN or inf for "
-                                  f"{int((~torch.isfinite(out)).sum())} of {len(ex)} examples")
-            return out
+            return self.checked(self.fn(logits, sub), logits)
         lp = torch.log_softmax(logits.float(), dim=-1)
         a = ds.answers.to(lp.device)[ex]
         if self.name == "logprob":

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import builtins
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Optional, Union
 
 from fieldcheck.errors import SiteError
@@ -304,24 +304,34 @@ class SiteSet:
 
 
 def _check_site(s: Site, n_layers: int, n_heads: int, seq_len: int, names: set) -> Site:
-    """Validate a Site built directly (the constructors validate their own)."""
+    """Validate a Site built directly (the constructors validate their own); a negative layer or
+    position or head counts from the end, as in the constructors (``Site("resid_pre", -1, -1)`` is
+    ``resid_pre(-1, -1)``)."""
     if not isinstance(s, Site) or s.kind not in KINDS:
         raise SiteError(f"unknown site kind {getattr(s, 'kind', s)!r}; valid kinds: {', '.join(KINDS)}")
     max_layer = n_layers + 1 if s.kind == "resid_pre" else n_layers
-    if not isinstance(s.layer, int) or not 0 <= s.layer < max_layer:
-        raise SiteError(f"layer {s.layer!r} out of range for {s.kind}: the model has layers 0..{max_layer - 1}")
-    if isinstance(s.pos, str):
-        if s.pos not in names:
-            raise SiteError(f"position name {s.pos!r} is not in the data set; its named positions are {sorted(names)}")
-    elif not isinstance(s.pos, int) or not 0 <= s.pos < seq_len:
-        raise SiteError(f"position {s.pos!r} out of range: prompts have {seq_len} tokens (positions 0..{seq_len - 1})")
+    layer = s.layer + n_layers if isinstance(s.layer, int) and not isinstance(s.layer, bool) and s.layer < 0 else s.layer
+    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < max_layer:
+        raise SiteError(f"layer {s.layer!r} out of range for {s.kind}: the model has layers 0..{max_layer - 1} "
+                        f"(or -{n_layers}..-1)")
+    pos = s.pos
+    if isinstance(pos, str):
+        if pos not in names:
+            raise SiteError(f"position name {pos!r} is not in the data set; its named positions are {sorted(names)}")
+    elif not isinstance(pos, int) or isinstance(pos, bool) or not -seq_len <= pos < seq_len:
+        raise SiteError(f"position {pos!r} out of range: prompts have {seq_len} tokens (positions 0..{seq_len - 1}, "
+                        f"or -{seq_len}..-1)")
+    elif pos < 0:
+        pos += seq_len
+    head = s.head
     if s.kind == "attn_head":
-        if not isinstance(s.head, int) or not 0 <= s.head < n_heads:
-            raise SiteError(f"head {s.head!r} out of range: the model has heads 0..{n_heads - 1}; "
+        if not isinstance(head, int) or isinstance(head, bool) or not -n_heads <= head < n_heads:
+            raise SiteError(f"head {s.head!r} out of range: the model has heads 0..{n_heads - 1} (or -{n_heads}..-1); "
                             "an attn_head site needs a head")
-    elif s.head is not None:
+        head = head % n_heads
+    elif head is not None:
         raise SiteError(f"{s.kind} sites have no head (got head={s.head!r})")
-    return s
+    return s if (layer, pos, head) == (s.layer, s.pos, s.head) else replace(s, layer=layer, pos=pos, head=head)
 
 
 def _fmt(x) -> str:
