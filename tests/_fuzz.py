@@ -364,14 +364,16 @@ def _layer_values(n_layers: int, kind: str) -> st.SearchStrategy[Arg]:
     )
 
 
-def _list_arg(items: st.SearchStrategy[Arg], word: str, all_ok: bool = True) -> st.SearchStrategy[Arg]:
-    """One item, a list of items, "all", or invalid containers."""
+def _list_arg(items: st.SearchStrategy[Arg], word: str, all_ok: bool = True,
+              none_is_all: bool = False) -> st.SearchStrategy[Arg]:
+    """One item, a list of items, "all", or invalid containers (``none_is_all``: None means "all",
+    as ``attn_head(heads=None)``)."""
     def combine(xs: list) -> Arg:
         return Arg([x.value for x in xs], tuple(w for x in xs for w in x.bad))
     strats = [items, st.lists(items, min_size=1, max_size=3).map(combine),
-              bad(st.sampled_from([None, 1.5, {"a": 1}, True]), word)]
+              bad(st.sampled_from([1.5, {"a": 1}, True] + ([] if none_is_all else [None])), word)]
     if all_ok:
-        strats.append(ok(st.just("all")))
+        strats.append(ok(st.sampled_from(["all", None] if none_is_all else ["all"])))
     return st.one_of(*strats)
 
 
@@ -423,7 +425,7 @@ def site_sets(draw, ctx: Ctx, ds: Any, kinds: Sequence[str] = KINDS, max_terms: 
         layers = draw(_list_arg(_layer_values(ctx.n_layers, kind), "layers"))
         positions = draw(_list_arg(_positions(seq_len, names), "positions"))
         if kind == "attn_head":
-            heads = draw(_list_arg(_heads(ctx.n_heads), "heads"))
+            heads = draw(_list_arg(_heads(ctx.n_heads), "heads", none_is_all=True))
             make = lambda: S.attn_head(layers.value, heads.value, positions.value)  # noqa: E731
             w = layers.bad + positions.bad + heads.bad
         else:
