@@ -299,7 +299,7 @@ class Field(FieldCore):
                   engine: Optional[str] = None) -> AttentionResult:
         """Attention weight of each head from the ``query`` position to the ``key`` position, per example.
 
-        ds: a ContrastiveSet. heads: "all" (default), a head label ``"L8.H1"``, an
+        ds: a ContrastiveSet. heads: "all" (default; None too), a head label ``"L8.H1"``, an
         ``attn_head(layers, heads)`` site set (its positions are ignored), or a list mixing labels,
         Sites and ``(layer, head)`` tuples. query, key: position names of ``ds`` or ints (defaults
         "END" and "IO": the IOI sets name "IO"; other data sets need their own ``key``); the key

@@ -323,3 +323,14 @@ def test_a_metric_of_the_wrong_shape_is_named_on_both_engines(engine):
 
     with pytest.raises(fc.MetricError, match=r"returned shape \(5,\).*one number per example, shape \(4,\)"):
         field.patch(ns["ds"], fc.sites.resid_pre(1, "END"), metric=too_long)
+
+
+def test_an_auroc_far_beyond_its_bar_has_a_positive_p_value():
+    """Two separated groups of 100: DeLong's z is so large that the normal tail underflowed to p =
+    0.0 (found by the long fuzz run); the smallest positive float now, and the claim passes."""
+    from types import SimpleNamespace
+
+    sel = SimpleNamespace(on=np.arange(100.0) + 1000, off=np.arange(100.0), threshold=500.0, latent=0,
+                          dictionary="d")
+    res = fc.assert_selective(sel, fc.auroc > 0.5)[0]
+    assert res.passed and 0 < res.p_value <= np.finfo(float).tiny * 1.01

@@ -184,6 +184,14 @@ class _Identity:
         self.dataset_hash = dataset_hash
 
 
+def _separation_p(n_on: int, n_off: int) -> float:
+    """The exact rank test's p-value for every 'on' value beyond every 'off' value,
+    1 / C(n_on + n_off, n_on): what a statistic without spread (no t, no DeLong variance) is
+    given instead of 0 (as a degenerate bootstrap gets 2^-n: docs/statistics.md)."""
+    from scipy.special import comb
+    return max(1.0 / float(comb(n_on + n_off, n_on)), np.finfo(float).tiny)
+
+
 def _welch(on, off, c, alpha, sst) -> Estimate:
     diff = float(on.mean() - off.mean())
     with warnings.catch_warnings():  # groups without spread: scipy warns, the case is handled below
@@ -193,11 +201,8 @@ def _welch(on, off, c, alpha, sst) -> Estimate:
     degenerate = not (np.isfinite(t.statistic) and np.isfinite(t.pvalue))
     if not degenerate:
         p = float(t.pvalue)
-    elif clears(diff, c.op, c.bar):  # no spread in either group: no t; the exact rank test's p for every
-        # 'on' value beyond every shifted 'off' value, 1 / C(n_on + n_off, n_on) (never 0, as for a
-        # degenerate bootstrap: docs/statistics.md)
-        from scipy.special import comb
-        p = max(1.0 / float(comb(on.size + off.size, on.size)), np.finfo(float).tiny)
+    elif clears(diff, c.op, c.bar):  # no spread in either group: no t
+        p = _separation_p(on.size, off.size)
     else:
         p = 1.0
     lo, hi = (float(ci.low), float(ci.high)) if np.isfinite(ci.low) and not degenerate else (diff, diff)
@@ -209,10 +214,16 @@ def _welch(on, off, c, alpha, sst) -> Estimate:
 
 def _delong_estimate(on, off, c, alpha, z, sst) -> Estimate:
     auc, se = delong(on, off)
+    lo, hi = max(0.0, auc - z * se), min(1.0, auc + z * se)
     if se > 0:
         zc = (auc - c.bar) / se
-        p = float(sst.norm.sf(zc) if c.op in (">", ">=") else sst.norm.cdf(zc))
+        # a normal tail far out underflows to 0.0: the smallest positive float instead
+        p = max(float(sst.norm.sf(zc) if c.op in (">", ">=") else sst.norm.cdf(zc)), np.finfo(float).tiny)
+    elif clears(auc, c.op, c.bar):  # no variance (every pair ordered alike): the exact rank test's p
+        p = _separation_p(on.size, off.size)
+        if p > alpha:  # too few examples for it: nor a bound
+            lo, hi = (0.0, hi) if c.op in (">", ">=") else (lo, 1.0)
     else:
-        p = 0.0 if clears(auc, c.op, c.bar) else 1.0
-    return Estimate(auc, max(0.0, auc - z * se), min(1.0, auc + z * se), on.size + off.size, "DeLong normal", p,
+        p = 1.0
+    return Estimate(auc, lo, hi, on.size + off.size, "DeLong normal", p,
                     1 - 2 * alpha, {"se": se, "n_on": on.size, "n_off": off.size})

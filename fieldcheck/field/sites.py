@@ -397,7 +397,8 @@ def resid_post(layers="all", positions="all") -> SiteSet:
 
 
 def attn_head(layers="all", heads="all", positions="all") -> SiteSet:
-    """One attention head's output z at a position (``blocks.{l}.attn.hook_z[:, pos, head]``)."""
+    """One attention head's output z at a position (``blocks.{l}.attn.hook_z[:, pos, head]``);
+    ``heads=None`` is "all"."""
     return _make("attn_head", layers, positions, heads if heads is not None else "all")
 
 
