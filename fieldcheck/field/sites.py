@@ -258,36 +258,12 @@ class SiteSet:
             kind, layers, positions, heads = spec
             if kind not in KINDS:
                 raise SiteError(f"unknown site kind {kind!r}; valid kinds: {', '.join(KINDS)}")
-            max_layer = n_layers + 1 if kind == "resid_pre" else n_layers  # resid_pre(n_layers) = final residual
             layers_ = list(range(n_layers)) if layers == "all" else layers.of(n_layers) \
                 if isinstance(layers, Depth) else layers
-            for l in layers_:
-                if not isinstance(l, int) or isinstance(l, bool):
-                    raise SiteError(f"layer {l!r} is not an int; layers are 0..{n_layers - 1}")
-                if l < 0:
-                    l += n_layers
-                if not 0 <= l < max_layer:
-                    raise SiteError(f"layer {l} out of range for {kind}: the model has layers 0..{max_layer - 1}")
-            layers_ = [l + n_layers if l < 0 else l for l in layers_]
-            positions_ = list(range(seq_len)) if positions == "all" else positions
-            for p in positions_:
-                if isinstance(p, str):
-                    if p not in names:
-                        raise SiteError(f"position name {p!r} is not in the data set; its named positions are "
-                                        f"{sorted(names)}")
-                elif isinstance(p, int) and not isinstance(p, bool):
-                    if not -seq_len <= p < seq_len:
-                        raise SiteError(f"position {p} out of range: prompts have {seq_len} tokens "
-                                        f"(positions 0..{seq_len - 1}, or -{seq_len}..-1)")
-                else:
-                    raise SiteError(f"position {p!r} is not an int or a position name")
-            positions_ = [p + seq_len if isinstance(p, int) and p < 0 else p for p in positions_]
+            layers_ = [_layer_index(l, kind, n_layers) for l in layers_]
+            positions_ = [_position(p, seq_len, names) for p in (range(seq_len) if positions == "all" else positions)]
             if kind == "attn_head":
-                heads_ = list(range(n_heads)) if heads == "all" else heads
-                for h in heads_:
-                    if not isinstance(h, int) or not -n_heads <= h < n_heads:
-                        raise SiteError(f"head {h!r} out of range: the model has heads 0..{n_heads - 1}")
-                heads_ = [h % n_heads for h in heads_]
+                heads_ = [_head_index(h, n_heads) for h in (range(n_heads) if heads == "all" else heads)]
                 out.extend(Site(kind, l, p, h) for l in layers_ for p in positions_ for h in heads_)
             else:
                 out.extend(Site(kind, l, p) for l in layers_ for p in positions_)
@@ -309,29 +285,50 @@ def _check_site(s: Site, n_layers: int, n_heads: int, seq_len: int, names: set) 
     ``resid_pre(-1, -1)``)."""
     if not isinstance(s, Site) or s.kind not in KINDS:
         raise SiteError(f"unknown site kind {getattr(s, 'kind', s)!r}; valid kinds: {', '.join(KINDS)}")
-    max_layer = n_layers + 1 if s.kind == "resid_pre" else n_layers
-    layer = s.layer + n_layers if isinstance(s.layer, int) and not isinstance(s.layer, bool) and s.layer < 0 else s.layer
-    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < max_layer:
-        raise SiteError(f"layer {s.layer!r} out of range for {s.kind}: the model has layers 0..{max_layer - 1} "
-                        f"(or -{n_layers}..-1)")
-    pos = s.pos
-    if isinstance(pos, str):
-        if pos not in names:
-            raise SiteError(f"position name {pos!r} is not in the data set; its named positions are {sorted(names)}")
-    elif not isinstance(pos, int) or isinstance(pos, bool) or not -seq_len <= pos < seq_len:
-        raise SiteError(f"position {pos!r} out of range: prompts have {seq_len} tokens (positions 0..{seq_len - 1}, "
-                        f"or -{seq_len}..-1)")
-    elif pos < 0:
-        pos += seq_len
-    head = s.head
+    layer, pos = _layer_index(s.layer, s.kind, n_layers), _position(s.pos, seq_len, names)
     if s.kind == "attn_head":
-        if not isinstance(head, int) or isinstance(head, bool) or not -n_heads <= head < n_heads:
-            raise SiteError(f"head {s.head!r} out of range: the model has heads 0..{n_heads - 1} (or -{n_heads}..-1); "
-                            "an attn_head site needs a head")
-        head = head % n_heads
-    elif head is not None:
+        if s.head is None:
+            raise SiteError(f"an attn_head site needs a head: the model has heads 0..{n_heads - 1}")
+        head = _head_index(s.head, n_heads)
+    elif s.head is not None:
         raise SiteError(f"{s.kind} sites have no head (got head={s.head!r})")
+    else:
+        head = None
     return s if (layer, pos, head) == (s.layer, s.pos, s.head) else replace(s, layer=layer, pos=pos, head=head)
+
+
+def _layer_index(l, kind: str, n_layers: int) -> int:
+    """Layer ``l`` of a ``kind`` site as 0..n (negative counts from the end; resid_pre also has
+    layer n_layers, the final residual); SiteError naming the valid range otherwise."""
+    if not isinstance(l, int) or isinstance(l, bool):
+        raise SiteError(f"layer {l!r} is not an int; layers are 0..{n_layers - 1}")
+    max_layer = n_layers + 1 if kind == "resid_pre" else n_layers  # resid_pre(n_layers) = final residual
+    i = l + n_layers if l < 0 else l
+    if not 0 <= i < max_layer:
+        raise SiteError(f"layer {l} out of range for {kind}: the model has layers 0..{max_layer - 1} "
+                        f"(or -{n_layers}..-1)")
+    return i
+
+
+def _position(p, seq_len: int, names: set) -> Pos:
+    """Position ``p``: a name of the data set, or an int in -seq_len..seq_len-1 as 0..seq_len-1."""
+    if isinstance(p, str):
+        if p not in names:
+            raise SiteError(f"position name {p!r} is not in the data set; its named positions are {sorted(names)}")
+        return p
+    if not isinstance(p, int) or isinstance(p, bool):
+        raise SiteError(f"position {p!r} is not an int or a position name")
+    if not -seq_len <= p < seq_len:
+        raise SiteError(f"position {p} out of range: prompts have {seq_len} tokens (positions 0..{seq_len - 1}, "
+                        f"or -{seq_len}..-1)")
+    return p + seq_len if p < 0 else p
+
+
+def _head_index(h, n_heads: int) -> int:
+    """Head ``h`` in -n_heads..n_heads-1 as 0..n_heads-1; SiteError naming the valid range otherwise."""
+    if not isinstance(h, int) or isinstance(h, bool) or not -n_heads <= h < n_heads:
+        raise SiteError(f"head {h!r} out of range: the model has heads 0..{n_heads - 1} (or -{n_heads}..-1)")
+    return h % n_heads
 
 
 def _fmt(x) -> str:
