@@ -204,8 +204,6 @@ def _patch_arrays(result: Any, assertion: str):
     return values, eff_raw, clean, corrupt, labels
 
 
-
-
 def _per_site_effect(assertion: str, result: Any, criteria: tuple, direction: Optional[str],
                      require: str, s: config.Settings,
                      extra_details: Optional[dict] = None) -> list[ClaimResult]:

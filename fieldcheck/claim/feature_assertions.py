@@ -184,12 +184,20 @@ class _Identity:
         self.dataset_hash = dataset_hash
 
 
-def _separation_p(n_on: int, n_off: int) -> float:
-    """The exact rank test's p-value for every 'on' value beyond every 'off' value,
-    1 / C(n_on + n_off, n_on): what a statistic without spread (no t, no DeLong variance) is
-    given instead of 0 (as a degenerate bootstrap gets 2^-n: docs/statistics.md)."""
+def _without_spread(x: float, c: Criterion, alpha: float, n_on: int, n_off: int, lo: float, hi: float,
+                    floor: float, ceil: float) -> tuple[float, float, float]:
+    """p, lo, hi of a two-group statistic ``x`` that has no spread (no t, no DeLong variance): on the
+    criterion's side, the exact rank test's p for every 'on' value beyond every 'off' value,
+    1 / C(n_on + n_off, n_on), never 0 (as a degenerate bootstrap gets 2^-n: docs/statistics.md),
+    and where that p exceeds ``alpha`` no bound either (``floor`` or ``ceil`` on the criterion's
+    side); p = 1 on the other side."""
+    if not clears(x, c.op, c.bar):
+        return 1.0, lo, hi
     from scipy.special import comb
-    return max(1.0 / float(comb(n_on + n_off, n_on)), np.finfo(float).tiny)
+    p = max(1.0 / float(comb(n_on + n_off, n_on)), np.finfo(float).tiny)
+    if p > alpha:
+        lo, hi = (floor, hi) if c.op in (">", ">=") else (lo, ceil)
+    return p, lo, hi
 
 
 def _welch(on, off, c, alpha, sst) -> Estimate:
@@ -198,16 +206,11 @@ def _welch(on, off, c, alpha, sst) -> Estimate:
         warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
         t = sst.ttest_ind(on, off + c.bar, equal_var=False, alternative="greater" if c.op in (">", ">=") else "less")
         ci = sst.ttest_ind(on, off, equal_var=False).confidence_interval(1 - 2 * alpha)
-    degenerate = not (np.isfinite(t.statistic) and np.isfinite(t.pvalue))
-    if not degenerate:
+    if np.isfinite(t.statistic) and np.isfinite(t.pvalue):
         p = float(t.pvalue)
-    elif clears(diff, c.op, c.bar):  # no spread in either group: no t
-        p = _separation_p(on.size, off.size)
-    else:
-        p = 1.0
-    lo, hi = (float(ci.low), float(ci.high)) if np.isfinite(ci.low) and not degenerate else (diff, diff)
-    if degenerate and p > alpha and clears(diff, c.op, c.bar):  # too few examples for the exact p: nor a bound
-        lo, hi = (-math.inf, hi) if c.op in (">", ">=") else (lo, math.inf)
+        lo, hi = (float(ci.low), float(ci.high)) if np.isfinite(ci.low) else (diff, diff)
+    else:  # no spread in either group: no t
+        p, lo, hi = _without_spread(diff, c, alpha, on.size, off.size, diff, diff, -math.inf, math.inf)
     return Estimate(diff, lo, hi, on.size + off.size, "Welch t", p, 1 - 2 * alpha,
                     {"mean_on": float(on.mean()), "mean_off": float(off.mean())})
 
@@ -219,11 +222,7 @@ def _delong_estimate(on, off, c, alpha, z, sst) -> Estimate:
         zc = (auc - c.bar) / se
         # a normal tail far out underflows to 0.0: the smallest positive float instead
         p = max(float(sst.norm.sf(zc) if c.op in (">", ">=") else sst.norm.cdf(zc)), np.finfo(float).tiny)
-    elif clears(auc, c.op, c.bar):  # no variance (every pair ordered alike): the exact rank test's p
-        p = _separation_p(on.size, off.size)
-        if p > alpha:  # too few examples for it: nor a bound
-            lo, hi = (0.0, hi) if c.op in (">", ">=") else (lo, 1.0)
-    else:
-        p = 1.0
+    else:  # no variance (every pair ordered alike)
+        p, lo, hi = _without_spread(auc, c, alpha, on.size, off.size, lo, hi, 0.0, 1.0)
     return Estimate(auc, lo, hi, on.size + off.size, "DeLong normal", p,
                     1 - 2 * alpha, {"se": se, "n_on": on.size, "n_off": off.size})
